@@ -44,10 +44,13 @@ def test_bad_files_raise_one_clear_error(tmp_path):
     sf.write(good, sine(), 16000)
     truncated = tmp_path / "truncated.wav"
     truncated.write_bytes(good.read_bytes()[:40])  # header only
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(good.read_bytes()[:-1000])  # cut mid-data: libsndfile alone would not notice
     nan = tmp_path / "nan.wav"
     sf.write(nan, np.full(100, np.nan, np.float32), 16000, subtype="FLOAT")
     for path, reason in [(tmp_path / "missing.wav", "not found"), (empty, "empty"), (garbage, "corrupt"),
-                         (truncated, "no audio samples|corrupt"), (nan, "NaN")]:
+                         (truncated, "no audio samples|corrupt|truncated"), (cut, "truncated"),
+                         (nan, "NaN")]:
         with pytest.raises(AudioLoadError, match=reason) as err:
             load_audio(path)
         assert str(path) in str(err.value) and "\n" not in str(err.value)

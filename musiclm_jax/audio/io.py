@@ -6,6 +6,7 @@ failure raises `AudioLoadError` with the file and the reason, so batch jobs can 
 from __future__ import annotations
 
 import os
+import struct
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bo
         raise _fail(path, "file not found")
     if os.path.getsize(path) == 0:
         raise _fail(path, "empty file (0 bytes)")
+    check_wav_complete(path)
     try:
         data, sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile's errors are RuntimeError/LibsndfileError/EOFError, by format
@@ -48,6 +50,30 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bo
         wave = resample(wave, sr, sample_rate)
         sr = sample_rate
     return np.ascontiguousarray(wave, dtype=np.float32), int(sr)
+
+
+def check_wav_complete(path: str | os.PathLike) -> None:
+    """Raises `AudioLoadError` for a WAV cut off mid-data: libsndfile would read the part that is there silently.
+
+    Compares the data chunk's declared size with the bytes present; other formats are left to the decoder.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        size = os.path.getsize(path)
+        while True:
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                return
+            chunk_id, chunk_len = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"data":
+                have = size - fh.tell()
+                if chunk_len not in (0, 0xFFFFFFFF) and have < chunk_len:  # 0 / max: streaming writers' placeholders
+                    raise _fail(path, f"truncated (header declares {chunk_len} audio bytes, file has {have})")
+                return
+            fh.seek(chunk_len + (chunk_len & 1), 1)
 
 
 def to_mono(wave: np.ndarray) -> np.ndarray:

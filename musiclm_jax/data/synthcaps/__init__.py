@@ -1,0 +1,5 @@
+"""SynthCaps: captioned music rendered offline from mma grooves and music21 tunes with FluidSynth.
+
+Light to import: `specs` (what to render, splits), `sources` (MIDI), `render` (audio + features), `captions`,
+`demo`. The tensorflow-datasets builder lives in `builder` (importing it registers 'synthcaps').
+"""
