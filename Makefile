@@ -43,7 +43,20 @@ demo: setup
 	$(PY) -m musiclm_jax.cli demo
 
 bench: setup
-	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
+	for f in benchmarks/[a-z]*.py; do $(PY) $$f || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Decoding peers for benchmarks/decode.py: PyTorch (CPU) + audiolm-pytorch in their own Python 3.11 venv, apart from
+# ours (the machine's torch 2.13 CPU wheel is for 3.11 only). "+cpu" pins the local CPU wheel, never a CUDA build.
+PEERS_VENV := benchmarks/peers/.venv
+.PHONY: bench-peers
+bench-peers: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed: benchmarks/peers/requirements.txt
+	test -x $(PEERS_VENV)/bin/python || python3.11 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q "torch==2.13.0+cpu"
+	$(PEERS_VENV)/bin/pip install -q -r benchmarks/peers/requirements.txt
+	$(PEERS_VENV)/bin/pip install -q --no-deps audiolm-pytorch==2.4.0 encodec==0.1.1
+	touch $@

@@ -1,0 +1,109 @@
+"""Orbax checkpoints: async save, keep-N, the data iterator's position and the gin config saved with the model.
+
+A checkpoint step holds two items: `state` (the train state pytree: step, params, optimizer state ...) and `meta`
+(JSON: the data iterator state, the family name, every array's shape and dtype, and the gin config text). The
+model directory also gets `config.gin` (and `operative_config.gin`): a checkpoint directory says how it was trained.
+
+Restoring takes an abstract target (ShapeDtypeStruct leaves with shardings): orbax reads each array straight into
+that sharding, which is how a checkpoint moves to another mesh. Shapes are compared first, from the JSON alone,
+so a checkpoint of another config fails with one clear error before any array is read.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gin
+import jax
+import orbax.checkpoint as ocp
+
+
+def tree_signature(tree) -> dict[str, list]:
+    """{path: [shape, dtype]} for every array leaf (works on arrays and ShapeDtypeStructs)."""
+    return {jax.tree_util.keystr(path): [list(leaf.shape), str(leaf.dtype)]
+            for path, leaf in jax.tree.leaves_with_path(tree)}
+
+
+def compare_signatures(saved: dict, expected: dict, where: str) -> None:
+    """Raises one ValueError naming the first difference between two tree signatures."""
+    missing = sorted(set(expected) - set(saved))
+    extra = sorted(set(saved) - set(expected))
+    if missing or extra:
+        raise ValueError(f"checkpoint {where} was written by another config: it lacks {missing[:3]} and has "
+                         f"{extra[:3]} the current model does not; point model_dir elsewhere or use the gin "
+                         "config stored beside it (config.gin)")
+    # Parameters first: they name the problem better than their optimizer-state twins.
+    for key, (shape, dtype) in sorted(expected.items(), key=lambda kv: not kv[0].startswith("['params']")):
+        if saved[key] != [shape, dtype]:
+            raise ValueError(f"checkpoint {where} was written by another config: {key} is {saved[key]} there but "
+                             f"{[shape, dtype]} here; point model_dir elsewhere or use its config.gin")
+
+
+@gin.configurable
+class Checkpointer:
+    """Thin layer over `ocp.CheckpointManager` (directory `<model_dir>/checkpoints`)."""
+
+    def __init__(self, model_dir: str, keep: int = 3, async_save: bool = True):
+        if not model_dir:
+            raise ValueError("model_dir is empty: set it (gin MODEL_DIR or --gin.MODEL_DIR='\"/path\"')")
+        self.model_dir = os.path.abspath(model_dir)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+        self.manager = ocp.CheckpointManager(os.path.join(self.model_dir, "checkpoints"), options=options,
+                                             item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_state: dict | None, *, family: str = "", force: bool = False) -> bool:
+        """Starts an (async) save of `state`; returns whether a save was started."""
+        meta = {"step": int(step), "family": family, "data_state": data_state, "shapes": tree_signature(state),
+                "gin_config": gin.config_str()}
+        saved = self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                meta=ocp.args.JsonSave(meta)), force=force)
+        if saved and jax.process_index() == 0:
+            # config.gin: every binding (re-runnable); operative_config.gin: the ones the run actually used.
+            texts = {"config.gin": meta["gin_config"], "operative_config.gin": gin.operative_config_str()}
+            for name, text in texts.items():
+                with open(os.path.join(self.model_dir, name), "w") as f:
+                    f.write(text)
+        return saved
+
+    def read_meta(self, step: int | None = None) -> dict:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise ValueError(f"no checkpoint in {self.model_dir}/checkpoints")
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore(self, abstract_state, step: int | None = None, *, family: str = "") -> tuple[Any, dict | None, int]:
+        """Restores into `abstract_state`'s shapes and shardings -> (state, data_state, step)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise ValueError(f"no checkpoint in {self.model_dir}/checkpoints")
+        meta = self.read_meta(step)
+        where = f"{self.model_dir} (step {step})"
+        if family and meta.get("family") and meta["family"] != family:
+            raise ValueError(f"checkpoint {where} belongs to model family {meta['family']!r}, not {family!r}")
+        compare_signatures(meta["shapes"], tree_signature(abstract_state), where)
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        return restored["state"], meta.get("data_state"), step
+
+    def restore_subtrees(self, abstract: dict, step: int | None = None) -> tuple[dict, int]:
+        """Restores only the top-level entries of `abstract` (e.g. {"params": ..., "rest": ...}) for inference,
+        whatever optimizer the checkpoint was trained with."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise ValueError(f"no checkpoint in {self.model_dir}/checkpoints: train first or fix model_dir")
+        meta = self.read_meta(step)
+        expected = tree_signature(abstract)
+        saved = {k: v for k, v in meta["shapes"].items() if any(k.startswith(f"['{top}']") for top in abstract)}
+        compare_signatures(saved, expected, f"{self.model_dir} (step {step})")
+        args = ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                      partial_restore=True)
+        return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"], step
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,104 @@
+"""Gin plumbing shared by the entry points: search paths, `--gin_file` / `--gin.KEY=VALUE` flags, REQUIRED check.
+
+Gin lets a binding be `%gin.REQUIRED` (directly or through a macro) and then silently passes a sentinel object at
+call time. `check_required()` walks the parsed config first and raises one error naming every such binding.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+from typing import Sequence
+
+import gin
+from gin import config as gin_config
+
+# The repository's gin/ folder (includes are written relative to it: `include 'models/lm_tiny.gin'`).
+GIN_DIR = pathlib.Path(__file__).resolve().parents[2] / "gin"
+
+
+def parse_flags(argv: Sequence[str], description: str) -> tuple[list[str], list[str], argparse.Namespace]:
+    """`--gin_file=F` (repeatable), `--gin.KEY=VALUE` (repeatable), `--gin_search_path=D` -> (files, bindings)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    parser.add_argument("--gin_search_path", action="append", default=[], help="extra folder for gin includes")
+    parser.add_argument("--gin_bindings", action="append", default=[], help="a binding 'KEY = VALUE' (repeatable)")
+    args, rest = parser.parse_known_args(argv)
+    bindings = list(args.gin_bindings)
+    for arg in rest:
+        if not arg.startswith("--gin.") or "=" not in arg:
+            raise ValueError(f"unknown argument {arg!r}: use --gin_file=FILE, --gin.KEY=VALUE or --gin_bindings")
+        key, value = arg[len("--gin."):].split("=", 1)
+        bindings.append(f"{key} = {_as_gin_value(value)}")
+    if not args.gin_file:
+        raise ValueError("no --gin_file given: pass e.g. --gin_file=gin/experiments/lm_tiny_synthetic.gin")
+    return args.gin_file, bindings, args
+
+
+def _as_gin_value(text: str) -> str:
+    """Leaves gin literals and references alone; a bare word or path (/tmp/x) becomes a quoted string."""
+    t = text.strip()
+    if not t or t[0] in "'\"@%[({-+.0123456789" or t in ("True", "False", "None"):
+        return t
+    return repr(t)
+
+
+def parse_config(files: Sequence[str], bindings: Sequence[str] = (), search_paths: Sequence[str] = ()) -> None:
+    """Parses files then bindings (later wins), with gin/ and the files' folders as include search paths."""
+    for path in [*search_paths, str(GIN_DIR), "."]:
+        gin.add_config_file_search_path(path)
+    resolved = []
+    for f in files:
+        p = pathlib.Path(f)
+        if not p.exists() and (GIN_DIR / f).exists():
+            p = GIN_DIR / f
+        if not p.exists():
+            raise ValueError(f"gin file {f!r} not found (looked here and in {GIN_DIR})")
+        resolved.append(str(p))
+    logging.disable(logging.ERROR)  # gin logs an ERROR for every search path an include is not in
+    try:
+        gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
+    finally:
+        logging.disable(logging.NOTSET)
+    check_required()
+
+
+def _is_required(value) -> bool:
+    return isinstance(value, gin_config.ConfigurableReference) and "gin.REQUIRED" in value.scoped_selector
+
+
+def _macro_name(value) -> str | None:
+    if isinstance(value, gin_config.ConfigurableReference) and value.selector == "gin.macro":
+        return value.scoped_selector.split("/")[0]
+    return None
+
+
+def _missing_in(value, seen: tuple = ()) -> list[str]:
+    """Names of REQUIRED leaves reachable from `value` (through macros, lists, dicts)."""
+    if _is_required(value):
+        return [seen[-1] if seen else "?"]
+    name = _macro_name(value)
+    if name is not None and name not in seen:
+        macro = gin_config._CONFIG.get((name, "gin.macro"), {})
+        return _missing_in(macro.get("value"), seen + (name,))
+    if isinstance(value, (list, tuple)):
+        return [m for v in value for m in _missing_in(v, seen)]
+    if isinstance(value, dict):
+        return [m for v in value.values() for m in _missing_in(v, seen)]
+    return []
+
+
+def check_required() -> None:
+    """Raises one ValueError listing every binding still set to %gin.REQUIRED."""
+    missing = []
+    for (scope, selector), params in gin_config._CONFIG.items():
+        if selector == "gin.macro":
+            continue
+        for param, value in params.items():
+            for macro in _missing_in(value):
+                where = f"{scope + '/' if scope else ''}{selector.split('.')[-1]}.{param}"
+                missing.append(where if macro == "?" else f"{macro} (used by {where})")
+    if missing:
+        first = missing[0].split(" ")[0]
+        raise ValueError(f"missing required gin binding(s): {', '.join(sorted(set(missing)))}; set them in a gin "
+                         f"file or on the command line, e.g. --gin.{first}=...")

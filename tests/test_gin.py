@@ -1,0 +1,70 @@
+"""Gin layout: every experiment parses; a missing REQUIRED binding, a bad flag, a mesh that does not divide the
+model: one clear error each, before any compute."""
+import glob
+import os
+
+import gin
+import pytest
+
+from musiclm_jax.train import __main__ as train_main
+from musiclm_jax.train import gin_utils, partitioning
+
+EXPERIMENTS = sorted(os.path.relpath(p, gin_utils.GIN_DIR)
+                     for p in glob.glob(str(gin_utils.GIN_DIR / "experiments" / "lm_*.gin")))
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS)
+def test_every_experiment_parses_when_its_required_values_are_given(path):
+    gin_utils.parse_config([path], ["MODEL_DIR = '/tmp/x'", "OUTPUT_PATH = '/tmp/x.jsonl'"])
+    assert gin.query_parameter("MODEL_DIR/macro.value") == "/tmp/x"
+    assert gin.query_parameter("make_mesh.model") is not None
+
+
+def test_missing_required_binding_is_one_clear_error():
+    with pytest.raises(ValueError, match=r"missing required gin binding\(s\): MODEL_DIR \(used by train.model_dir\)"):
+        gin_utils.parse_config(["experiments/lm_tiny_synthetic.gin"])
+    gin.clear_config()
+    with pytest.raises(ValueError, match="OUTPUT_PATH"):
+        gin_utils.parse_config(["experiments/lm_tiny_synthetic_infer.gin"], ["MODEL_DIR = '/tmp/x'"])
+
+
+def test_cli_errors_are_one_line_without_traceback(capsys, tmp_path):
+    assert train_main.main(["--gin_file=gin/experiments/lm_tiny_synthetic.gin"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: missing required gin binding(s): MODEL_DIR") and "\n" not in err
+    gin.clear_config()
+    assert train_main.main(["--gin_file=gin/experiments/lm_tiny_synthetic.gin", "--bogus=1"]) == 2
+    assert "unknown argument '--bogus=1'" in capsys.readouterr().err
+    gin.clear_config()
+    assert train_main.main(["--gin_file=gin/experiments/nope.gin", f"--gin.MODEL_DIR={tmp_path}"]) == 2
+    assert "gin file 'gin/experiments/nope.gin' not found" in capsys.readouterr().err
+    gin.clear_config()
+    assert train_main.main(["--gin_file=gin/models/lm_tiny.gin"]) == 2  # no run file: train.* never bound
+    err = capsys.readouterr().err.strip()
+    assert "Required bindings for `train`" in err and "model_dir" in err and "\n" not in err
+
+
+def test_mesh_that_does_not_divide_the_model_fails_before_compute(capsys, tmp_path):
+    # lm_tiny has 4 heads: a model axis of 8 cannot split them.
+    args = ["--gin_file=gin/experiments/lm_tiny_synthetic.gin", f"--gin.MODEL_DIR={tmp_path}",
+            "--gin.make_mesh.data=1", "--gin.make_mesh.model=8"]
+    assert train_main.main(args) == 2
+    err = capsys.readouterr().err
+    assert "['attn']['wk'] has dim 1 of size 4, which mesh axes model (size 8) do not divide" in err
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_flag_values_and_rule_overrides():
+    assert gin_utils._as_gin_value("/tmp/a b") == "'/tmp/a b'"
+    assert gin_utils._as_gin_value("12") == "12" and gin_utils._as_gin_value("@make_mesh") == "@make_mesh"
+    assert gin_utils._as_gin_value("'x'") == "'x'" and gin_utils._as_gin_value("True") == "True"
+    gin.parse_config("logical_axis_rules.overrides = [('embed', None), ('length', 'model')]")
+    rules = dict(partitioning.logical_axis_rules())
+    assert rules["embed"] is None and rules["length"] == "model" and rules["mlp"] == "model"
