@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON_BOOT ?= env PYENV_VERSION=3.12.1 python3.12
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont mma
+APT_PACKAGES := fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont mma opus-tools
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export HF_HUB_OFFLINE := 1

@@ -11,6 +11,9 @@ import sys
 # Modules with a `register(subparsers)` function; each adds its subcommands with `set_defaults(func=...)`.
 COMMAND_MODULES = (
     "musiclm_jax.data.commands",
+    "musiclm_jax.codec.commands",
+    "musiclm_jax.semantic.commands",
+    "musiclm_jax.mulan.commands",
 )
 
 

@@ -1,0 +1,188 @@
+"""`musiclm-jax codec {train,encode,decode,reconstruct,eval}`: train SoundStream, tokenize audio, round-trip it.
+
+Imports stay light here; jax and the model load inside the handlers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+EXAMPLES = """Examples:
+  musiclm-jax codec train --gin_file=gin/experiments/codec_tiny.gin --model_dir=/tmp/codec_tiny
+  musiclm-jax codec reconstruct --model_dir=/tmp/codec_tiny --input song.wav --out_dir /tmp/recon --num_levels 2
+  musiclm-jax codec encode --model_dir=/tmp/codec_tiny --input song.wav --output song_codes.npy
+  musiclm-jax codec decode --model_dir=/tmp/codec_tiny --input song_codes.npy --output song_decoded.wav
+  musiclm-jax codec eval --model_dir=/tmp/codec_tiny --audio_dir my_music/ --opus
+"""
+
+
+def register(subparsers) -> None:
+    codec = subparsers.add_parser("codec", help="SoundStream neural codec: train, encode, decode, reconstruct, eval",
+                                  description=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = codec.add_subparsers(dest="codec_command", required=True, metavar="ACTION")
+
+    t = sub.add_parser("train", help="train with the shared trainer (generator + discriminators)")
+    t.add_argument("--gin_file", action="append", default=[],
+                   help="gin file (repeatable); default gin/experiments/codec_tiny.gin")
+    t.add_argument("--gin_bindings", action="append", default=[], help="a binding 'KEY = VALUE' (repeatable)")
+    t.add_argument("--gin_search_path", action="append", default=[])
+    t.add_argument("--model_dir", default=None, help="where checkpoints go (binds MODEL_DIR)")
+    t.add_argument("--steps", type=int, default=None, help="number of train steps (binds TRAIN_STEPS)")
+    t.add_argument("--audio_dir", default=None, help="train on crops of the audio files in this folder")
+    t.add_argument("--synthcaps", default=None, help="train on a built SynthCaps corpus (tiny, small, ...)")
+    t.add_argument("--data_dir", default=None, help="TFDS data directory holding the built SynthCaps")
+    t.set_defaults(func=train)
+
+    e = sub.add_parser("encode", help="audio file -> codes .npy [frames, levels] (int16)")
+    e.add_argument("--model_dir", required=True)
+    e.add_argument("--input", required=True, help="audio file (any rate, mono or stereo)")
+    e.add_argument("--output", required=True, help=".npy file for the codes")
+    e.add_argument("--num_levels", type=int, default=None, help="RVQ levels to keep (bitrate); default all")
+    e.set_defaults(func=encode)
+
+    d = sub.add_parser("decode", help="codes .npy [frames, levels] -> wav at the codec's sample rate")
+    d.add_argument("--model_dir", required=True)
+    d.add_argument("--input", required=True)
+    d.add_argument("--output", required=True)
+    d.set_defaults(func=decode)
+
+    r = sub.add_parser("reconstruct", help="encode + decode a file: round-trip wav and a side-by-side spectrogram")
+    r.add_argument("--model_dir", required=True)
+    r.add_argument("--input", required=True)
+    r.add_argument("--out_dir", required=True)
+    r.add_argument("--num_levels", type=int, default=None)
+    r.set_defaults(func=reconstruct)
+
+    v = sub.add_parser("eval", help="quality at 1..Q levels (mel distance, SI-SNR, LSD, codebook perplexity)")
+    v.add_argument("--model_dir", required=True)
+    v.add_argument("--audio_dir", default=None, help="folder of audio files to evaluate on")
+    v.add_argument("--synthcaps", default=None, help="a built SynthCaps config (test split) to evaluate on")
+    v.add_argument("--data_dir", default=None)
+    v.add_argument("--seconds", type=float, default=4.0, help="evaluate the first N seconds of each file")
+    v.add_argument("--limit", type=int, default=32, help="at most this many files")
+    v.add_argument("--opus", action="store_true", help="also run Opus (opusenc/opusdec) at matching bitrates")
+    v.add_argument("--out", default=None, help="JSON results (default MODEL_DIR/codec_eval.json)")
+    v.set_defaults(func=evaluate)
+
+
+def train(args: argparse.Namespace) -> dict:
+    import logging
+
+    from musiclm_jax.train import gin_utils, partitioning
+
+    partitioning.maybe_initialize_distributed()
+    import gin
+
+    import musiclm_jax.codec.data  # noqa: F401  (gin registrations)
+    from musiclm_jax.codec.api import CONFIG_FILE
+    from musiclm_jax.codec.model import CodecConfig
+    from musiclm_jax.train.trainer import train as run_train
+
+    bindings = list(args.gin_bindings)
+    if args.model_dir:
+        bindings.append(f"MODEL_DIR = {args.model_dir!r}")
+    if args.steps:
+        bindings.append(f"TRAIN_STEPS = {int(args.steps)}")
+    if args.audio_dir and args.synthcaps:
+        raise ValueError("pass either --audio_dir or --synthcaps, not both")
+    if args.audio_dir:
+        bindings += ["train.dataset = @audio_folder", "train.eval_dataset = @audio_folder",
+                     f"audio_folder.folder = {os.path.expanduser(args.audio_dir)!r}"]
+    if args.synthcaps:
+        bindings += ["train.dataset = @synthcaps_audio", "train.eval_dataset = @synthcaps_audio",
+                     f"synthcaps_audio.config = {args.synthcaps!r}"]
+        if args.data_dir:
+            bindings.append(f"synthcaps_audio.data_dir = {os.path.expanduser(args.data_dir)!r}")
+    gin_utils.parse_config(args.gin_file or ["experiments/codec_tiny.gin"], bindings, args.gin_search_path)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model_dir = gin.query_parameter("train.model_dir")
+    model_dir = model_dir if isinstance(model_dir, str) else gin.query_parameter("%MODEL_DIR")
+    if not isinstance(model_dir, str):
+        raise ValueError("no model directory: pass --model_dir DIR")
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:  # the API rebuilds the codec from this
+        f.write(CodecConfig().to_json())
+    summary = run_train()
+    last = summary.get("last_metrics", {})
+    print(f"done: step {summary['step']}, mel loss {last.get('mel_loss', float('nan')):.4f}, "
+          f"skipped steps {summary['skipped_steps']}; model in {model_dir}")
+    return {k: v for k, v in summary.items() if k != "state"}
+
+
+def _codec(model_dir: str):
+    from musiclm_jax.codec.api import SoundStream
+
+    return SoundStream.from_checkpoint(os.path.expanduser(model_dir))
+
+
+def encode(args: argparse.Namespace):
+    import numpy as np
+
+    from musiclm_jax.audio.io import load_audio
+
+    codec = _codec(args.model_dir)
+    wave, sr = load_audio(args.input)
+    codes = codec.encode(wave, sr, args.num_levels)[0]
+    np.save(args.output, codes.astype(np.int16))
+    print(f"{args.input}: {wave.shape[-1] / sr:.2f} s -> codes {codes.shape} "
+          f"({codec.bitrate(codes.shape[-1]) / 1000:g} kbps) in {args.output}")
+    return codes
+
+
+def decode(args: argparse.Namespace):
+    import numpy as np
+
+    from musiclm_jax.audio.io import write_wav
+
+    codec = _codec(args.model_dir)
+    try:
+        codes = np.load(args.input)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{args.input}: not a .npy codes file ({e})") from e
+    wave = codec.decode(codes)[0]
+    write_wav(args.output, wave, codec.sample_rate)
+    print(f"{args.input}: codes {codes.shape} -> {wave.shape[-1] / codec.sample_rate:.2f} s in {args.output}")
+    return wave
+
+
+def reconstruct(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    from musiclm_jax.audio.io import load_audio, write_wav
+    from musiclm_jax.audio.plot import save_spectrogram_png
+    from musiclm_jax.codec import losses
+
+    codec = _codec(args.model_dir)
+    wave, _ = load_audio(args.input, codec.sample_rate)
+    recon = codec.reconstruct(wave, codec.sample_rate, args.num_levels)[0]
+    n = args.num_levels or codec.num_levels
+    stem = os.path.splitext(os.path.basename(args.input))[0]
+    os.makedirs(args.out_dir, exist_ok=True)
+    wav_path = write_wav(os.path.join(args.out_dir, f"{stem}_codec_q{n}.wav"), recon, codec.sample_rate)
+    png_path = save_spectrogram_png(os.path.join(args.out_dir, f"{stem}_codec_q{n}.png"), [wave, recon],
+                                    codec.sample_rate, ["original", f"SoundStream, {n} levels "
+                                                        f"({codec.bitrate(n) / 1000:g} kbps)"])
+    x, y = np.asarray(wave)[None], np.asarray(recon)[None]
+    result = {"wav": wav_path, "png": png_path, "kbps": codec.bitrate(n) / 1000,
+              "mel_distance": float(losses.mel_distance(x, y, codec.sample_rate)[0]),
+              "si_snr_db": float(losses.si_snr(x, y)[0])}
+    print(json.dumps(result))
+    return result
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    from musiclm_jax.codec import evaluate as ev
+
+    codec = _codec(args.model_dir)
+    waves, names = ev.eval_clips(codec.sample_rate, audio_dir=args.audio_dir, synthcaps=args.synthcaps,
+                                 data_dir=args.data_dir, seconds=args.seconds, limit=args.limit)
+    results = {"clips": len(waves), "seconds": args.seconds, "soundstream": ev.bitrate_curve(codec, waves)}
+    if args.opus:
+        results["opus"] = ev.opus_curve(waves, codec.sample_rate, [r["kbps"] for r in results["soundstream"]])
+    out = args.out or os.path.join(args.model_dir, "codec_eval.json")
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(ev.markdown_table(results))
+    print(f"wrote {out}")
+    return results

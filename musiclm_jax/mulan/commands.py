@@ -1,0 +1,144 @@
+"""`musiclm-jax mulan {train,eval,embed}`: train MuLan (+ its quantizer), evaluate retrieval, embed text or audio.
+
+Imports stay light here; jax, tensorflow-datasets and the model load inside the handlers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+EXAMPLES = """Examples:
+  musiclm-jax data build --dataset synthcaps --config tiny --data_dir ~/tfds
+  musiclm-jax mulan train --gin_file=gin/experiments/mulan_tiny_synthcaps.gin --model_dir=/tmp/mulan_tiny \\
+      --data_dir ~/tfds --gin_bindings="SYNTHCAPS='tiny'" --gin_bindings="TRAIN_STEPS=300"
+  musiclm-jax mulan eval --model_dir=/tmp/mulan_tiny --data_dir ~/tfds --synthcaps tiny --split test
+  musiclm-jax mulan embed --model_dir=/tmp/mulan_tiny --text "a calm piano piece" --tokens
+"""
+
+
+def register(subparsers) -> None:
+    mulan = subparsers.add_parser("mulan", help="MuLan: joint text/audio embedding and conditioning tokens",
+                                  description=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = mulan.add_subparsers(dest="mulan_command", required=True, metavar="ACTION")
+
+    t = sub.add_parser("train", help="contrastive training with the shared trainer, then the quantizer fit")
+    t.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable), e.g. "
+                   "gin/experiments/mulan_tiny_synthcaps.gin")
+    t.add_argument("--gin_bindings", action="append", default=[], help="a binding 'KEY = VALUE' (repeatable)")
+    t.add_argument("--gin_search_path", action="append", default=[])
+    t.add_argument("--model_dir", default=None, help="where checkpoints go (binds MODEL_DIR)")
+    t.add_argument("--data_dir", default=None, help="TFDS data directory holding the built synthcaps")
+    t.set_defaults(func=train)
+
+    e = sub.add_parser("eval", help="retrieval recall@1/5/10 and zero-shot accuracy on SynthCaps, with baselines")
+    e.add_argument("--model_dir", required=True)
+    e.add_argument("--synthcaps", default="tiny", help="synthcaps config name (tiny, small, ...)")
+    e.add_argument("--data_dir", default=None)
+    e.add_argument("--split", default="test")
+    e.add_argument("--limit", type=int, default=None, help="evaluate at most this many clips")
+    e.add_argument("--no_baselines", action="store_true", help="skip the random and MiniLM-probe baselines")
+    e.add_argument("--out", default=None, help="JSON results file (default: MODEL_DIR/eval_<split>.json)")
+    e.set_defaults(func=evaluate)
+
+    m = sub.add_parser("embed", help="embeddings (and tokens) of captions or audio files")
+    m.add_argument("--model_dir", required=True)
+    m.add_argument("--text", action="append", default=[], help="a caption (repeatable)")
+    m.add_argument("--audio", action="append", default=[], help="an audio file (repeatable)")
+    m.add_argument("--tokens", action="store_true", help="also print the conditioning tokens")
+    m.add_argument("--out", default=None, help="write embeddings (and tokens) to this .json file")
+    m.set_defaults(func=embed)
+
+
+def train(args: argparse.Namespace) -> dict:
+    import logging
+
+    from musiclm_jax.train import gin_utils, partitioning
+
+    if not args.gin_file:
+        raise ValueError("no --gin_file given: pass e.g. --gin_file=gin/experiments/mulan_tiny_synthcaps.gin")
+    partitioning.maybe_initialize_distributed()
+    import musiclm_jax.mulan.data  # noqa: F401  (gin registrations)
+    import musiclm_jax.mulan.run as run
+
+    bindings = list(args.gin_bindings)
+    if args.model_dir:
+        bindings.append(f"MODEL_DIR = {args.model_dir!r}")
+    if args.data_dir:
+        bindings.append(f"synthcaps_clips.data_dir = {os.path.expanduser(args.data_dir)!r}")
+    gin_utils.parse_config(args.gin_file, bindings, args.gin_search_path)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    summary = run.train_mulan()
+    last = summary.get("last_metrics", {})
+    print(f"done: step {summary['step']}, loss {last.get('loss', float('nan')):.4f}")
+    if "quantizer" in summary:
+        q = summary["quantizer"]
+        print(f"quantizer: cosine lost {q['audio']['cosine_lost']:.4f} (audio), {q['text']['cosine_lost']:.4f} (text)")
+    return summary
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    from musiclm_jax.mulan import evaluate as ev
+    from musiclm_jax.mulan.api import MuLan
+    from musiclm_jax.mulan.data import synthcaps_clips
+
+    data_dir = os.path.expanduser(args.data_dir) if args.data_dir else None
+    clips = synthcaps_clips(split=args.split, config=args.synthcaps, data_dir=data_dir, limit=args.limit)
+    if not clips:
+        raise ValueError(f"synthcaps/{args.synthcaps} split {args.split!r} is empty")
+    mulan = MuLan.from_checkpoint(args.model_dir)
+    results = {"mulan": ev.evaluate_mulan(mulan, clips)}
+    if not args.no_baselines:
+        train_clips = synthcaps_clips(split="train", config=args.synthcaps, data_dir=data_dir, limit=args.limit)
+        results["random"] = ev.random_baseline(clips, mulan.cfg.embed_dim)
+        results["minilm_probe"] = ev.minilm_probe_baseline(train_clips, clips)
+    report_path = os.path.join(args.model_dir, "quantizer_report.json")
+    if os.path.exists(report_path):
+        with open(report_path) as f:
+            results["quantizer"] = json.load(f)
+    out = args.out or os.path.join(args.model_dir, f"eval_{args.split}.json")
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"synthcaps/{args.synthcaps} {args.split}: {len(clips)} clips")
+    print(ev.markdown_table({k: v for k, v in results.items() if k != "quantizer"}))
+    if "quantizer" in results:
+        q = results["quantizer"]
+        print(f"quantization: cosine lost {q['audio']['cosine_lost']:.4f} (audio), "
+              f"{q['text']['cosine_lost']:.4f} (text)")
+    print(f"wrote {out}")
+    return results
+
+
+def embed(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    from musiclm_jax.audio import load_audio
+    from musiclm_jax.mulan.api import MuLan
+
+    if not args.text and not args.audio:
+        raise ValueError("nothing to embed: pass --text CAPTION and/or --audio FILE")
+    mulan = MuLan.from_checkpoint(args.model_dir)
+    out = {"text": [], "audio": []}
+    if args.text:
+        emb = mulan.embed_text(args.text)
+        toks = mulan.tokens_from_embeddings(emb) if args.tokens else None
+        for i, text in enumerate(args.text):
+            out["text"].append({"text": text, "embedding": emb[i].tolist(),
+                                **({"tokens": toks[i].tolist()} if toks is not None else {})})
+    for path in args.audio:
+        wave, sr = load_audio(path)
+        emb = mulan.embed_audio(wave, sr)
+        item = {"path": path, "embedding": emb.tolist()}
+        if args.tokens:
+            item["tokens"] = mulan.tokens_from_embeddings(emb[None])[0].tolist()
+        out["audio"].append(item)
+    for item in out["text"] + out["audio"]:
+        name = item.get("text", item.get("path"))
+        head = " ".join(f"{v:+.3f}" for v in np.asarray(item["embedding"])[:4])
+        tokens = f" tokens {item['tokens']}" if "tokens" in item else ""
+        print(f"{name[:60]!r}: [{head} ...]{tokens}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f)
+        print(f"wrote {args.out}")
+    return out

@@ -1,0 +1,155 @@
+"""Semantic tokens from audio: a trained w2v-BERT checkpoint + its k-means.
+
+    tok = SemanticTokenizer.from_checkpoint("runs/w2v_bert_tiny")   # needs <dir>/kmeans (fit-kmeans)
+    ids = tok.tokens(wave, sample_rate)          # int32 [batch, frames] at 25 Hz; wave [samples] or [batch, samples]
+    feats = tok.features(wave, sample_rate)      # float32 [batch, frames, D] (layer cfg.feature_layer)
+
+Audio is mixed to mono ([batch, channels, samples] is accepted), resampled to 16 kHz, and processed in chunks of
+`chunk_frames` frames with `context_frames` of real (or zero-padded) audio either side that is computed and
+dropped. With the model's finite receptive field (local attention), this makes the result exactly the whole-clip
+result: tokens do not depend on the chunk size, and a cut of the audio changes only the tokens within one
+receptive field of the cut. Deterministic: no masks, no dropout, fixed shapes (one compile per chunk batch).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from musiclm_jax.audio.io import resample
+from musiclm_jax.semantic.kmeans import KMeans, params_fingerprint
+from musiclm_jax.semantic.w2v_bert import W2vBert, W2vBertConfig
+
+CONFIG_FILE = "w2v_bert_config.json"
+KMEANS_DIR = "kmeans"
+FULL_ATTENTION_CONTEXT = 100  # frames of context (4 s) when attention is unbounded: approximate invariance only
+
+
+def save_config(model_dir: str, cfg: W2vBertConfig) -> str:
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, CONFIG_FILE)
+    with open(path, "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=1)
+    return path
+
+
+def load_config(model_dir: str) -> W2vBertConfig:
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise ValueError(f"{model_dir} has no {CONFIG_FILE}: is it a w2v-BERT model directory "
+                         "(made by `musiclm-jax semantic train`)?")
+    with open(path) as f:
+        return W2vBertConfig(**json.load(f))
+
+
+@nnx.jit(static_argnums=(2,))
+def _features(model: W2vBert, waves: jax.Array, layer: int) -> jax.Array:
+    return model.features(waves, layer)
+
+
+def prepare_waves(wave, sample_rate: int, target_rate: int) -> np.ndarray:
+    """-> float32 [batch, samples] mono at `target_rate`; rejects NaN/Inf and empty input with a clear error."""
+    wave = np.asarray(wave, np.float32)
+    if wave.ndim == 1:
+        wave = wave[None]
+    elif wave.ndim == 3:  # [batch, channels, samples]
+        wave = wave.mean(1)
+    elif wave.ndim != 2:
+        raise ValueError(f"wave must be [samples], [batch, samples] or [batch, channels, samples], got shape "
+                         f"{wave.shape}")
+    if wave.shape[-1] == 0:
+        raise ValueError("wave is empty: give at least one frame of audio (640 samples at 16 kHz)")
+    if not np.all(np.isfinite(wave)):
+        raise ValueError("waveform contains NaN or Inf samples: fix or skip this file")
+    return resample(wave, int(sample_rate), target_rate)
+
+
+class SemanticTokenizer:
+    """A w2v-BERT feature extractor and its k-means; `fingerprint` names the checkpoint (tokens record it)."""
+
+    def __init__(self, model: W2vBert, kmeans: KMeans | None = None, fingerprint: str = "",
+                 chunk_frames: int = 250, chunk_batch: int = 8, layer: int | None = None):
+        self.model, self.cfg = model, model.cfg
+        self.kmeans, self.fingerprint = kmeans, fingerprint
+        self.layer = self.cfg.feature_layer if layer is None else layer
+        if chunk_frames < 1 or chunk_batch < 1:
+            raise ValueError("chunk_frames and chunk_batch must be >= 1")
+        self.chunk_frames, self.chunk_batch = chunk_frames, chunk_batch
+        rf = self.cfg.receptive_field_frames(self.layer)
+        self.context_frames = FULL_ATTENTION_CONTEXT if rf is None else rf
+
+    @classmethod
+    def from_checkpoint(cls, model_dir: str, step: int | None = None, kmeans_dir: str | None = None,
+                        require_kmeans: bool = True, **kwargs) -> "SemanticTokenizer":
+        """Restores the parameters of the latest (or `step`) checkpoint in `model_dir` onto one device."""
+        from musiclm_jax.semantic.family import GROUP, W2vBertFamily
+        from musiclm_jax.train import partitioning
+        from musiclm_jax.train.checkpoints import Checkpointer
+        from musiclm_jax.train.trainer import Trainer
+
+        if not os.path.isdir(model_dir):
+            raise ValueError(f"w2v-BERT model directory {model_dir} does not exist")
+        cfg = load_config(model_dir)
+        kmeans_dir = kmeans_dir or os.path.join(model_dir, KMEANS_DIR)
+        if require_kmeans and not os.path.isdir(kmeans_dir):
+            raise ValueError(f"no k-means in {kmeans_dir}: run `musiclm-jax semantic fit-kmeans --model_dir "
+                             f"{model_dir}` first (or pass require_kmeans=False for features only)")
+        trainer = Trainer(W2vBertFamily(config=cfg), partitioning.make_mesh(devices=jax.devices()[:1]))
+        target = trainer.abstract_target()
+        ckpt = Checkpointer(model_dir, async_save=False)
+        try:
+            restored, _ = ckpt.restore_subtrees({"params": target["params"], "rest": target["rest"]}, step)
+        finally:
+            ckpt.close()
+        trainer.ensure_rng_state()
+        model = trainer.merge(restored["params"], restored["rest"])[GROUP]
+        fingerprint = params_fingerprint(restored["params"])
+        kmeans = KMeans.load(kmeans_dir, expected_fingerprint=fingerprint) if os.path.isdir(kmeans_dir) else None
+        return cls(model, kmeans, fingerprint, **kwargs)
+
+    # -- features --------------------------------------------------------------------------------------------------
+    def features(self, wave, sample_rate: int) -> np.ndarray:
+        """float32 [batch, frames, D], frames = samples_at_16k // 640."""
+        waves = prepare_waves(wave, sample_rate, self.cfg.sample_rate)
+        spf, c, ctx = self.cfg.samples_per_frame, self.chunk_frames, self.context_frames
+        b, n = waves.shape
+        frames = n // spf
+        if frames < 1:
+            raise ValueError(f"audio of {n} samples at {self.cfg.sample_rate} Hz is shorter than one frame "
+                             f"({spf} samples): give longer audio")
+        num_chunks = -(-frames // c)
+        padded = np.zeros((b, (num_chunks * c + 2 * ctx) * spf), np.float32)
+        padded[:, ctx * spf:ctx * spf + frames * spf] = waves[:, :frames * spf]
+        width = (c + 2 * ctx) * spf
+        chunks = np.stack([padded[:, i * c * spf:i * c * spf + width] for i in range(num_chunks)], 1)
+        chunks = chunks.reshape(b * num_chunks, width)
+        out = []
+        for i in range(0, len(chunks), self.chunk_batch):  # fixed batch of chunks: one compiled shape
+            part = chunks[i:i + self.chunk_batch]
+            pad = self.chunk_batch - len(part)
+            part = np.concatenate([part, np.zeros((pad, width), np.float32)]) if pad else part
+            feats = np.asarray(_features(self.model, jnp.asarray(part), self.layer))
+            out.append(feats[:len(feats) - pad, ctx:ctx + c])
+        feats = np.concatenate(out).reshape(b, num_chunks * c, -1)
+        return feats[:, :frames]
+
+    def tokens(self, wave, sample_rate: int) -> np.ndarray:
+        """int32 [batch, frames] semantic token ids in [0, num_clusters)."""
+        if self.kmeans is None:
+            raise ValueError("this tokenizer has no k-means: run `musiclm-jax semantic fit-kmeans` first")
+        return self.kmeans.predict(self.features(wave, sample_rate)).astype(np.int32)
+
+    @property
+    def num_tokens(self) -> int:
+        return 0 if self.kmeans is None else self.kmeans.num_clusters
+
+    def describe(self) -> dict:
+        """What a token file should record about its tokenizer."""
+        return {"w2v_bert_fingerprint": self.fingerprint, "feature_layer": self.layer,
+                "num_clusters": self.num_tokens, "frame_rate": self.cfg.frame_rate,
+                "kmeans_fingerprint": "" if self.kmeans is None else self.kmeans.fingerprint}

@@ -1,0 +1,166 @@
+"""`musiclm-jax semantic {train,fit-kmeans,tokenize,eval}`: w2v-BERT training, k-means, semantic tokens.
+
+Imports stay light here; jax, the model and the data load inside the handlers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+EXAMPLES = """Examples:
+  musiclm-jax semantic train --gin_file=gin/experiments/w2v_bert_tiny_synthetic.gin --model_dir=/tmp/w2v_tiny
+  musiclm-jax semantic fit-kmeans --model_dir=/tmp/w2v_tiny --audio_dir=demo_out --num_clusters=64
+  musiclm-jax semantic tokenize --model_dir=/tmp/w2v_tiny --audio demo_out/clip.wav --out /tmp/tokens.jsonl
+  musiclm-jax semantic eval --model_dir=/tmp/w2v_tiny --audio_dir=demo_out
+"""
+
+
+def _add_corpus_args(p) -> None:
+    p.add_argument("--audio_dir", default=None, help="a folder of audio files (any rate; mixed to mono, resampled)")
+    p.add_argument("--synthcaps", default=None, help="a built synthcaps TFDS config instead (tiny, small, ...)")
+    p.add_argument("--data_dir", default=None, help="TFDS data directory holding the built synthcaps")
+    p.add_argument("--split", default="train", help="synthcaps split")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many clips")
+
+
+def register(subparsers) -> None:
+    sem = subparsers.add_parser("semantic", help="w2v-BERT + k-means: semantic tokens (25 Hz)",
+                                description=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = sem.add_subparsers(dest="semantic_command", required=True, metavar="ACTION")
+
+    t = sub.add_parser("train", help="train w2v-BERT (contrastive + MLM) with the shared trainer")
+    t.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable), e.g. "
+                   "gin/experiments/w2v_bert_tiny_synthetic.gin")
+    t.add_argument("--gin_bindings", action="append", default=[], help="a binding 'KEY = VALUE' (repeatable)")
+    t.add_argument("--gin_search_path", action="append", default=[])
+    t.add_argument("--model_dir", default=None, help="where checkpoints go (binds MODEL_DIR)")
+    t.set_defaults(func=train)
+
+    k = sub.add_parser("fit-kmeans", help="k-means on features of a trained checkpoint; saved in MODEL_DIR/kmeans")
+    k.add_argument("--model_dir", required=True)
+    _add_corpus_args(k)
+    k.add_argument("--num_clusters", type=int, default=1024)
+    k.add_argument("--max_frames", type=int, default=200_000, help="frames sampled from the corpus")
+    k.add_argument("--batch_size", type=int, default=4096)
+    k.add_argument("--num_steps", type=int, default=200)
+    k.add_argument("--seed", type=int, default=0)
+    k.set_defaults(func=fit_kmeans)
+
+    z = sub.add_parser("tokenize", help="semantic tokens of audio files, as JSON lines")
+    z.add_argument("--model_dir", required=True)
+    z.add_argument("--audio", action="append", default=[], help="an audio file (repeatable)")
+    z.add_argument("--audio_dir", default=None, help="every audio file of a folder")
+    z.add_argument("--out", required=True, help="output .jsonl: one {path, tokens, tokenizer} per file")
+    z.set_defaults(func=tokenize)
+
+    e = sub.add_parser("eval", help="cluster usage and entropy, tokens/s, two-soundfont agreement (synthcaps)")
+    e.add_argument("--model_dir", required=True)
+    _add_corpus_args(e)
+    e.add_argument("--out", default=None, help="JSON results (default: MODEL_DIR/semantic_eval.json)")
+    e.set_defaults(func=evaluate)
+
+
+def train(args: argparse.Namespace) -> dict:
+    import logging
+
+    from musiclm_jax.train import gin_utils, partitioning
+
+    if not args.gin_file:
+        raise ValueError("no --gin_file given: pass e.g. --gin_file=gin/experiments/w2v_bert_tiny_synthetic.gin")
+    partitioning.maybe_initialize_distributed()
+    import musiclm_jax.codec.data  # noqa: F401  (gin: the audio dataset functions)
+    import musiclm_jax.semantic.run as run
+
+    bindings = list(args.gin_bindings)
+    if args.model_dir:
+        bindings.append(f"MODEL_DIR = {args.model_dir!r}")
+    gin_utils.parse_config(args.gin_file, bindings, args.gin_search_path)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    summary = run.train_w2v_bert()
+    last = summary.get("last_metrics", {})
+    print(f"done: step {summary['step']}, loss {last.get('loss', float('nan')):.4f} "
+          f"(contrastive {last.get('contrastive_loss', float('nan')):.4f}, mlm {last.get('mlm_loss', float('nan')):.4f})")
+    return summary
+
+
+def load_corpus(args: argparse.Namespace, sample_rate: int = 16000) -> tuple[list, list[str], list[dict]]:
+    """(waves at `sample_rate`, names, SynthCaps attributes or {}) from --audio_dir or --synthcaps."""
+    if bool(args.audio_dir) == bool(args.synthcaps):
+        raise ValueError("give exactly one corpus: --audio_dir FOLDER or --synthcaps CONFIG (with --data_dir)")
+    if args.audio_dir:
+        from musiclm_jax.codec.data import list_audio_files, load_clips
+
+        files = list_audio_files(os.path.expanduser(args.audio_dir))[:args.limit]
+        waves, skipped = load_clips(files, sample_rate, min_samples=sample_rate // 25)
+        names = [f for f in files if not any(s.startswith(os.path.basename(f) + " ") for s in skipped)]
+        return waves, names, [{} for _ in waves]
+    from musiclm_jax.audio.io import resample
+    from musiclm_jax.mulan.data import synthcaps_clips
+
+    data_dir = os.path.expanduser(args.data_dir) if args.data_dir else None
+    clips = synthcaps_clips(split=args.split, config=args.synthcaps, data_dir=data_dir, limit=args.limit)
+    waves = [resample(c["audio"], c["sample_rate"], sample_rate) for c in clips]
+    return waves, [str(c.get("score_id", i)) for i, c in enumerate(clips)], clips
+
+
+def fit_kmeans(args: argparse.Namespace) -> dict:
+    import logging
+
+    from musiclm_jax.semantic.run import fit_kmeans as fit
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    waves, _, _ = load_corpus(args)
+    if not waves:
+        raise ValueError("the corpus has no usable audio")
+    report = fit(args.model_dir, waves, 16000, num_clusters=args.num_clusters, max_frames=args.max_frames,
+                 batch_size=args.batch_size, num_steps=args.num_steps, seed=args.seed)
+    print(f"k-means {args.num_clusters} clusters on {report['num_frames']} frames: "
+          f"{100 * report['used_fraction']:.0f}% used, normalized entropy {report['normalized_entropy']:.3f}; "
+          f"saved to {os.path.join(args.model_dir, 'kmeans')}")
+    return report
+
+
+def tokenize(args: argparse.Namespace) -> dict:
+    from musiclm_jax.audio.io import AudioLoadError, load_audio
+    from musiclm_jax.codec.data import list_audio_files
+    from musiclm_jax.semantic.api import SemanticTokenizer
+
+    files = list(args.audio) + (list_audio_files(os.path.expanduser(args.audio_dir)) if args.audio_dir else [])
+    if not files:
+        raise ValueError("nothing to tokenize: pass --audio FILE (repeatable) or --audio_dir FOLDER")
+    tok = SemanticTokenizer.from_checkpoint(args.model_dir)
+    written, skipped = 0, []
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as out:
+        for path in files:
+            try:
+                wave, sr = load_audio(path)
+                ids = tok.tokens(wave, sr)[0]
+            except (AudioLoadError, ValueError) as e:  # a bad file is named and skipped, never fatal
+                skipped.append(f"{path} ({e})")
+                continue
+            out.write(json.dumps({"path": path, "tokens": ids.tolist(), "tokenizer": tok.describe()}) + "\n")
+            written += 1
+    if skipped:
+        print(f"skipped {len(skipped)} file(s): " + "; ".join(skipped[:5]))
+    print(f"wrote tokens of {written} file(s) to {args.out} (checkpoint {tok.fingerprint})")
+    return {"written": written, "skipped": skipped}
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    from musiclm_jax.semantic import evaluate as ev
+    from musiclm_jax.semantic.api import SemanticTokenizer
+
+    tok = SemanticTokenizer.from_checkpoint(args.model_dir)
+    waves, names, clips = load_corpus(args)
+    if not waves:
+        raise ValueError("the corpus has no usable audio")
+    results = ev.evaluate_tokenizer(tok, waves, 16000, clips)
+    out = args.out or os.path.join(args.model_dir, "semantic_eval.json")
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+    for key, value in results.items():
+        print(f"{key}: {value}")
+    print(f"wrote {out}")
+    return results
