@@ -14,24 +14,48 @@ COMMAND_MODULES = (
     "musiclm_jax.codec.commands",
     "musiclm_jax.semantic.commands",
     "musiclm_jax.mulan.commands",
+    "musiclm_jax.generate_commands",
+    "tasks.commands",
 )
+
+# Where shipped, trained MusicLM weights would live (MusicLM.from_pretrained layout); none are shipped yet.
+TRAINED_MODEL_DIR = "weights/musiclm"
 
 
 def _demo(args: argparse.Namespace) -> None:
-    # Until text-to-music exists the demo shows the corpus everything trains on: rendered, captioned clips.
+    """Renders captioned SynthCaps clips (the corpus everything trains on), then runs text-to-music: with trained
+    weights when they exist, else with tiny untrained parts, saying so and what to run to train them."""
+    import os
+
+    from musiclm_jax import generate_commands
     from musiclm_jax.data.synthcaps.demo import run_demo
 
-    run_demo(args.out_dir, num_clips=args.num_clips, seed=args.seed)
+    run_demo(os.path.join(args.out_dir, "synthcaps"), num_clips=args.num_clips, seed=args.seed)
+    model_dir = args.model_dir or (TRAINED_MODEL_DIR if os.path.exists(
+        os.path.join(TRAINED_MODEL_DIR, "musiclm.json")) else None)
+    gen = argparse.Namespace(
+        prompt=[args.prompt], duration=args.duration, out=os.path.join(args.out_dir, "generated.wav"), out_dir=None,
+        model_dir=model_dir, random_init=model_dir is None, tiny=model_dir is None, seed=args.seed,
+        temperatures=(1.0, 0.95, 0.4), top_k=0, top_p=1.0, guidance_scale=1.0, num_samples=1, no_progress=False)
+    print(f"text-to-music: {args.prompt!r} -> {gen.out}")
+    generate_commands.generate(gen)
+    if model_dir is None:
+        print("No trained MusicLM weights are shipped yet, so the generated audio above is untrained noise; the clips "
+              f"in {os.path.join(args.out_dir, 'synthcaps')} are real rendered music. Train the parts with the gin "
+              "experiments in gin/experiments/ (see the README), then: musiclm-jax demo --model_dir DIR")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="musiclm-jax", description="MusicLM in JAX: data, training, generation.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser("demo", help="render a few captioned SynthCaps clips (wav + spectrogram PNG)")
+    demo = sub.add_parser("demo", help="captioned SynthCaps clips, then text-to-music (wav + spectrogram PNG)")
     demo.add_argument("--out_dir", default="demo_out")
     demo.add_argument("--num_clips", type=int, default=4)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--prompt", default="a calm piano waltz with soft strings")
+    demo.add_argument("--duration", type=float, default=2.0, help="seconds of generated audio")
+    demo.add_argument("--model_dir", default=None, help=f"trained MusicLM (default: {TRAINED_MODEL_DIR} if present)")
     demo.set_defaults(func=_demo)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -8,7 +8,7 @@ from musiclm_jax import cli
 def test_every_area_registers_its_subcommands():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert {"demo", "data", "codec", "semantic", "mulan"} <= set(sub.choices)
+    assert {"demo", "data", "codec", "semantic", "mulan", "generate", "tokenize"} <= set(sub.choices)
 
 
 def test_help_does_not_import_jax_or_tensorflow():

@@ -21,7 +21,17 @@ from musiclm_jax.train.trainer import Family
 class TokenLM(Family):
     name = "token_lm"
 
-    def __init__(self, config: tr.TransformerConfig = gin.REQUIRED, z_loss: float = 0.0, bos_id: int = 0):
+    def __init__(self, config: tr.TransformerConfig = gin.REQUIRED, z_loss: float = 0.0, bos_id: int = 0,
+                 uncond_prob: float = 0.0, uncond_span: tuple[int, int] = (0, 0), uncond_id: int = 0):
+        """`uncond_prob`: classifier-free-guidance dropout; with this probability per example, training replaces
+        positions [uncond_span) of `inputs` by `uncond_id` (the stage layouts: lm/stages.py cond_span, UNCOND)."""
+        if not 0.0 <= uncond_prob < 1.0:
+            raise ValueError(f"TokenLM.uncond_prob must be in [0, 1), got {uncond_prob}")
+        uncond_span = tuple(int(v) for v in uncond_span)
+        if uncond_prob > 0 and not (len(uncond_span) == 2 and 0 <= uncond_span[0] < uncond_span[1]):
+            raise ValueError(f"TokenLM.uncond_prob > 0 needs uncond_span=(start, stop) with 0 <= start < stop, "
+                             f"got {uncond_span}")
+        self.uncond_prob, self.uncond_span, self.uncond_id = float(uncond_prob), uncond_span, uncond_id
         if not isinstance(config, tr.TransformerConfig):
             raise ValueError(f"TokenLM.config must be a TransformerConfig (gin: TokenLM.config = "
                              f"@TransformerConfig()), got {type(config).__name__}")
@@ -57,7 +67,21 @@ class TokenLM(Family):
         return loss * n, n, {"loss": loss * n, "accuracy": m["accuracy"] * n}
 
     # -- the family contract -----------------------------------------------------------------------------------
+    def drop_conditioning(self, batch: dict, rng: jax.Array) -> dict:
+        """Classifier-free-guidance dropout: each row's conditioning span becomes `uncond_id` with `uncond_prob`."""
+        if self.uncond_prob == 0.0 or "inputs" not in batch:
+            return batch
+        inputs = batch["inputs"]
+        start, stop = self.uncond_span
+        if stop > inputs.shape[1]:
+            raise ValueError(f"TokenLM.uncond_span {self.uncond_span} is past the inputs length {inputs.shape[1]}")
+        drop = jax.random.bernoulli(jax.random.fold_in(rng, 0x5EED), self.uncond_prob, (inputs.shape[0], 1))
+        pos = jnp.arange(inputs.shape[1])[None, :]
+        span = (pos >= start) & (pos < stop)
+        return {**batch, "inputs": jnp.where(drop & span, jnp.asarray(self.uncond_id, inputs.dtype), inputs)}
+
     def loss(self, models, batch, rng):
+        batch = self.drop_conditioning(batch, rng)
         deterministic = self.config.dropout_rate == 0.0
         logits = self._logits(models["model"], batch, deterministic=deterministic,
                               rng=None if deterministic else rng)

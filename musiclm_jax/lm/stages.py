@@ -1,0 +1,301 @@
+"""The token layout of the three MusicLM stage LMs: the one place that defines vocabularies, offsets and special ids.
+
+    sizes = TokenSizes()                              # paper: MuLan 12x1024, semantic 1024, codec 12x1024, coarse 4
+    coarse = StageLayout("coarse", sizes)
+    inputs, targets = coarse.build(mulan=m, semantic=s, acoustic=a)   # int32 [b, P], [b, T] (numpy or jnp)
+    codes = coarse.targets_to_codes(targets)           # -> [b, frames, 4] raw codec codes
+    mask = coarse.logit_mask()                         # for lm.decoding.sample(logit_mask_fn=...)
+
+Every stage has its own id space: 4 special ids, then one id range per token stream, in this order:
+
+    semantic stage  M -> S           [specials | MuLan level 0 .. Qm-1 | semantic]
+    coarse stage    M + S -> A[:Qc]  [specials | MuLan level 0 .. Qm-1 | semantic | acoustic level 0 .. Qc-1]
+    fine stage      A[:Qc] -> A[Qc:] [specials | acoustic level 0 .. Q-1]
+
+so a MuLan or semantic token has the same id in the semantic and coarse stages. `inputs` is the conditioning
+prefix followed by SEP (the TokenLM attends to it bidirectionally; SEP's logits predict the first target).
+Acoustic tokens are flattened frame-major: t0q0 t0q1 .. t0q{n-1} t1q0 ... Targets have a fixed length (no EOS).
+
+Classifier-free guidance: the "unconditional" prompt replaces the MuLan tokens by UNCOND (`uncond_inputs`);
+training does the same with probability `TokenLM.uncond_prob` over `cond_span()` (see lm/models.py).
+The fine stage has no MuLan conditioning, so no guidance.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PAD, EOS, SEP, UNCOND = 0, 1, 2, 3
+NUM_SPECIAL = 4
+STAGES = ("semantic", "coarse", "fine")
+NEG_INF = -1e30  # the same finite "minus infinity" as lm.decoding
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TokenSizes:
+    """Sizes of the three tokenizers' outputs (the defaults are the paper's)."""
+
+    mulan_levels: int = 12
+    mulan_codes: int = 1024
+    semantic_codes: int = 1024
+    codec_levels: int = 12
+    codec_codes: int = 1024
+    coarse_levels: int = 4
+    vocab_multiple: int = 128  # stage vocab sizes are rounded up to this (MXU-friendly embedding tables)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"TokenSizes.{f.name} must be a positive int, got {v!r}")
+        if not self.coarse_levels < self.codec_levels:
+            raise ValueError(f"TokenSizes.coarse_levels ({self.coarse_levels}) must be < codec_levels "
+                             f"({self.codec_levels}) so the fine stage has levels left to predict")
+
+    @property
+    def fine_levels(self) -> int:
+        return self.codec_levels - self.coarse_levels
+
+
+# Paper sizes and the tiny ones used by CPU tests and `--tiny` demos.
+PAPER = TokenSizes()
+TINY = TokenSizes(mulan_levels=2, mulan_codes=8, semantic_codes=16, codec_levels=4, codec_codes=16, coarse_levels=2,
+                  vocab_multiple=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageMask:
+    """`logit_mask_fn(step, logits)` for sampling: at target position `step + phase` only the id range of that
+    position's codebook stays. Hashable and comparable, so decoding compiles once per layout, not per call."""
+
+    starts: tuple[int, ...]
+    stops: tuple[int, ...]
+    phase: int = 0
+
+    def __call__(self, step, logits):
+        k = (step + self.phase) % len(self.starts)
+        lo = jnp.asarray(self.starts, jnp.int32)[k]
+        hi = jnp.asarray(self.stops, jnp.int32)[k]
+        ids = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+        return jnp.where((ids >= lo) & (ids < hi), logits, NEG_INF)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class StageLayout:
+    """The id layout of one stage (`semantic`, `coarse` or `fine`) for the given tokenizer sizes."""
+
+    stage: str
+    sizes: TokenSizes = PAPER
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}: use one of {STAGES}")
+        if not isinstance(self.sizes, TokenSizes):
+            raise ValueError(f"StageLayout.sizes must be a TokenSizes, got {type(self.sizes).__name__}")
+
+    # -- id ranges ---------------------------------------------------------------------------------------------
+    @functools.cached_property
+    def streams(self) -> dict[str, tuple[int, int]]:
+        """Stream name ('mulan0', .., 'semantic', 'acoustic0', ..) -> [start, stop) id range, in id order."""
+        s = self.sizes
+        sizes = []
+        if self.stage in ("semantic", "coarse"):
+            sizes += [(f"mulan{q}", s.mulan_codes) for q in range(s.mulan_levels)]
+            sizes += [("semantic", s.semantic_codes)]
+        if self.stage == "coarse":
+            sizes += [(f"acoustic{q}", s.codec_codes) for q in range(s.coarse_levels)]
+        if self.stage == "fine":
+            sizes += [(f"acoustic{q}", s.codec_codes) for q in range(s.codec_levels)]
+        out, start = {}, NUM_SPECIAL
+        for name, n in sizes:
+            out[name] = (start, start + n)
+            start += n
+        return out
+
+    def offset(self, stream: str) -> int:
+        if stream not in self.streams:
+            raise ValueError(f"the {self.stage} stage has no stream {stream!r}; it has {list(self.streams)}")
+        return self.streams[stream][0]
+
+    @property
+    def num_ids(self) -> int:
+        """Ids actually used (specials + all streams)."""
+        return max(stop for _, stop in self.streams.values())
+
+    @property
+    def vocab_size(self) -> int:
+        m = self.sizes.vocab_multiple
+        return -(-self.num_ids // m) * m
+
+    @property
+    def target_levels(self) -> tuple[int, ...]:
+        """Codec levels predicted by this stage (empty for the semantic stage)."""
+        s = self.sizes
+        return {"semantic": (), "coarse": tuple(range(s.coarse_levels)),
+                "fine": tuple(range(s.coarse_levels, s.codec_levels))}[self.stage]
+
+    def _target_streams(self) -> list[str]:
+        return ["semantic"] if self.stage == "semantic" else [f"acoustic{q}" for q in self.target_levels]
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Target tokens per time step (1 semantic token, or one per predicted codec level)."""
+        return len(self._target_streams())
+
+    def cond_span(self) -> tuple[int, int]:
+        """[start, stop) positions of the MuLan tokens inside `inputs` (what guidance drops); (0, 0) for fine."""
+        return (0, self.sizes.mulan_levels) if self.stage != "fine" else (0, 0)
+
+    # -- building sequences ------------------------------------------------------------------------------------
+    def _xp(self, x):
+        return jnp if isinstance(x, jax.Array) else np
+
+    def _check(self, name, x, ndim, upper, levels=None):
+        xp = self._xp(x)
+        x = xp.asarray(x)
+        if x.ndim != ndim or (levels is not None and x.shape[-1] != levels):
+            want = "[batch, frames, levels]" if ndim == 3 else "[batch, n]"
+            raise ValueError(f"{self.stage} stage: {name} must be int {want}"
+                             f"{'' if levels is None else f' with {levels} levels'}, got shape {x.shape}")
+        try:
+            bad = x.size and (int(x.min()) < 0 or int(x.max()) >= upper)
+        except jax.errors.ConcretizationTypeError:  # traced inside a jit: cannot check here
+            bad = False
+        if bad:
+            raise ValueError(f"{self.stage} stage: {name} ids must be in [0, {upper}); got "
+                             f"[{int(x.min())}, {int(x.max())}] (wrong tokenizer sizes for this layout?)")
+        return x.astype(xp.int32)
+
+    def encode_mulan(self, mulan):
+        """Raw MuLan tokens [b, Qm] -> stage ids (level q offset into its own range)."""
+        s = self.sizes
+        m = self._check("mulan", mulan, 2, s.mulan_codes, s.mulan_levels)
+        xp = self._xp(m)
+        return m + self.offset("mulan0") + xp.arange(s.mulan_levels, dtype=xp.int32) * s.mulan_codes
+
+    def encode_semantic(self, semantic):
+        s = self._check("semantic", semantic, 2, self.sizes.semantic_codes)
+        return s + self.offset("semantic")
+
+    def encode_acoustic(self, codes, levels: tuple[int, ...]):
+        """Raw codes [b, frames, len(levels)] -> frame-major flat ids [b, frames * len(levels)]."""
+        a = self._check("acoustic", codes, 3, self.sizes.codec_codes, len(levels))
+        xp = self._xp(a)
+        offsets = xp.asarray([self.offset(f"acoustic{q}") for q in levels], xp.int32)
+        return (a + offsets).reshape(a.shape[0], -1)
+
+    def _sep(self, x):
+        xp = self._xp(x)
+        return xp.full((x.shape[0], 1), SEP, xp.int32)
+
+    def build_inputs(self, *, mulan=None, semantic=None, coarse=None):
+        """The conditioning prefix (ends with SEP): semantic: M; coarse: M, S; fine: A[:, :, :Qc] (`coarse`)."""
+        if self.stage == "fine":
+            if coarse is None:
+                raise ValueError("the fine stage is conditioned on the coarse codes: pass coarse=[b, frames, Qc]")
+            parts = [self.encode_acoustic(coarse, tuple(range(self.sizes.coarse_levels)))]
+        else:
+            if mulan is None or (self.stage == "coarse" and semantic is None):
+                raise ValueError(f"the {self.stage} stage needs mulan=[b, Qm]"
+                                 f"{' and semantic=[b, frames]' if self.stage == 'coarse' else ''}")
+            parts = [self.encode_mulan(mulan)]
+            if self.stage == "coarse":
+                parts.append(self.encode_semantic(semantic))
+        xp = self._xp(parts[0])
+        return xp.concatenate(parts + [self._sep(parts[0])], axis=1)
+
+    def uncond_inputs(self, inputs):
+        """`inputs` with the MuLan tokens replaced by UNCOND: the prompt of the unconditional guidance branch."""
+        start, stop = self.cond_span()
+        if stop == start:
+            raise ValueError("the fine stage has no MuLan conditioning: guidance applies to semantic and coarse")
+        xp = self._xp(inputs)
+        pos = xp.arange(inputs.shape[1])
+        return xp.where((pos >= start) & (pos < stop), UNCOND, inputs).astype(xp.int32)
+
+    def build_targets(self, *, semantic=None, acoustic=None):
+        """The predicted ids: semantic: S; coarse: A[:, :, :Qc]; fine: A[:, :, Qc:] (flattened frame-major).
+
+        `acoustic` may hold all Q levels or exactly the levels this stage predicts."""
+        if self.stage == "semantic":
+            if semantic is None:
+                raise ValueError("the semantic stage predicts semantic tokens: pass semantic=[b, frames]")
+            return self.encode_semantic(semantic)
+        if acoustic is None:
+            raise ValueError(f"the {self.stage} stage predicts codec codes: pass acoustic=[b, frames, levels]")
+        levels = self.target_levels
+        if np.ndim(acoustic) == 3 and np.shape(acoustic)[-1] == self.sizes.codec_levels:
+            acoustic = acoustic[..., levels[0]:levels[-1] + 1]
+        return self.encode_acoustic(acoustic, levels)
+
+    def build(self, *, mulan=None, semantic=None, acoustic=None):
+        """(inputs, targets) for training from raw token arrays of one aligned crop.
+
+        semantic: mulan [b, Qm], semantic [b, Ts]; coarse: + acoustic [b, Ta, >= Qc]; fine: acoustic [b, Ta, Q]."""
+        if self.stage == "semantic":
+            return self.build_inputs(mulan=mulan), self.build_targets(semantic=semantic)
+        if acoustic is None or np.ndim(acoustic) != 3:
+            raise ValueError(f"the {self.stage} stage needs acoustic=[b, frames, levels] codec codes")
+        if self.stage == "coarse":
+            return self.build_inputs(mulan=mulan, semantic=semantic), self.build_targets(acoustic=acoustic)
+        if np.shape(acoustic)[-1] != self.sizes.codec_levels:
+            raise ValueError(f"the fine stage needs all {self.sizes.codec_levels} codec levels, got "
+                             f"{np.shape(acoustic)[-1]}")
+        coarse = acoustic[..., :self.sizes.coarse_levels]
+        return self.build_inputs(coarse=coarse), self.build_targets(acoustic=acoustic)
+
+    # -- back to raw codes -------------------------------------------------------------------------------------
+    def targets_to_codes(self, ids):
+        """Generated target ids [b, n] -> raw codes: semantic [b, n]; acoustic [b, n / levels, levels].
+
+        Raises if an id lies outside its position's range (a decode that ignored the logit mask)."""
+        ids = np.asarray(ids)
+        streams = self._target_streams()
+        k = len(streams)
+        if ids.ndim != 2 or ids.shape[1] % k:
+            raise ValueError(f"{self.stage} targets must be [batch, n] with n a multiple of {k}, got {ids.shape}")
+        frames = ids.reshape(ids.shape[0], -1, k)
+        starts = np.asarray([self.streams[s][0] for s in streams])
+        stops = np.asarray([self.streams[s][1] for s in streams])
+        if frames.size and ((frames < starts).any() or (frames >= stops).any()):
+            raise ValueError(f"{self.stage} targets hold ids outside their codebook's range: decode with "
+                             "logit_mask_fn=layout.logit_mask()")
+        codes = (frames - starts).astype(np.int32)
+        return codes[..., 0] if self.stage == "semantic" else codes
+
+    def logit_mask(self, phase: int = 0) -> StageMask:
+        """The mask for sampling targets; `phase` = target tokens already in the prompt (continuation)."""
+        streams = self._target_streams()
+        return StageMask(tuple(self.streams[s][0] for s in streams), tuple(self.streams[s][1] for s in streams),
+                         phase % len(streams))
+
+
+def layouts(sizes: TokenSizes = PAPER) -> dict[str, StageLayout]:
+    """{stage: StageLayout} for all three stages."""
+    return {name: StageLayout(name, sizes) for name in STAGES}
+
+
+# -- gin helpers: the stage gin files read vocab size and conditioning span from the layout ------------------------
+@gin.configurable
+def stage_vocab_size(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None) -> int:
+    """`TransformerConfig.vocab_size = @stage_vocab_size()` (sizes: the gin-bound TokenSizes)."""
+    return StageLayout(stage, sizes or TokenSizes()).vocab_size
+
+
+@gin.configurable
+def stage_cond_span(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None) -> tuple[int, int]:
+    """`TokenLM.uncond_span = @stage_cond_span()`: where classifier-free-guidance dropout writes UNCOND."""
+    return StageLayout(stage, sizes or TokenSizes()).cond_span()
+
+
+@gin.configurable
+def stage_uncond_prob(stage: str = gin.REQUIRED, prob: float = 0.1) -> float:
+    """The conditioning-dropout probability of a stage: `prob`, or 0 for the fine stage (it has no MuLan input)."""
+    return 0.0 if stage == "fine" else prob

@@ -1,0 +1,372 @@
+"""`MusicLM`: text in, music out. Chains MuLan -> semantic LM -> coarse LM -> fine LM -> SoundStream decoder.
+
+    lm = MusicLM.from_pretrained("runs/musiclm")          # mulan/ codec/ stage_semantic/ stage_coarse/ stage_fine/
+    waves = lm.generate(["a calm piano waltz"], duration_s=10, seed=0)    # float32 [1, 10 * lm.sample_rate]
+    out = lm.generate_full(prompts, 10, num_samples=4)     # + all samples, MuLan scores, tokens (best first)
+    waves = lm.generate_continuation(prompts, audio, sample_rate, duration_s=20)
+    waves = lm.generate_story([("calm piano", 10), ("energetic drums", 10)])
+
+Each stage LM is trained on fixed crops (paper: semantic 30 s, coarse 10 s, fine 3 s). Longer audio is decoded in
+sliding windows: the next window starts `prefix` seconds before the generated end (paper: 15 s prefix, 15 s
+stride for 30 s semantic windows), keeps those tokens as its prompt, and samples the rest. Every window of every
+stage draws from `fold_in(key(seed), stage, window)`, so the same seed gives the same audio.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from musiclm_jax.lm import decoding
+from musiclm_jax.lm import stages as st
+from musiclm_jax.lm import transformer as tr
+
+log = logging.getLogger(__name__)
+MANIFEST = "musiclm.json"
+STAGE_DIRS = {"semantic": "stage_semantic", "coarse": "stage_coarse", "fine": "stage_fine"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+    """Training crop lengths (seconds) per stage and the kept prefix as a fraction of the crop (paper: 0.5)."""
+
+    semantic_s: float = 30.0
+    coarse_s: float = 10.0
+    fine_s: float = 3.0
+    prefix_fraction: float = 0.5
+
+    def __post_init__(self):
+        if min(self.semantic_s, self.coarse_s, self.fine_s) <= 0 or not 0.0 <= self.prefix_fraction < 1.0:
+            raise ValueError(f"Windows: crop lengths must be > 0 and prefix_fraction in [0, 1), got {self}")
+
+
+@dataclasses.dataclass
+class Generation:
+    """What `generate_full` returns. Samples of prompt i are sorted best first by MuLan score."""
+
+    waves: np.ndarray          # [batch, samples]: the best sample per prompt
+    all_waves: np.ndarray      # [batch, num_samples, samples]
+    scores: np.ndarray         # [batch, num_samples] MuLan text-audio cosine (nan when not reranked)
+    tokens: dict               # stage -> raw codes [batch, num_samples, ...] in the same order
+    timings: dict              # stage -> seconds
+    sample_rate: int
+
+
+class MusicLM:
+    """The generation API. Build with `from_pretrained(dir)` or from parts (`MusicLM(mulan=..., ...)`)."""
+
+    def __init__(self, *, mulan, codec, semantic_lm: tr.Transformer, coarse_lm: tr.Transformer,
+                 fine_lm: tr.Transformer, sizes: st.TokenSizes, semantic_rate: float,
+                 windows: Windows = Windows(), semantic_tokenizer=None):
+        self.mulan, self.codec, self.semantic_tokenizer = mulan, codec, semantic_tokenizer
+        self.layouts = st.layouts(sizes)
+        self.models = {"semantic": semantic_lm, "coarse": coarse_lm, "fine": fine_lm}
+        self.sizes, self.semantic_rate, self.windows = sizes, float(semantic_rate), windows
+        for name, model in self.models.items():
+            if model.cfg.vocab_size < self.layouts[name].num_ids:
+                raise ValueError(f"the {name} LM has vocab_size {model.cfg.vocab_size} but its layout needs "
+                                 f"{self.layouts[name].num_ids} ids: build it with vocab_size="
+                                 f"{self.layouts[name].vocab_size}")
+        if codec.num_levels != sizes.codec_levels or codec.config.codebook_size != sizes.codec_codes:
+            raise ValueError(f"the codec has {codec.num_levels} x {codec.config.codebook_size} codes but the token "
+                             f"sizes say {sizes.codec_levels} x {sizes.codec_codes}: fix TokenSizes")
+        if mulan.cfg.rvq_levels != sizes.mulan_levels or mulan.cfg.rvq_codebook_size != sizes.mulan_codes:
+            raise ValueError(f"MuLan quantizes to {mulan.cfg.rvq_levels} x {mulan.cfg.rvq_codebook_size} but the "
+                             f"token sizes say {sizes.mulan_levels} x {sizes.mulan_codes}: fix TokenSizes")
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    @property
+    def acoustic_rate(self) -> float:
+        return self.codec.frame_rate
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model_dir: str, *, load_semantic_tokenizer: bool = True) -> "MusicLM":
+        """Loads `<dir>/{mulan,codec,semantic,stage_semantic,stage_coarse,stage_fine}` and `<dir>/musiclm.json`.
+
+        musiclm.json: {"sizes": TokenSizes fields, "semantic_rate": Hz, "windows": Windows fields (optional)}.
+        Each stage directory is a `musiclm_jax.train` model_dir of a stage experiment (gin/experiments/stage_*):
+        its TransformerConfig is read from the stored operative_config.gin. `semantic/` (w2v-BERT + k-means) is
+        needed only by `generate_continuation`."""
+        from musiclm_jax.codec.api import SoundStream
+        from musiclm_jax.mulan.api import MuLan
+
+        path = os.path.join(model_dir, MANIFEST)
+        if not os.path.exists(path):
+            raise ValueError(f"{model_dir} has no {MANIFEST}: see `MusicLM.from_pretrained` for the directory layout")
+        with open(path) as f:
+            manifest = json.load(f)
+        sizes = st.TokenSizes(**manifest["sizes"])
+        lms = {name: load_stage_lm(os.path.join(model_dir, sub)) for name, sub in STAGE_DIRS.items()}
+        semantic = None
+        if load_semantic_tokenizer and os.path.isdir(os.path.join(model_dir, "semantic")):
+            from musiclm_jax.semantic.api import SemanticTokenizer
+            semantic = SemanticTokenizer.from_checkpoint(os.path.join(model_dir, "semantic"))
+        return cls(mulan=MuLan.from_checkpoint(os.path.join(model_dir, "mulan")),
+                   codec=SoundStream.from_checkpoint(os.path.join(model_dir, "codec")),
+                   semantic_lm=lms["semantic"], coarse_lm=lms["coarse"], fine_lm=lms["fine"], sizes=sizes,
+                   semantic_rate=manifest["semantic_rate"], windows=Windows(**manifest.get("windows", {})),
+                   semantic_tokenizer=semantic)
+
+    # -- generation -----------------------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[str], duration_s: float, **kwargs) -> np.ndarray:
+        """Captions -> float32 waves [batch, duration_s * sample_rate] (the best of `num_samples` per prompt).
+
+        kwargs: temperatures=(1.0, 0.95, 0.4) (semantic, coarse, fine), top_k=0, top_p=1.0, guidance_scale=1.0
+        (> 1 sharpens towards the text; semantic and coarse stages), num_samples=1, seed=0, progress=True."""
+        return self.generate_full(prompts, duration_s, **kwargs).waves
+
+    def generate_full(self, prompts: Sequence[str], duration_s: float, **kwargs) -> Generation:
+        mulan = self._text_tokens(prompts)
+        return self._run(lambda t: mulan, duration_s, prompts=list(prompts), **kwargs)
+
+    def generate_story(self, story: Sequence[tuple[str, float]], **kwargs) -> np.ndarray:
+        """[(caption, seconds), ...] -> one wave [1, total * sample_rate] whose caption changes over time; each
+        window after a change keeps the previous music as its prefix, so the music flows on."""
+        if not story or any(not isinstance(p, str) or s <= 0 for p, s in story):
+            raise ValueError("story must be a non-empty list of (caption, seconds > 0)")
+        tokens = self._text_tokens([p for p, _ in story])
+        ends = np.cumsum([s for _, s in story])
+
+        def mulan_at(t):  # conditioning of the segment that time t falls in
+            i = min(int(np.searchsorted(ends, t, side="right")), len(story) - 1)
+            return tokens[i:i + 1]
+        kwargs.setdefault("num_samples", 1)
+        return self._run(mulan_at, float(ends[-1]), prompts=[story[-1][0]], boundaries=tuple(ends[:-1]),
+                         **kwargs).waves
+
+    def generate_continuation(self, prompts: Sequence[str], audio_prompt, sample_rate: int, duration_s: float,
+                              **kwargs) -> np.ndarray:
+        """Continues `audio_prompt` ([samples] or [batch, samples], one per prompt) up to `duration_s` in total.
+        Its semantic and acoustic tokens are kept unchanged as the start of every stage's sequence."""
+        if self.semantic_tokenizer is None:
+            raise ValueError("continuation needs the semantic tokenizer (w2v-BERT + k-means): pass "
+                             "semantic_tokenizer= or put it under <model_dir>/semantic")
+        audio = np.asarray(audio_prompt, np.float32)
+        audio = audio[None] if audio.ndim == 1 else audio
+        if audio.shape[0] not in (1, len(prompts)):
+            raise ValueError(f"audio_prompt has {audio.shape[0]} clips for {len(prompts)} prompts")
+        audio = np.broadcast_to(audio, (len(prompts), audio.shape[1]))
+        seconds = audio.shape[1] / sample_rate
+        if seconds >= duration_s:
+            raise ValueError(f"the audio prompt ({seconds:.2f} s) is already as long as duration_s={duration_s}")
+        n_sem, n_ac = self._frames(seconds)
+        semantic = self.semantic_tokenizer.tokens(audio, sample_rate)[:, :n_sem]
+        codes = self.codec.encode(audio, sample_rate)[:, :n_ac]
+        n_sem, n_ac = min(n_sem, semantic.shape[1]), min(n_ac, codes.shape[1])
+        known = {"semantic": semantic[:, :n_sem], "coarse": codes[:, :n_ac, :self.sizes.coarse_levels],
+                 "fine": codes[:, :n_ac, self.sizes.coarse_levels:]}
+        mulan = self._text_tokens(prompts)
+        return self._run(lambda t: mulan, duration_s, prompts=list(prompts), known=known, **kwargs).waves
+
+    # -- internals ------------------------------------------------------------------------------------------------
+    def _text_tokens(self, prompts) -> np.ndarray:
+        if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ValueError("prompts must be a non-empty list of non-empty captions, e.g. ['a calm piano waltz']")
+        return np.asarray(self.mulan.tokens_from_text(list(prompts)), np.int32)
+
+    def _frames(self, seconds: float) -> tuple[int, int]:
+        return math.ceil(seconds * self.semantic_rate - 1e-9), math.ceil(seconds * self.acoustic_rate - 1e-9)
+
+    def _run(self, mulan_at: Callable[[float], np.ndarray], duration_s: float, *, prompts,
+             temperatures=(1.0, 0.95, 0.4), top_k: int = 0, top_p: float = 1.0, guidance_scale: float = 1.0, num_samples: int = 1, seed: int = 0,
+             progress: bool = True, rerank: bool = True, known: dict | None = None,
+             boundaries: tuple = ()) -> Generation:
+        if not duration_s > 0:
+            raise ValueError(f"duration_s must be > 0, got {duration_s}")
+        if len(temperatures) != 3 or min(temperatures) < 0:
+            raise ValueError(f"temperatures must be 3 values >= 0 (semantic, coarse, fine), got {temperatures}")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        batch, ns = len(prompts), num_samples
+        rep = lambda x: np.repeat(np.asarray(x), ns, axis=0)
+        cond = lambda t: rep(mulan_at(t))
+        known = {k: rep(v) for k, v in (known or {}).items()}
+        n_sem, n_ac = self._frames(duration_s)
+        key = jax.random.key(seed)
+        sem_per_ac = self.semantic_rate / self.acoustic_rate
+        timings, out = {}, {}
+        opts = dict(top_k=top_k, top_p=top_p, progress=progress, boundaries=boundaries)
+
+        t0 = time.perf_counter()
+        out["semantic"] = self._decode_stage(
+            "semantic", n_sem, self.semantic_rate, self.windows.semantic_s,
+            lambda a, b, done: {"mulan": cond(done / self.semantic_rate)}, known.get("semantic"),
+            jax.random.fold_in(key, 0), temperatures[0], guidance_scale, **opts)
+        timings["semantic"] = time.perf_counter() - t0
+
+        def coarse_cond(a, b, done):
+            s0, s1 = round(a * sem_per_ac), min(round(b * sem_per_ac), n_sem)
+            return {"mulan": cond(done / self.acoustic_rate), "semantic": out["semantic"][:, s0:s1]}
+        t0 = time.perf_counter()
+        out["coarse"] = self._decode_stage("coarse", n_ac, self.acoustic_rate, self.windows.coarse_s, coarse_cond,
+                                           known.get("coarse"), jax.random.fold_in(key, 1), temperatures[1],
+                                           guidance_scale, **opts)
+        timings["coarse"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out["fine"] = self._decode_stage("fine", n_ac, self.acoustic_rate, self.windows.fine_s,
+                                         lambda a, b, done: {"coarse": out["coarse"][:, a:b]}, known.get("fine"),
+                                         jax.random.fold_in(key, 2), temperatures[2], 1.0, **opts)
+        timings["fine"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        codes = np.concatenate([out["coarse"], out["fine"]], axis=-1)
+        waves = self.codec.decode(codes, num_samples=round(duration_s * self.sample_rate))
+        timings["codec"] = time.perf_counter() - t0
+        scores = np.full((batch * ns,), np.nan, np.float32)
+        if ns > 1 and rerank:
+            t0 = time.perf_counter()
+            scores = self.mulan_scores([p for p in prompts for _ in range(ns)], waves)
+            timings["rerank"] = time.perf_counter() - t0
+        scores = scores.reshape(batch, ns)
+        order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), axis=1, kind="stable")
+        pick = lambda x: np.take_along_axis(x.reshape(batch, ns, *x.shape[1:]),
+                                            order.reshape(batch, ns, *([1] * (x.ndim - 1))), axis=1)
+        all_waves = pick(waves)
+        return Generation(waves=all_waves[:, 0], all_waves=all_waves, scores=np.take_along_axis(scores, order, 1),
+                          tokens={k: pick(v) for k, v in out.items()}, timings=timings, sample_rate=self.sample_rate)
+
+    def mulan_scores(self, prompts: Sequence[str], waves: np.ndarray) -> np.ndarray:
+        """Cosine between MuLan's text embedding of each prompt and audio embedding of its wave -> [n]."""
+        text = self.mulan.embed_text(list(prompts))
+        audio = np.stack([self.mulan.embed_audio(w, self.sample_rate) for w in waves])
+        return np.sum(text * audio, axis=-1).astype(np.float32)
+
+    def _decode_stage(self, stage: str, total: int, rate: float, crop_s: float, cond_for, known, rng, temperature,
+                      guidance_scale, *, top_k, top_p, progress, boundaries) -> np.ndarray:
+        """Decodes `total` frames of one stage in sliding windows; `cond_for(start, end, done)` gives the raw
+        conditioning of window [start, end) whose frames from `done` on are new. Returns raw codes."""
+        layout, model = self.layouts[stage], self.models[stage]
+        k = layout.tokens_per_frame
+        crop = max(1, int(crop_s * rate))
+        prefix = min(int(crop * self.windows.prefix_fraction), crop - 1)
+        cuts = sorted({min(total, math.ceil(b * rate - 1e-9)) for b in boundaries} | {total})
+        ids = np.zeros((0, 0), np.int32)
+        if known is not None and np.size(known):
+            ids = np.asarray(layout.build_targets(**({"semantic": known} if stage == "semantic"
+                                                     else {"acoustic": known})))
+        done = ids.shape[1] // k if ids.size else 0
+        bar = _progress(stage, total, progress)
+        bar.update(min(done, total))
+        window = 0
+        while done < total:
+            start = max(0, done - prefix)
+            end = min(start + crop, next(c for c in cuts if c > done))
+            inputs = np.asarray(layout.build_inputs(**cond_for(start, end, done)))
+            prompt = np.concatenate([inputs, ids[:, start * k:done * k]], axis=1) if ids.size else inputs
+            guided = guidance_scale != 1.0 and layout.cond_span() != (0, 0)
+            uncond = np.asarray(layout.uncond_inputs(prompt)) if guided else None
+            need = prompt.shape[1] + (end - done) * k
+            if need > model.cfg.max_len:
+                raise ValueError(f"the {stage} window needs {need} tokens but the LM's max_len is "
+                                 f"{model.cfg.max_len}: shorten Windows.{stage}_s or raise max_len")
+            new, _ = decoding.sample(model, jnp.asarray(prompt), max_new_tokens=(end - done) * k,
+                                     rng=jax.random.fold_in(rng, window), temperature=temperature, top_k=top_k,
+                                     top_p=top_p, logit_mask_fn=layout.logit_mask(), guidance_scale=guidance_scale,
+                                     uncond_prompts=None if uncond is None else jnp.asarray(uncond),
+                                     prefix_len=inputs.shape[1])
+            new = np.asarray(new)
+            ids = np.concatenate([ids, new], axis=1) if ids.size else new
+            bar.update(end - done)
+            done, window = end, window + 1
+        bar.close()
+        return layout.targets_to_codes(ids[:, :total * k])
+
+
+def _progress(stage: str, total: int, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=f"{stage} stage", unit="frame", disable=not enabled, leave=False)
+
+
+# -- stage LM checkpoints -----------------------------------------------------------------------------------------
+def gin_bindings(text: str, configurable: str, references: dict | None = None) -> dict:
+    """`Configurable.param = value` bindings of a saved gin config as Python values (macros resolved;
+    `references` maps a reference such as '@stage_vocab_size()' to its value)."""
+    macros = dict(re.findall(r"^([A-Z_][A-Z0-9_]*)\s*=\s*(.+)$", text, re.M))
+    out = {}
+    for name, value in re.findall(rf"^(?:[\w/]*/)?(?:[\w.]+\.)?{configurable}\.(\w+)\s*=\s*(.+)$", text, re.M):
+        value = value.strip()
+        while value.startswith("%") and value[1:] in macros:
+            value = macros[value[1:]].strip()
+        if references and value in references:
+            out[name] = references[value]
+            continue
+        try:
+            out[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"cannot read {configurable}.{name} = {value!r} from the saved gin config") from None
+    return out
+
+
+def load_stage_lm(model_dir: str) -> tr.Transformer:
+    """The Transformer of a stage-LM checkpoint (`python -m musiclm_jax.train` with gin/experiments/stage_*)."""
+    from musiclm_jax.lm.models import TokenLM
+    from musiclm_jax.train import partitioning
+    from musiclm_jax.train.checkpoints import Checkpointer
+    from musiclm_jax.train.trainer import Trainer
+
+    config_path = os.path.join(model_dir, "operative_config.gin")
+    if not os.path.exists(config_path):
+        raise ValueError(f"{model_dir} has no operative_config.gin: is it the model_dir of a stage-LM training?")
+    with open(config_path) as f:
+        text = f.read()
+    refs = {}
+    stage = gin_bindings(text, "stage_vocab_size").get("stage")
+    if stage is not None:  # a stage experiment: the vocabulary comes from the token layout
+        sizes = st.TokenSizes(**gin_bindings(text, "TokenSizes"))
+        refs["@stage_vocab_size()"] = st.StageLayout(stage, sizes).vocab_size
+    cfg = tr.TransformerConfig(**gin_bindings(text, "TransformerConfig", refs))
+    trainer = Trainer(TokenLM(cfg), partitioning.make_mesh(devices=jax.devices()[:1]))
+    target = trainer.abstract_target()
+    ckpt = Checkpointer(model_dir, async_save=False)
+    try:
+        restored, _ = ckpt.restore_subtrees({"params": target["params"], "rest": target["rest"]})
+    finally:
+        ckpt.close()
+    trainer.ensure_rng_state()
+    return trainer.merge(restored["params"], restored["rest"])["model"]
+
+
+# -- tiny random parts (tests, `generate --random_init --tiny`) -------------------------------------------------
+def tiny_random(seed: int = 0, sizes: st.TokenSizes = st.TINY) -> MusicLM:
+    """A MusicLM of tiny, randomly initialised parts: fast on CPU, and its audio is untrained noise."""
+    from flax import nnx
+
+    from musiclm_jax.codec.api import SoundStream
+    from musiclm_jax.codec.model import CodecConfig
+    from musiclm_jax.mulan.api import MuLan
+    from musiclm_jax.mulan.audio import AudioConfig
+    from musiclm_jax.mulan.model import MuLanConfig, MuLanModel
+    from musiclm_jax.mulan.text import TextConfig
+
+    audio = AudioConfig(sample_rate=8000, window_seconds=1.0, stride_seconds=0.5, n_fft=256, hop_length=128,
+                        n_mels=16, stage_sizes=(1, 1), width=8, block="basic", groups=4)
+    text = TextConfig(vocab_size=30522, hidden=16, layers=1, heads=2, mlp=32, max_length=32, pretrained=None)
+    mcfg = MuLanConfig(audio=audio, text=text, embed_dim=16, rvq_levels=sizes.mulan_levels,
+                       rvq_codebook_size=sizes.mulan_codes, rvq_kmeans_iters=3)
+    mulan = MuLan(MuLanModel(mcfg, nnx.Rngs(seed)), batch_size=8)
+    emb = np.random.default_rng(seed).normal(size=(max(64, 4 * sizes.mulan_codes), 16)).astype(np.float32)
+    mulan.fit_quantizer(emb / np.linalg.norm(emb, axis=-1, keepdims=True), seed=seed)
+    codec = SoundStream.random(CodecConfig(sample_rate=8000, channels=4, strides=(2, 4, 5), embed_dim=8,
+                                           num_levels=sizes.codec_levels, codebook_size=sizes.codec_codes), seed)
+    lms = {}
+    for i, (name, layout) in enumerate(st.layouts(sizes).items()):
+        cfg = tr.preset("tiny", vocab_size=layout.vocab_size, max_len=256, dtype="float32")
+        lms[name] = tr.Transformer(cfg, rngs=nnx.Rngs(seed + 1 + i))
+    # codec frames at 8000 / 40 = 200 Hz; semantic at half the acoustic rate, as in the paper (25 vs 50 Hz)
+    return MusicLM(mulan=mulan, codec=codec, semantic_lm=lms["semantic"], coarse_lm=lms["coarse"],
+                   fine_lm=lms["fine"], sizes=sizes, semantic_rate=codec.frame_rate / 2,
+                   windows=Windows(semantic_s=0.2, coarse_s=0.1, fine_s=0.05))

@@ -1,0 +1,116 @@
+"""From a cached stage task to trainer batches: feature conversion and the trainer's dataset function.
+
+Two feature formats for a decoder-only prefix LM:
+  * `StageLMFeatureConverter` (no packing): {"inputs" [b, P], "targets" [b, T], "weights" [b, T]}, what
+    musiclm_jax/lm/models.py `TokenLM` reads. Inputs are padded on the LEFT, so SEP stays next to the first target.
+  * seqio's `PrefixLMFeatureConverter(pack=True)`: the T5X packed format (decoder_target_tokens,
+    decoder_input_tokens, decoder_segment_ids, decoder_positions, decoder_causal_attention, loss weights).
+
+    ds = stage_task_dataset(split="train", batch_size=8, seed=0, shard_index=0, num_shards=1,
+                            task="synthcaps_coarse", inputs_length=..., targets_length=...)
+    gin:  Trainer dataset = @stage_task_dataset;  stage_task_dataset.task = "synthcaps_coarse"
+"""
+from __future__ import annotations
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from musiclm_jax.lm.stages import PAD
+
+FeatureSpec = seqio.FeatureConverter.FeatureSpec
+
+
+class StageLMFeatureConverter(seqio.FeatureConverter):
+    """inputs/targets -> fixed-length inputs (left-padded), targets (right-padded) and target weights."""
+
+    TASK_FEATURES = {"inputs": FeatureSpec(dtype=tf.int32), "targets": FeatureSpec(dtype=tf.int32)}
+    MODEL_FEATURES = {"inputs": FeatureSpec(dtype=tf.int32), "targets": FeatureSpec(dtype=tf.int32),
+                      "weights": FeatureSpec(dtype=tf.float32)}
+    PACKING_FEATURE_DTYPES = {}
+
+    def __init__(self, pack: bool = False, **kwargs):
+        if pack:
+            raise ValueError("StageLMFeatureConverter does not pack (TokenLM reads one crop per row): use "
+                             "seqio.PrefixLMFeatureConverter(pack=True) for the packed T5X format")
+        super().__init__(pack=False, **kwargs)
+
+    def _convert_features(self, ds, task_feature_lengths):
+        p, t = task_feature_lengths["inputs"], task_feature_lengths["targets"]
+
+        def fn(ex):
+            inputs = ex["inputs"][-p:]  # keep the end: SEP and the newest conditioning
+            targets = ex["targets"][:t]
+            n_in, n_t = tf.shape(inputs)[0], tf.shape(targets)[0]
+            inputs = tf.concat([tf.fill([p - n_in], tf.constant(PAD, tf.int32)), inputs], 0)
+            weights = tf.concat([tf.ones([n_t], tf.float32), tf.zeros([t - n_t], tf.float32)], 0)
+            targets = tf.concat([targets, tf.fill([t - n_t], tf.constant(PAD, tf.int32))], 0)
+            inputs.set_shape([p]), targets.set_shape([t]), weights.set_shape([t])
+            return {"inputs": inputs, "targets": targets, "weights": weights}
+
+        return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def get_model_feature_lengths(self, task_feature_lengths):
+        return {"inputs": task_feature_lengths["inputs"], "targets": task_feature_lengths["targets"],
+                "weights": task_feature_lengths["targets"]}
+
+
+def feature_converter(pack: bool = False) -> seqio.FeatureConverter:
+    """Unpacked: the TokenLM format; packed: seqio's prefix-LM format (T5X decoder-only models)."""
+    return seqio.PrefixLMFeatureConverter(pack=True) if pack else StageLMFeatureConverter()
+
+
+class TaskIterator:
+    """Numpy batches of a SeqIO task; state = batches consumed (the pipeline is deterministic given the seed),
+    so `set_state` resumes the same stream by skipping that many batches."""
+
+    def __init__(self, make_ds, position: int = 0):
+        self._make_ds = make_ds
+        self.set_state({"position": position})
+
+    def get_state(self) -> dict:
+        return {"position": self.position}
+
+    def set_state(self, state: dict | None) -> None:
+        self.position = int((state or {}).get("position", 0))
+        self._it = self._make_ds().skip(self.position).as_numpy_iterator()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._it)
+        self.position += 1
+        return batch
+
+
+@gin.configurable
+def stage_task_dataset(*, split: str = "train", batch_size: int, seed: int = 0, shard_index: int = 0,
+                       num_shards: int = 1, task: str = gin.REQUIRED, inputs_length: int = gin.REQUIRED,
+                       targets_length: int = gin.REQUIRED, pack: bool = False, cache_dirs: tuple[str, ...] = (),
+                       task_modules: tuple[str, ...] = ("tasks.musiclm_tasks",), shuffle: bool | None = None,
+                       repeat: bool | None = None) -> TaskIterator:
+    """The trainer's dataset function for a cached stage task or mixture (this host's shard, see module doc).
+
+    `split` "eval" reads the task's "validation" split. Shuffling and repetition default to on for train."""
+    import importlib
+
+    for m in task_modules:
+        importlib.import_module(m)
+    if cache_dirs:
+        seqio.add_global_cache_dirs(list(cache_dirs))
+    split = {"eval": "validation"}.get(split, split)
+    train = split == "train"
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in [0, num_shards={num_shards}), got {shard_index}")
+
+    def make():
+        ds = seqio.get_dataset(
+            task, task_feature_lengths={"inputs": inputs_length, "targets": targets_length},
+            dataset_split=split, shuffle=train if shuffle is None else shuffle,
+            num_epochs=None if (train if repeat is None else repeat) else 1, use_cached=True, seed=seed,
+            shard_info=seqio.ShardInfo(shard_index, num_shards), feature_converter=feature_converter(pack))
+        return ds.batch(batch_size, drop_remainder=True)
+
+    return TaskIterator(make)

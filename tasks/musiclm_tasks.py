@@ -1,0 +1,14 @@
+"""Registers the standard stage tasks (import for the side effect, e.g. `--module_import=tasks.musiclm_tasks`).
+
+    synthcaps_{semantic,coarse,fine}             synthcaps/small, paper token sizes
+    synthcaps_24khz_30s_{semantic,coarse,fine}   synthcaps/small_24khz_30s, paper token sizes
+    synthcaps_tiny_{semantic,coarse,fine}        synthcaps/tiny_4s_n4 (8 clips of 4 s), TINY sizes, for the tiny
+                                                 random tokenizers (`random:0`) in tests and demos
+"""
+from musiclm_jax.lm.stages import TINY
+from tasks.registry import SYNTHCAPS_KEEP, register_defaults, register_stage_tasks
+
+TINY_TFDS = "synthcaps/tiny_4s_n4:1.0.0"
+
+register_defaults()
+register_stage_tasks("synthcaps_tiny", TINY_TFDS, sizes=TINY, keep=SYNTHCAPS_KEEP)

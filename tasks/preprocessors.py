@@ -1,0 +1,209 @@
+"""SeqIO preprocessors of the stage tasks.
+
+Before the cache (`CacheDatasetPlaceholder`): `tokenize` runs the three tokenizers on each clip.
+After it: `check_tokenizers` (a cache made by other checkpoints is refused), `drop_failed`, `aligned_crop`
+(one random window cut from every token stream at the same seconds) and `to_stage` (the (inputs, targets) of a
+stage, from musiclm_jax/lm/stages.py, the one token layout).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from musiclm_jax.data import tokenize as tok_lib
+
+log = logging.getLogger("tasks")
+TOKENIZERS_FILE = "tokenizers.json"
+TOKEN_FEATURES = ("mulan_tokens", "semantic_tokens", "acoustic_tokens")
+ERROR_KEY = "tokenize_error"
+ID_KEYS = ("clip_id", "id")  # synthcaps, audio_captions
+
+# Paper crop lengths per stage (seconds); gin: `aligned_crop.crop_seconds`, or per task at registration.
+PAPER_CROP_SECONDS = {"semantic": 30.0, "coarse": 10.0, "fine": 3.0}
+
+
+@gin.configurable
+def tokenizer_spec(codec: str | None = None, semantic: str | None = None,
+                   mulan: str | None = None) -> tok_lib.TokenizerSpec:
+    """The configured tokenizers: gin bindings, else $MUSICLM_CODEC_DIR / _SEMANTIC_DIR / _MULAN_DIR."""
+    if codec and semantic and mulan:
+        return tok_lib.TokenizerSpec(codec, semantic, mulan)
+    env = tok_lib.TokenizerSpec.from_env()
+    return tok_lib.TokenizerSpec(codec or env.codec, semantic or env.semantic, mulan or env.mulan)
+
+
+def _audio_sample_rate(task_name: str, audio_key: str) -> int:
+    source = seqio.get_mixture_or_task(task_name).source
+    return int(source.tfds_dataset.builder.info.features[audio_key].sample_rate)
+
+
+def tokenize(ds: tf.data.Dataset, *, task_name: str, audio_key: str = "audio",
+             keep: tuple[str, ...] = ()) -> tf.data.Dataset:
+    """Clip -> {mulan_tokens [Qm], semantic_tokens [Ts], acoustic_tokens [Ta, Qa], tokenize_error, *keep}.
+
+    A clip that fails keeps empty tokens and its error message (counted and named by the cache job)."""
+    sample_rate = _audio_sample_rate(task_name, audio_key)
+    toks = tok_lib.Tokenizers.get(tokenizer_spec())
+
+    def run(audio, clip_id):
+        wave = audio.astype(np.float32) / (32768.0 if audio.dtype == np.int16 else 1.0)
+        try:
+            out = toks.tokenize(wave, sample_rate)
+            return out["mulan_tokens"], out["semantic_tokens"], out["acoustic_tokens"], b""
+        except Exception as e:  # noqa: BLE001 -- one bad clip must not stop the job
+            name = clip_id.decode(errors="replace")
+            log.warning("tokenize: skipping clip %s: %s", name, e)
+            try:  # a Beam counter when running inside a Beam worker
+                import apache_beam as beam
+                beam.metrics.Metrics.counter("musiclm_tokenize", "failed_clips").inc()
+            except Exception:  # noqa: BLE001
+                pass
+            q = toks.codec.num_levels
+            return (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, q), np.int32),
+                    f"{name}: {e}".encode())
+
+    def fn(ex):
+        clip_id = next((ex[k] for k in ID_KEYS if k in ex), tf.constant(""))
+        m, s, a, err = tf.numpy_function(run, [ex[audio_key], clip_id], [tf.int32, tf.int32, tf.int32, tf.string],
+                                         stateful=False)
+        m.set_shape([None]), s.set_shape([None]), a.set_shape([None, None]), err.set_shape([])
+        out = {"mulan_tokens": m, "semantic_tokens": s, "acoustic_tokens": a, ERROR_KEY: err,
+               "clip_id": clip_id}
+        out.update({k: ex[k] for k in keep if k in ex})
+        return out
+
+    return ds.map(fn, num_parallel_calls=1)  # tokenizers hold a lock: parallel calls would only queue
+
+
+def read_cache_record(task_name: str) -> dict | None:
+    """The tokenizer record stored with a task's cache, or None when the task is not cached."""
+    task = seqio.get_mixture_or_task(task_name)
+    try:
+        cache_dir = task.cache_dir
+    except (ValueError, AssertionError):
+        return None
+    path = os.path.join(cache_dir, TOKENIZERS_FILE) if cache_dir else None
+    if not path or not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.loads(f.read())
+
+
+def check_geometry(record: dict, sizes, semantic_rate: float, acoustic_rate: float, where: str) -> None:
+    """Raises when the tokenizers' sizes or frame rates disagree with what the task was registered with."""
+    want = {"mulan levels": (record["mulan"]["levels"], sizes.mulan_levels),
+            "mulan codes": (record["mulan"]["codebook_size"], sizes.mulan_codes),
+            "semantic codes": (record["semantic"]["codebook_size"], sizes.semantic_codes),
+            "codec levels": (record["acoustic"]["levels"], sizes.codec_levels),
+            "codec codes": (record["acoustic"]["codebook_size"], sizes.codec_codes),
+            "semantic frame rate": (record["semantic"]["frame_rate"], semantic_rate),
+            "acoustic frame rate": (record["acoustic"]["frame_rate"], acoustic_rate)}
+    bad = [f"{k} {got} vs {exp}" for k, (got, exp) in want.items() if float(got) != float(exp)]
+    if bad:
+        raise ValueError(f"tokenizers of {where} do not fit the task's token layout ({'; '.join(bad)}): register "
+                         "the task with TokenSizes and frame rates matching the tokenizers")
+
+
+def check_record(record: dict, configured: dict, where: str) -> None:
+    """Raises a one-line ValueError when a cache was made by other tokenizers than the configured ones."""
+    diff = [k for k in configured["fingerprints"] if record["fingerprints"].get(k) != configured["fingerprints"][k]]
+    if diff:
+        parts = ", ".join(f"{k}: cache {record['fingerprints'].get(k)} ({record['sources'].get(k)}) vs configured "
+                          f"{configured['fingerprints'][k]} ({configured['sources'][k]})" for k in diff)
+        raise ValueError(f"token cache {where} was made by other tokenizer checkpoints ({parts}): configure the "
+                         "same checkpoints, or re-tokenize with `python -m tasks.cache --overwrite`")
+
+
+def check_tokenizers(ds: tf.data.Dataset, *, task_name: str, sizes, semantic_rate: float,
+                     acoustic_rate: float) -> tf.data.Dataset:
+    """Refuses to read a cache whose tokenizer fingerprints differ from the configured tokenizers', or whose
+    token sizes and rates do not fit the task's layout."""
+    record = read_cache_record(task_name)
+    if record is not None:
+        where = f"the cache of task {task_name!r}"
+        check_geometry(record, sizes, semantic_rate, acoustic_rate, where)
+        configured = tok_lib.Tokenizers.get(tokenizer_spec()).describe()
+        check_record(record, configured, where)
+    return ds
+
+
+def drop_failed(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Drops clips that failed to tokenize (the cache job named them) and the error field."""
+    ds = ds.filter(lambda ex: tf.equal(tf.strings.length(ex[ERROR_KEY]), 0))
+    return ds.map(lambda ex: {k: v for k, v in ex.items() if k != ERROR_KEY})
+
+
+def crop_grid(semantic_rate: float, acoustic_rate: float) -> tuple[float, int, int]:
+    """(grid rate in Hz, semantic frames per grid step, acoustic frames per grid step): crops start and end on
+    this grid, so every stream is cut at exactly the same second."""
+    if semantic_rate != int(semantic_rate) or acoustic_rate != int(acoustic_rate) or min(semantic_rate,
+                                                                                          acoustic_rate) < 1:
+        raise ValueError(f"aligned crops need integer frame rates >= 1, got semantic {semantic_rate} Hz and "
+                         f"acoustic {acoustic_rate} Hz")
+    g = math.gcd(int(semantic_rate), int(acoustic_rate))
+    return float(g), int(semantic_rate) // g, int(acoustic_rate) // g
+
+
+@gin.configurable
+def stage_crop_seconds(semantic: float = 30.0, coarse: float = 10.0, fine: float = 3.0) -> dict[str, float]:
+    """Crop length per stage in seconds (paper: 30 / 10 / 3). Read when a dataset is built, after gin parsing."""
+    return {"semantic": semantic, "coarse": coarse, "fine": fine}
+
+
+def aligned_crop(ds: tf.data.Dataset, *, stage: str, crop_seconds: float | None = None,
+                 semantic_rate: float = 25.0, acoustic_rate: float = 50.0) -> tf.data.Dataset:
+    """One random window of the stage's crop length from all token streams at the same seconds (the whole clip
+    if shorter). Deterministic given seqio's seed: the same seed gives the same crops."""
+    crop_seconds = stage_crop_seconds()[stage] if crop_seconds is None else crop_seconds
+    if crop_seconds <= 0:
+        raise ValueError(f"crop_seconds must be > 0, got {crop_seconds}")
+    g, ks, ka = crop_grid(semantic_rate, acoustic_rate)
+    crop = max(1, int(round(crop_seconds * g)))
+
+    @seqio.map_over_dataset(num_seeds=1)
+    def fn(ex, seed):
+        steps = tf.minimum(tf.shape(ex["semantic_tokens"])[0] // ks, tf.shape(ex["acoustic_tokens"])[0] // ka)
+        length = tf.minimum(steps, crop)
+        start = tf.random.stateless_uniform([], seed, 0, steps - length + 1, dtype=tf.int32)
+        out = dict(ex)
+        out["semantic_tokens"] = ex["semantic_tokens"][start * ks:(start + length) * ks]
+        out["acoustic_tokens"] = ex["acoustic_tokens"][start * ka:(start + length) * ka]
+        out["crop_start_seconds"] = tf.cast(start, tf.float32) / g
+        return out
+
+    return fn(ds)  # seeds come from seqio's seed manager (the `seed` of get_dataset)
+
+
+def to_stage(ds: tf.data.Dataset, *, stage: str, sizes) -> tf.data.Dataset:
+    """Raw token streams -> {"inputs", "targets"} of `stage` (layout from musiclm_jax/lm/stages.py)."""
+    from musiclm_jax.lm.stages import StageLayout
+
+    layout = StageLayout(stage, sizes)
+
+    def build(mulan, semantic, acoustic):
+        inputs, targets = layout.build(mulan=mulan[None], semantic=semantic[None], acoustic=acoustic[None])
+        return inputs[0].astype(np.int32), targets[0].astype(np.int32)
+
+    def fn(ex):
+        inputs, targets = tf.numpy_function(build, [ex["mulan_tokens"], ex["semantic_tokens"],
+                                                    ex["acoustic_tokens"]], [tf.int32, tf.int32], stateful=False)
+        inputs.set_shape([None]), targets.set_shape([None])
+        keep = {k: ex[k] for k in ("clip_id", "crop_start_seconds") if k in ex}
+        return {"inputs": inputs, "targets": targets, **keep}
+
+    return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def partial(fn, **kwargs):
+    """functools.partial that keeps the name (seqio logs preprocessor names)."""
+    p = functools.partial(fn, **kwargs)
+    p.__name__ = fn.__name__
+    return p

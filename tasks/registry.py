@@ -1,0 +1,77 @@
+"""SeqIO task registrations: `<name>_semantic`, `<name>_coarse`, `<name>_fine` per dataset.
+
+    TFDS source -> tokenize -> CacheDatasetPlaceholder(required) -> check_tokenizers -> drop_failed
+                -> aligned_crop (per-stage seconds, gin `stage_crop_seconds`) -> to_stage (lm/stages.py)
+
+The three tasks of one dataset share their pre-cache part, so `python -m tasks.cache` tokenizes once and writes
+the same token cache for all three (see tasks/cache.py). Tokenizers come from `tokenizer_spec` (gin) or the
+$MUSICLM_*_DIR variables; a stage-LM gin experiment names its task with `train_stage_lm.task = "synthcaps_coarse"`
+style bindings of `tasks.data.stage_task_dataset`.
+"""
+from __future__ import annotations
+
+import seqio
+
+from musiclm_jax.lm.stages import PAPER, STAGES, StageLayout, TokenSizes
+from tasks import preprocessors as pp
+
+SYNTHCAPS_KEEP = ("caption", "genre", "bpm", "key", "mode", "mood", "lead_instrument", "source")
+AUDIO_CAPTIONS_KEEP = ("caption", "has_caption")
+
+
+def stage_output_features(stage: str, sizes: TokenSizes) -> dict[str, seqio.Feature]:
+    vocab = seqio.PassThroughVocabulary(StageLayout(stage, sizes).vocab_size)
+    return {"inputs": seqio.Feature(vocab, add_eos=False, dtype="int32"),
+            "targets": seqio.Feature(vocab, add_eos=False, dtype="int32")}
+
+
+def register_stage_tasks(name: str, tfds_name: str, *, sizes: TokenSizes = PAPER, keep: tuple[str, ...] = (),
+                         splits=None, tfds_data_dir: str | None = None, semantic_rate: float = 25.0,
+                         acoustic_rate: float = 50.0, crop_seconds: dict[str, float] | None = None,
+                         audio_key: str = "audio") -> list[str]:
+    """Registers `<name>_<stage>` for the three stages (replacing earlier ones of that name); returns the names.
+
+    `crop_seconds` fixes the crops per stage; None reads gin's `stage_crop_seconds` when the dataset is built."""
+    pp.crop_grid(semantic_rate, acoustic_rate)  # bad rates fail at registration
+    names = []
+    for stage in STAGES:
+        task_name = f"{name}_{stage}"
+        if task_name in seqio.TaskRegistry.names():
+            seqio.TaskRegistry.remove(task_name)
+        source = seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, splits=splits)
+        seqio.TaskRegistry.add(
+            task_name, source=source,
+            preprocessors=[
+                pp.partial(pp.tokenize, task_name=task_name, audio_key=audio_key, keep=keep),
+                seqio.CacheDatasetPlaceholder(required=True),
+                pp.partial(pp.check_tokenizers, task_name=task_name, sizes=sizes, semantic_rate=semantic_rate,
+                           acoustic_rate=acoustic_rate),
+                pp.drop_failed,
+                pp.partial(pp.aligned_crop, stage=stage, semantic_rate=semantic_rate, acoustic_rate=acoustic_rate,
+                           crop_seconds=(crop_seconds or {}).get(stage)),
+                pp.partial(pp.to_stage, stage=stage, sizes=sizes),
+            ],
+            output_features=stage_output_features(stage, sizes))
+        names.append(task_name)
+    return names
+
+
+def register_mixture(name: str, tasks_and_rates: dict[str, float]) -> str:
+    """A mixture of stage tasks with sampling rates (e.g. synthcaps + your own folder, 1:3)."""
+    if not tasks_and_rates or any(r <= 0 for r in tasks_and_rates.values()):
+        raise ValueError(f"mixture {name!r} needs at least one task and positive rates, got {tasks_and_rates}")
+    if name in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(name, list(tasks_and_rates.items()))
+    return name
+
+
+def register_defaults() -> None:
+    """The standard tasks at the paper's token sizes: SynthCaps (`synthcaps/small`, 16 kHz) and the paper-audio
+    variant `synthcaps/small_24khz_30s`. Your own folder: call `register_stage_tasks("mine", "audio_captions/...",
+    keep=AUDIO_CAPTIONS_KEEP)` (TFDS name with its version, e.g. "audio_captions/NAME:1.0.0") in a module passed with --module_import."""
+    import musiclm_jax.data.audio_captions.builder  # noqa: F401 -- registers the TFDS builders
+    import musiclm_jax.data.synthcaps.builder  # noqa: F401
+
+    register_stage_tasks("synthcaps", "synthcaps/small:1.0.0", keep=SYNTHCAPS_KEEP)
+    register_stage_tasks("synthcaps_24khz_30s", "synthcaps/small_24khz_30s:1.0.0", keep=SYNTHCAPS_KEEP)

@@ -1,0 +1,196 @@
+"""Stage tasks end to end: tiny SynthCaps -> random tiny tokenizers -> Beam DirectRunner cache -> each stage task
+reads back with the right shapes, ranges and offsets; crops line up in time; a cache made by other tokenizers is
+refused; feature conversion and the trainer's dataset function."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+seqio = pytest.importorskip("seqio")
+tfds = pytest.importorskip("tensorflow_datasets")
+pytest.importorskip("apache_beam")
+
+from musiclm_jax.data import tokenize as tok_lib  # noqa: E402
+from musiclm_jax.data.synthcaps import builder  # noqa: E402
+from musiclm_jax.lm.stages import PAD, PAPER, SEP, TINY, StageLayout  # noqa: E402
+from tasks import cache, data, preprocessors as pp, registry  # noqa: E402
+
+CROPS = {"semantic": 3.0, "coarse": 2.0, "fine": 1.0}  # < the 4 s clips, so crops really are random
+TFDS_NAME = "synthcaps/tiny_4s_n4:1.0.0"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tasks")
+    tfds_dir, cache_dir = str(root / "tfds"), str(root / "cache")
+    b = builder.Synthcaps(config=builder.make_config("tiny", clip_seconds=4, num_scores=4), data_dir=tfds_dir)
+    b.download_and_prepare()
+    old = {k: os.environ.get(k) for k in tok_lib.ENV.values()}
+    os.environ.update(tok_lib.TokenizerSpec.tiny().to_env())
+    names = registry.register_stage_tasks("tt", TFDS_NAME, sizes=TINY, keep=registry.SYNTHCAPS_KEEP,
+                                          tfds_data_dir=tfds_dir, crop_seconds=CROPS)
+    report_path = str(root / "report.json")
+    rc = cache.main(["--tasks=tt_.*", f"--output_cache_dir={cache_dir}", f"--tfds_data_dir={tfds_dir}",
+                     "--num_workers=1", "--module_import=tasks.registry", f"--report={report_path}"])
+    assert rc == 0
+    seqio.add_global_cache_dirs([cache_dir])
+    with open(report_path) as f:
+        report = json.load(f)
+    yield {"names": names, "cache_dir": cache_dir, "tfds_dir": tfds_dir, "report": report, "builder": b}
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    seqio.set_tfds_data_dir_override(None)
+
+
+def _read(task, split="train", seed=0):
+    ds = seqio.get_mixture_or_task(task).get_dataset(split=split, use_cached=True, shuffle=False, seed=seed)
+    return list(ds.as_numpy_iterator())
+
+
+def test_cache_report_fingerprints_and_shared_tokenization(env):
+    toks = tok_lib.Tokenizers.get(tok_lib.TokenizerSpec.tiny())
+    splits = {k: v.num_examples for k, v in env["builder"].info.splits.items()}
+    for name in env["names"]:
+        entry = env["report"]["tasks"][name]
+        for split, n in splits.items():
+            assert entry[split] == {"examples": n, "failed": 0, "failed_clips": []}
+        out = os.path.join(env["cache_dir"], name)
+        with open(os.path.join(out, pp.TOKENIZERS_FILE)) as f:
+            assert json.load(f)["fingerprints"] == toks.fingerprints()
+        assert os.path.exists(os.path.join(out, "COMPLETED"))
+        assert not [p for p in os.listdir(out) if p.startswith("beam-temp")]
+    # the three tasks share one tokenization: identical cached records
+    recs = [open(os.path.join(env["cache_dir"], n, "train.tfrecord-00000-of-00001"), "rb").read()
+            for n in env["names"]]
+    assert len(recs[0]) > 0
+    assert sorted(recs[0]) == sorted(recs[1]) == sorted(recs[2])  # same bytes (shard order may differ)
+
+
+@pytest.mark.parametrize("stage", ["semantic", "coarse", "fine"])
+def test_stage_reads_back_with_shapes_ranges_offsets(env, stage):
+    layout = StageLayout(stage, TINY)
+    exs = _read(f"tt_{stage}")
+    assert len(exs) == env["report"]["tasks"][f"tt_{stage}"]["train"]["examples"] > 0
+    frames_s, frames_a = int(CROPS[stage] * 25), int(CROPS[stage] * 50)
+    want_inputs = {"semantic": TINY.mulan_levels + 1, "coarse": TINY.mulan_levels + frames_s + 1,
+                   "fine": frames_a * TINY.coarse_levels + 1}[stage]
+    want_targets = frames_s if stage == "semantic" else frames_a * layout.tokens_per_frame
+    for ex in exs:
+        inputs, targets = ex["inputs"], ex["targets"]
+        assert inputs.shape == (want_inputs,) and targets.shape == (want_targets,)
+        assert inputs[-1] == SEP and inputs.dtype == np.int32
+        assert targets.min() >= 4 and targets.max() < layout.vocab_size
+        layout.targets_to_codes(targets[None])  # raises if any id is outside its position's range
+        if stage != "fine":  # MuLan level q sits in its own range
+            for q in range(TINY.mulan_levels):
+                lo, hi = layout.streams[f"mulan{q}"]
+                assert lo <= inputs[q] < hi
+
+
+def _full_tokens(env, clip_id):
+    ds = env["builder"].as_dataset(split="train")
+    for ex in tfds.as_numpy(ds):
+        if ex["clip_id"] == clip_id:
+            toks = tok_lib.Tokenizers.get(tok_lib.TokenizerSpec.tiny())
+            return toks.tokenize(ex["audio"].astype(np.float32) / 32768.0, 16000)
+    raise AssertionError(clip_id)
+
+
+def test_coarse_crop_lines_up_in_time_and_is_seeded(env):
+    layout = StageLayout("coarse", TINY)
+    exs = _read("tt_coarse", seed=3)
+    for ex in exs:
+        full = _full_tokens(env, ex["clip_id"])
+        start = float(ex["crop_start_seconds"])
+        s0, a0 = int(round(start * 25)), int(round(start * 50))
+        n_s = int(CROPS["coarse"] * 25)
+        semantic = ex["inputs"][TINY.mulan_levels:-1] - layout.offset("semantic")
+        np.testing.assert_array_equal(semantic, full["semantic_tokens"][s0:s0 + n_s])
+        codes = layout.targets_to_codes(ex["targets"][None])[0]
+        np.testing.assert_array_equal(codes, full["acoustic_tokens"][a0:a0 + 2 * n_s, :TINY.coarse_levels])
+        np.testing.assert_array_equal(ex["inputs"][:TINY.mulan_levels] - [layout.offset("mulan0"),
+                                                                          layout.offset("mulan1")],
+                                      full["mulan_tokens"])
+    again = _read("tt_coarse", seed=3)
+    assert [float(e["crop_start_seconds"]) for e in again] == [float(e["crop_start_seconds"]) for e in exs]
+    starts = {tuple(float(e["crop_start_seconds"]) for e in _read("tt_coarse", seed=s)) for s in range(4)}
+    assert len(starts) > 1  # the seed moves the crops
+
+
+def test_fingerprint_mismatch_and_wrong_layout_refused(env):
+    src = os.path.join(env["cache_dir"], "tt_fine")
+    names = registry.register_stage_tasks("tx", TFDS_NAME, sizes=TINY, tfds_data_dir=env["tfds_dir"])
+    registry.register_stage_tasks("tp", TFDS_NAME, sizes=PAPER, tfds_data_dir=env["tfds_dir"])
+    shutil.copytree(src, os.path.join(env["cache_dir"], "tx_fine"))
+    shutil.copytree(src, os.path.join(env["cache_dir"], "tp_fine"))
+    assert "tx_fine" in names
+    path = os.path.join(env["cache_dir"], "tx_fine", pp.TOKENIZERS_FILE)
+    with open(path) as f:
+        record = json.load(f)
+    record["fingerprints"]["codec"] = "0123456789abcdef"
+    record["sources"]["codec"] = "runs/another_codec"
+    with open(path, "w") as f:
+        json.dump(record, f)
+    with pytest.raises(ValueError, match="other tokenizer checkpoints.*codec: cache 0123456789abcdef"):
+        _read("tx_fine")
+    with pytest.raises(ValueError, match="do not fit the task's token layout.*mulan levels 2 vs 12"):
+        _read("tp_fine")
+
+
+def test_feature_converter_and_trainer_dataset_resume(env):
+    it = data.stage_task_dataset(split="train", batch_size=2, seed=0, task="tt_semantic", inputs_length=4,
+                                 targets_length=80, task_modules=())
+    first = next(it)
+    assert first["inputs"].shape == (2, 4) and first["targets"].shape == (2, 80)
+    np.testing.assert_array_equal(first["inputs"][:, 0], [PAD, PAD])  # left padding keeps SEP last
+    assert (first["inputs"][:, -1] == SEP).all()
+    np.testing.assert_array_equal(first["weights"].sum(1), [75, 75])
+    assert (first["targets"][:, 75:] == PAD).all()
+    second = next(it)
+    assert it.get_state() == {"position": 2} and second["targets"].shape == (2, 80)
+    # Resuming at position 2 gives the batch an uninterrupted run gives there.
+    make = lambda: data.stage_task_dataset(split="train", batch_size=2, seed=0, task="tt_semantic",  # noqa: E731
+                                           inputs_length=4, targets_length=80, task_modules=())
+    fresh = make()
+    uninterrupted = [next(fresh) for _ in range(3)]
+    resumed = make()
+    resumed.set_state({"position": 2})
+    third = next(resumed)
+    for k in third:
+        np.testing.assert_array_equal(uninterrupted[0][k], first[k])
+        np.testing.assert_array_equal(third[k], uninterrupted[2][k])
+    # packed prefix-LM format (T5X decoder-only)
+    ds = seqio.get_dataset("tt_semantic", task_feature_lengths={"inputs": 4, "targets": 80}, dataset_split="train",
+                           shuffle=False, use_cached=True, num_epochs=1,
+                           feature_converter=data.feature_converter(pack=True))
+    ex = next(ds.as_numpy_iterator())
+    assert ex["decoder_target_tokens"].shape == (84,) and "decoder_segment_ids" in ex
+    with pytest.raises(ValueError, match="does not pack"):
+        data.StageLMFeatureConverter(pack=True)
+    with pytest.raises(ValueError, match="shard_index"):
+        data.stage_task_dataset(batch_size=1, task="tt_semantic", inputs_length=4, targets_length=8,
+                                shard_index=2, num_shards=2, task_modules=())
+
+
+def test_bad_clip_is_counted_and_named_and_bad_config_errors():
+    toks = tok_lib.Tokenizers.get(tok_lib.TokenizerSpec.tiny())
+    good = (0.1 * np.random.default_rng(0).normal(size=16000)).astype(np.float32)
+    bad = good.copy()
+    bad[5] = np.nan
+    report = {}
+    out = list(tok_lib.tokenize_clips(toks, [("a", good, 16000), ("broken", bad, 16000),
+                                             ("empty", np.zeros(0, np.float32), 16000)], report))
+    assert [c for c, _ in out] == ["a"] and report["failed"] == 2 and report["failed_ids"] == ["broken", "empty"]
+    tokens = out[0][1]
+    assert tokens["semantic_tokens"].shape == (25,) and tokens["acoustic_tokens"].shape == (50, 4)
+    with pytest.raises(ValueError, match="random:<int seed>"):
+        tok_lib.load_codec("random:x")
+    with pytest.raises(ValueError, match="integer frame rates"):
+        pp.crop_grid(25.0, 43.07)
+    with pytest.raises(ValueError, match="no registered task matches"):
+        cache.select_tasks(["no_such_task_.*"])
