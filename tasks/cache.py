@@ -180,10 +180,11 @@ def run(args: argparse.Namespace) -> dict:
     for m in modules:
         importlib.import_module(m)
     if args.gin_file or args.gin_bindings:
-        import gin
-
         import tasks.preprocessors  # noqa: F401 -- registers the configurables
-        gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings)
+        from musiclm_jax.train import gin_utils
+
+        # Not finalized: the tokenizers' modules (imported later, when they are built) still register configurables.
+        gin_utils.parse_config(args.gin_file, args.gin_bindings)
     names = select_tasks([t for t in args.tasks.split(",") if t])
     options = pipeline_options_for(args.num_workers, [o for o in args.pipeline_options.split(",") if o])
     report = cache_tasks(names, args.output_cache_dir, pipeline_options=options, modules_to_import=modules,
