@@ -199,13 +199,19 @@ def test_bad_clip_is_counted_and_named_and_bad_config_errors():
 def test_coarse_stage_trains_from_the_cache_with_its_gin_experiment(env, tmp_path):
     """The whole data path: the cached task, read by the stage experiment's dataset function, trains the stage LM
     through the shared trainer (the same command as the README's, with the test's task and cache)."""
+    import gin
+
     from musiclm_jax.train import __main__ as train_main
 
     model_dir = tmp_path / "stage_coarse"
-    rc = train_main.main(["--gin_file=gin/experiments/stage_coarse_tiny.gin", f"--gin.MODEL_DIR={model_dir}",
-                          "--gin.TRAIN_STEPS=40", "--gin.train.log_period=5", "--gin.train.eval_period=0",
-                          "--gin.stage_task_dataset.task='tt_coarse'",
-                          f"--gin.stage_task_dataset.cache_dirs=('{env['cache_dir']}',)"])
+    gin.clear_config()
+    try:
+        rc = train_main.main(["--gin_file=gin/experiments/stage_coarse_tiny.gin", f"--gin.MODEL_DIR={model_dir}",
+                              "--gin.TRAIN_STEPS=40", "--gin.train.log_period=5", "--gin.train.eval_period=0",
+                              "--gin.stage_task_dataset.task='tt_coarse'",
+                              f"--gin.stage_task_dataset.cache_dirs=('{env['cache_dir']}',)"])
+    finally:
+        gin.clear_config()  # the experiment's bindings (TransformerConfig, ...) must not leak into later tests
     assert rc == 0
     rows = [json.loads(line) for line in open(model_dir / "metrics.jsonl") if '"loss"' in line]
     losses = [r["loss"] for r in rows]
