@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup apt venv test demo lock bench clean-venv
+.PHONY: setup apt venv test demo quickstart lock bench clean-venv
 
 setup: apt venv
 
@@ -41,6 +41,11 @@ test: setup
 
 demo: setup
 	$(PY) -m musiclm_jax.cli demo
+
+# Trains the small complete MusicLM (SynthCaps -> tokenizers -> token cache -> stage LMs) into out/quickstart and
+# exports it to weights/musiclm. Resumable: run it again after a stop and finished steps are skipped.
+quickstart: setup
+	$(PY) -m musiclm_jax.cli quickstart
 
 bench: setup
 	for f in benchmarks/[a-z]*.py; do $(PY) $$f || exit 1; done

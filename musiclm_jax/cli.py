@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "musiclm_jax.semantic.commands",
     "musiclm_jax.mulan.commands",
     "musiclm_jax.generate_commands",
+    "musiclm_jax.quickstart",
     "tasks.commands",
 )
 

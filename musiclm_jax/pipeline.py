@@ -315,7 +315,7 @@ def load_stage_lm(model_dir: str) -> tr.Transformer:
     """The Transformer of a stage-LM checkpoint (`python -m musiclm_jax.train` with gin/experiments/stage_*)."""
     from musiclm_jax.lm.models import TokenLM
     from musiclm_jax.train import partitioning
-    from musiclm_jax.train.checkpoints import Checkpointer
+    from musiclm_jax.train.checkpoints import restore_for_inference
     from musiclm_jax.train.trainer import Trainer
 
     config_path = os.path.join(model_dir, "operative_config.gin")
@@ -330,12 +330,7 @@ def load_stage_lm(model_dir: str) -> tr.Transformer:
         refs["@stage_vocab_size()"] = st.StageLayout(stage, sizes).vocab_size
     cfg = tr.TransformerConfig(**gin_bindings(text, "TransformerConfig", refs))
     trainer = Trainer(TokenLM(cfg), partitioning.make_mesh(devices=jax.devices()[:1]))
-    target = trainer.abstract_target()
-    ckpt = Checkpointer(model_dir, async_save=False)
-    try:
-        restored, _ = ckpt.restore_subtrees({"params": target["params"], "rest": target["rest"]})
-    finally:
-        ckpt.close()
+    restored, _, _ = restore_for_inference(model_dir, trainer.abstract_target())
     trainer.ensure_rng_state()
     return trainer.merge(restored["params"], restored["rest"])["model"]
 

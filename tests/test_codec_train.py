@@ -62,6 +62,19 @@ def test_checkpoint_round_trip_through_api(run):
         assert codec.decode(codes[..., :n], num_samples=8000).shape == (1, 8000)
 
 
+def test_exported_checkpoint_decodes_the_same(run, tmp_path):
+    from musiclm_jax.train.checkpoints import export_inference
+
+    model_dir, _, _ = run
+    report = export_inference(model_dir, str(tmp_path / "codec"))
+    assert report["dropped"] == [] and report["bytes"] > 0
+    wave = tone_clip(np.random.default_rng(3), 8000, TINY.sample_rate)
+    a, b = SoundStream.from_checkpoint(model_dir), SoundStream.from_checkpoint(str(tmp_path / "codec"))
+    codes = a.encode(wave, TINY.sample_rate)
+    np.testing.assert_array_equal(codes, b.encode(wave, TINY.sample_rate))
+    np.testing.assert_allclose(a.decode(codes), b.decode(codes), atol=1e-6)
+
+
 def _cli(argv):
     import argparse
 

@@ -93,3 +93,21 @@ def test_cli_embed_and_missing_model_dir(trained, tmp_path, capsys):
         MuLan.from_checkpoint(str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="nothing to embed"):
         commands.embed(argparse.Namespace(model_dir=model_dir, text=[], audio=[], tokens=False, out=None))
+
+
+def test_export_leaves_out_the_frozen_text_tower_and_loads_back(clips, trained, loaded, tmp_path):
+    import os
+
+    from musiclm_jax.export import MULAN_TEXT_TOWER
+    from musiclm_jax.train.checkpoints import export_inference
+
+    model_dir, _ = trained
+    report = export_inference(model_dir, str(tmp_path / "mulan"), drop=[MULAN_TEXT_TOWER])
+    source = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(f"{model_dir}/checkpoints") for f in fs)
+    assert report["bytes"] < source / 10  # MiniLM (22M parameters) stays in its package
+    exported = MuLan.from_checkpoint(str(tmp_path / "mulan"))
+    text = [clips[0]["caption"], "a calm piano piece"]
+    np.testing.assert_allclose(exported.embed_text(text), loaded.embed_text(text), atol=1e-5)
+    np.testing.assert_allclose(exported.embed_audio(clips[1]["audio"], clips[1]["sample_rate"]),
+                               loaded.embed_audio(clips[1]["audio"], clips[1]["sample_rate"]), atol=1e-5)
+    np.testing.assert_array_equal(exported.tokens_from_text(text), loaded.tokens_from_text(text))

@@ -23,8 +23,11 @@ def clean_gin():
     gin.clear_config()
 
 
-def test_all_six_stage_experiments_exist():
-    assert EXPERIMENTS == sorted(f"stage_{s}_{z}.gin" for s in st.STAGES for z in ("tiny", "paper"))
+SIZES = {"tiny": st.TINY, "paper": st.PAPER, "quickstart": st.QUICKSTART}
+
+
+def test_all_stage_experiments_exist():
+    assert EXPERIMENTS == sorted(f"stage_{s}_{z}.gin" for s in st.STAGES for z in SIZES)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -32,7 +35,7 @@ def test_stage_experiment_parses_with_layout_vocab_and_dropout(name):
     stage, size = name[len("stage_"):-len(".gin")].split("_")
     gin_utils.parse_config([f"experiments/{name}"], ["MODEL_DIR = '/tmp/x'"])
     family = gin.query_parameter("train.family").scoped_configurable_fn()
-    sizes = st.TINY if size == "tiny" else st.PAPER
+    sizes = SIZES[size]
     layout = st.StageLayout(stage, sizes)
     assert family.config.vocab_size == layout.vocab_size
     assert family.uncond_span == layout.cond_span() and family.uncond_id == st.UNCOND
@@ -86,5 +89,12 @@ def test_tiny_semantic_stage_trains_and_loads_back(tmp_path):
     logits = model(jnp.asarray(np.concatenate([batch["inputs"], batch["targets"][:, :-1]], 1)),
                    prefix_len=jnp.full((4,), batch["inputs"].shape[1]))
     assert np.isfinite(np.asarray(logits)).all()
+    # An inference-only export (no optimizer state) loads to the same model.
+    from musiclm_jax.train.checkpoints import export_inference
+    export_inference(str(tmp_path), str(tmp_path / "exported"))
+    again = pipeline.load_stage_lm(str(tmp_path / "exported"))
+    np.testing.assert_allclose(np.asarray(again(jnp.asarray(np.concatenate([batch["inputs"], batch["targets"][:, :-1]], 1)),
+                                                prefix_len=jnp.full((4,), batch["inputs"].shape[1]))),
+                               np.asarray(logits), atol=1e-6)
     with pytest.raises(ValueError, match="operative_config"):
         pipeline.load_stage_lm(str(tmp_path / "nope"))

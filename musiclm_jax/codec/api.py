@@ -92,7 +92,7 @@ class SoundStream:
         """
         from musiclm_jax.codec.family import CodecFamily
         from musiclm_jax.train import partitioning
-        from musiclm_jax.train.checkpoints import Checkpointer
+        from musiclm_jax.train.checkpoints import Checkpointer, restore_for_inference
         from musiclm_jax.train.trainer import Trainer
 
         if not os.path.isdir(os.path.join(model_dir, "checkpoints")):
@@ -109,10 +109,10 @@ class SoundStream:
             if config is None:
                 raise ValueError(f"{model_dir!r} has no {CONFIG_FILE} and no CodecConfig in its gin config: "
                                  "pass config= explicitly")
-            trainer = Trainer(CodecFamily(config=config), partitioning.make_mesh(devices=jax.devices()[:1]))
-            state, _, _ = ckpt.restore(trainer.abstract_target(), step, family=CodecFamily.name)
         finally:
             ckpt.close()
+        trainer = Trainer(CodecFamily(config=config), partitioning.make_mesh(devices=jax.devices()[:1]))
+        state, _, _ = restore_for_inference(model_dir, trainer.abstract_target(), step)
         trainer.ensure_rng_state()
         return cls(trainer.merge(state["params"], state["rest"])["generator"])
 

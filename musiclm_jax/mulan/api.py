@@ -83,21 +83,28 @@ class MuLan:
         """Loads the latest (or `step`) trainer checkpoint of `model_dir`, and its quantizer when present."""
         from musiclm_jax.mulan.family import GROUP, MuLanFamily
         from musiclm_jax.train import partitioning
-        from musiclm_jax.train.checkpoints import Checkpointer
+        from musiclm_jax.train.checkpoints import Checkpointer, overlay, restore_for_inference
         from musiclm_jax.train.trainer import Trainer
 
         if not os.path.isdir(model_dir):
             raise ValueError(f"MuLan model directory {model_dir} does not exist")
         cfg = load_config(model_dir)
-        # No pretrained weights to read: the checkpoint holds the (fine-tuned) text tower.
-        family = MuLanFamily(dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, pretrained=None)))
-        trainer = Trainer(family, partitioning.make_mesh(devices=jax.devices()[:1]))
         ckpt = Checkpointer(model_dir, async_save=False)
         try:
-            state, _, _ = ckpt.restore(trainer.abstract_target(), step, family=family.name)
+            dropped = ckpt.read_meta(step).get("dropped", [])
         finally:
             ckpt.close()
+        # The checkpoint holds the (fine-tuned) text tower, unless an export left out a frozen pretrained one: then
+        # the tower is read from its package again, and everything else from the checkpoint.
+        text_cfg = cfg.text if dropped else dataclasses.replace(cfg.text, pretrained=None)
+        family = MuLanFamily(dataclasses.replace(cfg, text=text_cfg))
+        trainer = Trainer(family, partitioning.make_mesh(devices=jax.devices()[:1]))
+        state, _, _ = restore_for_inference(model_dir, trainer.abstract_target(), step)
         trainer.ensure_rng_state()
+        if dropped:
+            fresh = family.init(nnx.Rngs(0))
+            params = {g: nnx.to_pure_dict(nnx.state(m, nnx.Param)) for g, m in fresh.items()}
+            state = {"params": overlay(params, state["params"]), "rest": state["rest"]}
         model = trainer.merge(state["params"], state["rest"])[GROUP]
         model.cfg = cfg
         quantizer = None

@@ -89,7 +89,7 @@ class SemanticTokenizer:
         """Restores the parameters of the latest (or `step`) checkpoint in `model_dir` onto one device."""
         from musiclm_jax.semantic.family import GROUP, W2vBertFamily
         from musiclm_jax.train import partitioning
-        from musiclm_jax.train.checkpoints import Checkpointer
+        from musiclm_jax.train.checkpoints import restore_for_inference
         from musiclm_jax.train.trainer import Trainer
 
         if not os.path.isdir(model_dir):
@@ -100,12 +100,7 @@ class SemanticTokenizer:
             raise ValueError(f"no k-means in {kmeans_dir}: run `musiclm-jax semantic fit-kmeans --model_dir "
                              f"{model_dir}` first (or pass require_kmeans=False for features only)")
         trainer = Trainer(W2vBertFamily(config=cfg), partitioning.make_mesh(devices=jax.devices()[:1]))
-        target = trainer.abstract_target()
-        ckpt = Checkpointer(model_dir, async_save=False)
-        try:
-            restored, _ = ckpt.restore_subtrees({"params": target["params"], "rest": target["rest"]}, step)
-        finally:
-            ckpt.close()
+        restored, _, _ = restore_for_inference(model_dir, trainer.abstract_target(), step)
         trainer.ensure_rng_state()
         model = trainer.merge(restored["params"], restored["rest"])[GROUP]
         fingerprint = params_fingerprint(restored["params"])

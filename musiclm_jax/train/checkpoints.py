@@ -11,7 +11,8 @@ so a checkpoint of another config fails with one clear error before any array is
 from __future__ import annotations
 
 import os
-from typing import Any
+import shutil
+from typing import Any, Sequence
 
 import gin
 import jax
@@ -107,3 +108,96 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _prune(tree: dict, drop: Sequence[str]) -> dict:
+    """`tree` (nested dicts) without the entries whose keystr path starts with one of `drop`."""
+    def walk(node, path):
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for k, v in node.items():
+            p = f"{path}[{k!r}]"
+            if any(p.startswith(d) for d in drop):
+                continue
+            out[k] = walk(v, p)
+        return out
+    return walk(tree, "")
+
+
+def _int_keys(tree: dict, saved_shapes: dict) -> dict:
+    """A tree restored without a target has its integer keys (layer lists) as strings: give them back their type,
+    as the saved signature spells them."""
+    def walk(node, path):
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for k, v in node.items():
+            if isinstance(k, str) and k.isdigit() and any(s.startswith(f"{path}[{int(k)}]") for s in saved_shapes):
+                k = int(k)
+            out[k] = walk(v, f"{path}[{k!r}]")
+        return out
+    return walk(tree, "")
+
+
+def overlay(base: dict, update: dict) -> dict:
+    """`base` with every leaf that `update` has replaced by update's (nested dicts)."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = overlay(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def restore_for_inference(model_dir: str, abstract: dict, step: int | None = None) -> tuple[dict, dict, int]:
+    """{"params", "rest"} of a training or an exported checkpoint -> (restored, meta, step). Leaves that an export
+    dropped (meta "dropped": keystr prefixes, e.g. a frozen pretrained tower) are absent from `restored`: the
+    caller rebuilds them (see `overlay`)."""
+    ckpt = Checkpointer(model_dir, async_save=False)
+    try:
+        meta = ckpt.read_meta(step)
+        target = _prune({"params": abstract["params"], "rest": abstract["rest"]}, meta.get("dropped", ()))
+        restored, step = ckpt.restore_subtrees(target, step)
+    finally:
+        ckpt.close()
+    return restored, meta, step
+
+
+def export_inference(src_dir: str, dst_dir: str, *, drop: Sequence[str] = (), extra_files: Sequence[str] | None = None,
+                     note: dict | None = None) -> dict:
+    """Writes the latest checkpoint of `src_dir` to `dst_dir` for inference: `params` and `rest` only (no optimizer
+    state, no step counters), minus the leaves under the keystr prefixes `drop` (recorded in meta["dropped"], e.g.
+    "['params']['mulan']['text']" for a frozen pretrained text tower the loader reads from its package), plus
+    config.gin / operative_config.gin and `extra_files` (files or folders of src_dir; default: all but the
+    checkpoints, e.g. a k-means, a quantizer, metrics). Needs no
+    model code: arrays are read as saved. Returns {"step", "bytes", "dropped"}."""
+    src = Checkpointer(src_dir, async_save=False)
+    try:
+        step = src.latest_step()
+        if step is None:
+            raise ValueError(f"no checkpoint in {src_dir}/checkpoints: train it first")
+        meta = src.read_meta(step)
+        state = src.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    finally:
+        src.close()
+    kept = _int_keys(_prune({"params": state["params"], "rest": state["rest"]}, drop), meta["shapes"])
+    if extra_files is None:  # everything beside the checkpoints: configs, k-means, quantizer, metrics
+        extra_files = [n for n in sorted(os.listdir(src_dir)) if n != "checkpoints"]
+    if os.path.exists(dst_dir):
+        shutil.rmtree(dst_dir)
+    dst = Checkpointer(dst_dir, keep=1, async_save=False)
+    new_meta = {"step": int(step), "family": meta.get("family", ""), "data_state": None,
+                "shapes": tree_signature(kept), "gin_config": meta.get("gin_config", ""), "dropped": list(drop),
+                "exported_from": src_dir, **(note or {})}
+    dst.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(kept), meta=ocp.args.JsonSave(new_meta)),
+                     force=True)
+    dst.close()
+    for name in ("config.gin", "operative_config.gin", *extra_files):
+        if os.path.exists(os.path.join(dst_dir, name)):
+            continue
+        path = os.path.join(src_dir, name)
+        if os.path.isdir(path):
+            shutil.copytree(path, os.path.join(dst_dir, name))
+        elif os.path.exists(path):
+            shutil.copy2(path, os.path.join(dst_dir, name))
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(dst_dir) for f in fs)
+    return {"step": int(step), "bytes": size, "dropped": list(drop)}

@@ -1,0 +1,74 @@
+"""Export trained parts into one `MusicLM.from_pretrained` directory (the last step of `musiclm-jax quickstart`).
+
+    python -m musiclm_jax.export --work_dir out/quickstart --out_dir weights/musiclm
+
+`<work_dir>/{mulan,semantic,codec,stage_semantic,stage_coarse,stage_fine}` are model directories of the trainer;
+each is copied as an inference-only checkpoint (parameters and batch statistics; no optimizer state, see
+`train.checkpoints.export_inference`). A frozen pretrained MiniLM text tower is left out of MuLan and read from its
+package at load time. Writes `musiclm.json` (token sizes, semantic rate, decoding windows) and `export.json` (the
+size of each part and the training record of the quickstart steps).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from musiclm_jax.lm import stages as st
+
+PARTS = ("mulan", "semantic", "codec", "stage_semantic", "stage_coarse", "stage_fine")
+MULAN_TEXT_TOWER = "['params']['mulan']['text']"
+
+
+def export(work_dir: str, out_dir: str, *, sizes: st.TokenSizes = st.QUICKSTART, semantic_rate: float = 25.0,
+           windows: dict | None = None) -> dict:
+    from musiclm_jax.mulan.api import load_config
+    from musiclm_jax.train.checkpoints import export_inference
+
+    missing = [p for p in PARTS if not os.path.isdir(os.path.join(work_dir, p, "checkpoints"))]
+    if missing:
+        raise ValueError(f"{work_dir} lacks trained {missing}: run `musiclm-jax quickstart` (it resumes) first")
+    os.makedirs(out_dir, exist_ok=True)
+    report = {"parts": {}}
+    for part in PARTS:
+        drop = []
+        if part == "mulan":
+            cfg = load_config(os.path.join(work_dir, part))
+            if cfg.freeze_text_tower and cfg.text.pretrained:
+                drop = [MULAN_TEXT_TOWER]
+        report["parts"][part] = export_inference(os.path.join(work_dir, part), os.path.join(out_dir, part), drop=drop)
+    windows = windows or {"semantic_s": 4.0, "coarse_s": 2.0, "fine_s": 1.0, "prefix_fraction": 0.5}
+    manifest = {"sizes": dataclasses.asdict(sizes), "semantic_rate": semantic_rate, "windows": windows}
+    with open(os.path.join(out_dir, "musiclm.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    done_dir = os.path.join(work_dir, "done")
+    if os.path.isdir(done_dir):
+        report["training"] = {}
+        for name in sorted(os.listdir(done_dir)):
+            with open(os.path.join(done_dir, name)) as f:
+                report["training"][name.removesuffix(".json")] = json.load(f)
+    report["total_bytes"] = sum(p["bytes"] for p in report["parts"].values())
+    with open(os.path.join(out_dir, "export.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m musiclm_jax.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work_dir", required=True)
+    p.add_argument("--out_dir", required=True)
+    args = p.parse_args(argv)
+    try:
+        report = export(args.work_dir, args.out_dir)
+    except ValueError as e:
+        print(f"export: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v["bytes"] for k, v in report["parts"].items()}), f"total {report['total_bytes'] / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""`musiclm-jax quickstart` (`make quickstart`): the one recipe that trains a small, complete MusicLM on this CPU.
+
+Steps, in order, each a subprocess of the existing commands (so each starts with clean gin state and frees its
+memory), each logged to `<work_dir>/logs/<step>.log`:
+
+    data       render SynthCaps `small` with 300 scores of 5 s clips (~600 clips in two timbres)
+    mulan      tiny MuLan (frozen pretrained MiniLM text tower, small audio ResNet) + its RVQ (4 x 16)
+    semantic   tiny w2v-BERT, then k-means (64 clusters) on its features
+    codec      tiny SoundStream (16 kHz, 50 Hz, 4 x 64 codes)
+    tokenize   the SynthCaps corpus through the Beam token cache with the three trained tokenizers
+    stage_semantic / stage_coarse / stage_fine   the three stage LMs on their cached SeqIO tasks
+    export     one `MusicLM.from_pretrained` directory: inference-only checkpoints (no optimizer state; the
+               frozen MiniLM text tower is left out and read from its package at load time) + musiclm.json
+
+A finished step leaves `<work_dir>/done/<step>.json` (command, wall seconds) and is skipped on the next run; an
+interrupted training step resumes from its last checkpoint. So the recipe can be stopped at any time and run again,
+in the same or a later session. `--steps` reruns chosen steps, `--dry_run` prints the commands.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+SYNTHCAPS_CONFIG = "small_5s_n300"   # tasks/musiclm_tasks.py QUICKSTART_TFDS names the same corpus
+STEPS = ("data", "mulan", "semantic", "kmeans", "codec", "tokenize", "stage_semantic", "stage_coarse", "stage_fine",
+         "export")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Train steps per part. `full` is the shipped recipe; `smoke` checks the whole chain in minutes."""
+
+    num_scores: int = 300
+    clip_seconds: float = 5.0
+    mulan_steps: int = 400
+    w2v_steps: int = 300
+    kmeans_clusters: int = 64
+    codec_steps: int = 800
+    codec_disc_start: int = 100_000   # the discriminators cost ~10x the generator on CPU: reconstruction only
+    stage_steps: tuple[int, int, int] = (1500, 1500, 1000)   # semantic, coarse, fine
+
+
+RECIPES = {"full": Recipe(), "smoke": Recipe(mulan_steps=4, w2v_steps=4, kmeans_clusters=64, codec_steps=4,
+                                              stage_steps=(4, 4, 4))}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "musiclm_jax.cli", *args]
+
+
+def commands(work_dir: str, out_dir: str, recipe: Recipe) -> dict[str, list[str]]:
+    """The command of every step (paths as given: run from the repository root, where gin/ lives)."""
+    w = work_dir.rstrip("/")
+    tfds, data = f"{w}/tfds", f"--data_dir={w}/tfds"
+    tokenizers = [f"tasks.preprocessors.tokenizer_spec.{part} = '{w}/{part}'" for part in ("codec", "semantic", "mulan")]
+    cmds = {
+        "data": _cli("data", "build", "--dataset", "synthcaps", "--config", "small", "--num_scores",
+                     str(recipe.num_scores), "--clip_seconds", f"{recipe.clip_seconds:g}", "--data_dir", tfds,
+                     "--num_workers", "2"),
+        "mulan": _cli("mulan", "train", "--gin_file=gin/experiments/mulan_tiny_synthcaps.gin", f"--model_dir={w}/mulan",
+                      data, f"--gin_bindings=SYNTHCAPS = '{SYNTHCAPS_CONFIG}'",
+                      f"--gin_bindings=TRAIN_STEPS = {recipe.mulan_steps}"),
+        "semantic": _cli("semantic", "train", "--gin_file=gin/experiments/w2v_bert_tiny_synthcaps.gin",
+                         f"--model_dir={w}/semantic", f"--gin_bindings=SYNTHCAPS = '{SYNTHCAPS_CONFIG}'",
+                         f"--gin_bindings=synthcaps_audio.data_dir = '{tfds}'",
+                         f"--gin_bindings=TRAIN_STEPS = {recipe.w2v_steps}"),
+        "kmeans": _cli("semantic", "fit-kmeans", f"--model_dir={w}/semantic", f"--synthcaps={SYNTHCAPS_CONFIG}", data,
+                       f"--num_clusters={recipe.kmeans_clusters}", "--max_frames=50000", "--num_steps=100"),
+        "codec": _cli("codec", "train", "--gin_file=gin/experiments/codec_tiny.gin", f"--model_dir={w}/codec",
+                      f"--synthcaps={SYNTHCAPS_CONFIG}", data, f"--steps={recipe.codec_steps}",
+                      f"--gin_bindings=CodecFamily.disc_start_step = {recipe.codec_disc_start}"),
+        "tokenize": _cli("tokenize", "--tasks=synthcaps_quickstart_.*", f"--output_cache_dir={w}/cache",
+                         f"--tfds_data_dir={tfds}", "--gin_file=gin/runs/tokenize_quickstart.gin", "--num_workers=1",
+                         *[f"--gin_bindings={b}" for b in tokenizers]),
+    }
+    for stage, steps in zip(("semantic", "coarse", "fine"), recipe.stage_steps):
+        cmds[f"stage_{stage}"] = [
+            sys.executable, "-m", "musiclm_jax.train", f"--gin_file=gin/experiments/stage_{stage}_quickstart.gin",
+            f"--gin.MODEL_DIR='{w}/stage_{stage}'", f"--gin.TRAIN_STEPS={steps}",
+            f"--gin.stage_task_dataset.cache_dirs=('{w}/cache',)",
+            *[f"--gin.{b.replace(' ', '')}" for b in tokenizers]]
+    cmds["export"] = [sys.executable, "-m", "musiclm_jax.export", f"--work_dir={w}", f"--out_dir={out_dir}"]
+    return cmds
+
+
+def run(work_dir: str, out_dir: str, recipe: Recipe, *, only: list[str] | None = None, dry_run: bool = False,
+        commands_fn=commands) -> dict[str, dict]:
+    """Runs the steps not yet done (or `only` these, done or not); returns {step: record}. Stops at the first
+    failing step with one line naming it and its log."""
+    cmds = commands_fn(work_dir, out_dir, recipe)
+    unknown = sorted(set(only or ()) - set(cmds))
+    if unknown:
+        raise ValueError(f"unknown quickstart step(s) {unknown}: choose from {list(cmds)}")
+    os.makedirs(os.path.join(work_dir, "done"), exist_ok=True)
+    os.makedirs(os.path.join(work_dir, "logs"), exist_ok=True)
+    records = {}
+    for i, (step, cmd) in enumerate(cmds.items()):
+        marker = os.path.join(work_dir, "done", f"{step}.json")
+        if only is not None and step not in only:
+            continue
+        if only is None and os.path.exists(marker):
+            with open(marker) as f:
+                records[step] = {**json.load(f), "skipped": True}
+            print(f"[{i + 1}/{len(cmds)}] {step}: done earlier ({records[step]['seconds']:.0f} s), skipped")
+            continue
+        line = shlex.join(cmd)
+        if dry_run:
+            print(line)
+            continue
+        log_path = os.path.join(work_dir, "logs", f"{step}.log")
+        print(f"[{i + 1}/{len(cmds)}] {step}: {line}\n    log: {log_path}", flush=True)
+        start = time.time()
+        with open(log_path, "a") as log:
+            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        seconds = time.time() - start
+        if code != 0:
+            raise RuntimeError(f"quickstart step {step!r} failed (exit {code}) after {seconds:.0f} s: see {log_path}")
+        records[step] = {"command": line, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        with open(marker + ".tmp", "w") as f:
+            json.dump(records[step], f, indent=1)
+        os.replace(marker + ".tmp", marker)
+        print(f"    {step} done in {seconds / 60:.1f} min", flush=True)
+    return records
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--work_dir", default="out/quickstart", help="data, checkpoints, logs and done-markers")
+    p.add_argument("--out_dir", default="weights/musiclm", help="the exported MusicLM.from_pretrained directory")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="full")
+    p.add_argument("--steps", nargs="+", default=None, metavar="STEP", help=f"run only these (of {', '.join(STEPS)})")
+    p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+
+
+def register(subparsers) -> None:
+    q = subparsers.add_parser("quickstart", help="train the small complete MusicLM (resumable), export its weights",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(q)
+    q.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> dict:
+    if not os.path.isdir("gin"):
+        raise ValueError("run quickstart from the repository root (where gin/ is)")
+    try:
+        records = run(args.work_dir, args.out_dir, RECIPES[args.recipe], only=args.steps, dry_run=args.dry_run)
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+    if not args.dry_run:
+        total = sum(r["seconds"] for r in records.values())
+        print(f"quickstart: {len(records)} steps, {total / 60:.1f} min of training in all; model in {args.out_dir}")
+    return records

@@ -1,0 +1,73 @@
+"""The quickstart recipe: every step's command is well formed; the runner skips finished steps, resumes, stops
+with the failing step's log named; export refuses an incomplete work dir. (The trained result is tested by
+tests/test_weights.py on the shipped weights.)"""
+import json
+import os
+import sys
+
+import pytest
+
+from musiclm_jax import export, quickstart
+from musiclm_jax.train import gin_utils
+
+
+def test_commands_cover_every_step_and_name_existing_gin_files():
+    cmds = quickstart.commands("out/qs", "weights/x", quickstart.RECIPES["full"])
+    assert tuple(cmds) == quickstart.STEPS
+    for step, cmd in cmds.items():
+        for arg in cmd:
+            if arg.startswith("--gin_file="):
+                assert (gin_utils.GIN_DIR / arg.split("=", 1)[1].removeprefix("gin/")).exists(), (step, arg)
+    assert "--model_dir=out/qs/codec" in cmds["codec"] and "--out_dir=weights/x" in cmds["export"]
+    assert any("tokenizer_spec.mulan='out/qs/mulan'" in a for a in cmds["stage_coarse"])
+
+
+def _fake_commands(work_dir, out_dir, recipe, fail=()):
+    # Each step appends its name to a file, so the test sees which steps ran and in which order.
+    def step(name):
+        code = f"open({os.path.join(work_dir, 'ran.txt')!r}, 'a').write({name!r} + '\\n')"
+        if name in fail:
+            code += "; raise SystemExit(3)"
+        return [sys.executable, "-c", code]
+    return {name: step(name) for name in ("data", "train", "export")}
+
+
+def _ran(work_dir):
+    with open(os.path.join(work_dir, "ran.txt")) as f:
+        return f.read().split()
+
+
+def test_runner_skips_done_steps_resumes_after_failure_and_reruns_on_request(tmp_path, capsys):
+    w = str(tmp_path)
+    recipe = quickstart.RECIPES["smoke"]
+    with pytest.raises(RuntimeError, match=r"step 'train' failed \(exit 3\).*logs/train.log"):
+        quickstart.run(w, "o", recipe, commands_fn=lambda *a: _fake_commands(*a, fail=("train",)))
+    assert _ran(w) == ["data", "train"]
+    assert os.path.exists(tmp_path / "done" / "data.json") and not os.path.exists(tmp_path / "done" / "train.json")
+    records = quickstart.run(w, "o", recipe, commands_fn=_fake_commands)   # the rerun: data is skipped
+    assert _ran(w) == ["data", "train", "train", "export"]
+    assert records["data"]["skipped"] and not records["export"].get("skipped")
+    assert "done earlier" in capsys.readouterr().out
+    quickstart.run(w, "o", recipe, only=["export"], commands_fn=_fake_commands)   # explicit rerun of a done step
+    assert _ran(w)[-1] == "export"
+    with open(tmp_path / "done" / "export.json") as f:
+        assert json.load(f)["seconds"] >= 0
+    with pytest.raises(ValueError, match="unknown quickstart step"):
+        quickstart.run(w, "o", recipe, only=["nope"], commands_fn=_fake_commands)
+
+
+def test_dry_run_prints_and_runs_nothing(tmp_path, capsys):
+    quickstart.run(str(tmp_path), "o", quickstart.RECIPES["full"], dry_run=True)
+    out = capsys.readouterr().out
+    assert "musiclm_jax.cli codec train" in out and "musiclm_jax.export" in out
+    assert not os.listdir(tmp_path / "done")
+
+
+def test_cli_outside_the_repository_root_and_export_of_an_incomplete_work_dir(tmp_path, monkeypatch, capsys):
+    from musiclm_jax import cli
+
+    with pytest.raises(ValueError, match="lacks trained"):
+        export.export(str(tmp_path), str(tmp_path / "out"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["quickstart", "--dry_run"]) == 2
+    assert "repository root" in capsys.readouterr().err
