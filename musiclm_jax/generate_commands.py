@@ -29,18 +29,34 @@ def register(subparsers) -> None:
     g.add_argument("--duration", type=float, default=10.0, help="seconds of audio per prompt")
     g.add_argument("--out", default="song.wav", help="output wav (one prompt); the PNG goes beside it")
     g.add_argument("--out_dir", default=None, help="with several prompts: one wav + PNG each, named by index")
+    add_model_args(g)
+    add_sampling_args(g)
+    g.add_argument("--no_progress", action="store_true", help="hide the per-stage progress bars")
+    g.set_defaults(func=generate)
+
+
+def add_model_args(g) -> None:
+    """--model_dir / --random_init / --tiny: which MusicLM to load (see `load_model`). Shared with `infer`."""
     g.add_argument("--model_dir", default=None, help="directory of a trained MusicLM (see above)")
     g.add_argument("--random_init", action="store_true", help="no weights: random parts (needs --tiny)")
     g.add_argument("--tiny", action="store_true", help="tiny parts (with --random_init)")
-    g.add_argument("--seed", type=int, default=0)
+
+
+def add_sampling_args(g, seed_help: str | None = None) -> None:
+    """--seed and the decoding options of `MusicLM.generate_full`. Shared with `infer`."""
+    g.add_argument("--seed", type=int, default=0, help=seed_help)
     g.add_argument("--temperatures", type=float, nargs=3, default=(1.0, 0.95, 0.4),
                    metavar=("SEMANTIC", "COARSE", "FINE"))
     g.add_argument("--top_k", type=int, default=0)
     g.add_argument("--top_p", type=float, default=1.0)
     g.add_argument("--guidance_scale", type=float, default=1.0, help="classifier-free guidance (> 1: closer to text)")
     g.add_argument("--num_samples", type=int, default=1, help="> 1: keep the best by MuLan text-audio score")
-    g.add_argument("--no_progress", action="store_true", help="hide the per-stage progress bars")
-    g.set_defaults(func=generate)
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    """The `generate_full` keyword arguments set by `add_sampling_args` (all but the seed)."""
+    return dict(temperatures=tuple(args.temperatures), top_k=args.top_k, top_p=args.top_p,
+                guidance_scale=args.guidance_scale, num_samples=args.num_samples)
 
 
 def load_model(args: argparse.Namespace):
@@ -67,9 +83,10 @@ def generate(args: argparse.Namespace) -> dict:
     if args.random_init:
         print(UNTRAINED)
     lm = load_model(args)
-    result = lm.generate_full(args.prompt, args.duration, temperatures=tuple(args.temperatures), top_k=args.top_k,
-                              top_p=args.top_p, guidance_scale=args.guidance_scale, num_samples=args.num_samples,
-                              seed=args.seed, progress=not args.no_progress)
+    result = lm.generate_full(args.prompt, args.duration, **sampling_kwargs(args), seed=args.seed,
+                              progress=not args.no_progress)
+    # The kept sample's MuLan text-audio cosine (reranking already scored it when num_samples > 1).
+    best = result.scores[:, 0] if args.num_samples > 1 else lm.mulan_scores(args.prompt, result.waves)
     outputs = []
     for i, (prompt, wave) in enumerate(zip(args.prompt, result.waves)):
         path = os.path.join(args.out_dir, f"{i:03d}.wav") if args.out_dir else args.out
@@ -77,6 +94,7 @@ def generate(args: argparse.Namespace) -> dict:
         png = save_spectrogram_png(os.path.splitext(wav)[0] + ".png", [wave], result.sample_rate,
                                    [prompt[:60] + (" (untrained)" if args.random_init else "")])
         outputs.append({"prompt": prompt, "wav": wav, "png": png, "seconds": wave.shape[-1] / result.sample_rate,
+                        "mulan_score": float(best[i]),
                         "mulan_scores": [None if s != s else float(s) for s in result.scores[i]]})
     summary = {"outputs": outputs, "sample_rate": result.sample_rate, "seed": args.seed, "untrained": args.random_init,
                "timings_s": {k: round(v, 3) for k, v in result.timings.items()}}

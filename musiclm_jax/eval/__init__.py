@@ -1,0 +1,11 @@
+"""Evaluation of generated music: FAD / FAD-inf, KLD, MuLan cycle consistency, SynthCaps adherence (tempo, key,
+mode, lead instrument, genre), diversity and memorization, with baselines and ceilings computed by the same code.
+
+    backends.py   embedding / classifier backends behind one protocol (mel, mulan:DIR, musicnn, module:pkg.mod:fn)
+    metrics.py    the metrics, pure numpy/scipy (plus librosa for tempo and chroma)
+    data.py       prompts files (generated and reference) -> items; SynthCaps export
+    evaluate.py   Evaluator: pairs items with references, scores one system with every metric its inputs allow
+    baselines.py  real audio, codec round trip, nearest-training-clip retrieval, random training clip
+    report.py     JSON + Markdown table + PNG plots
+    commands.py   `musiclm-jax eval` (and `eval export-synthcaps`, `eval fit-probe`)
+"""

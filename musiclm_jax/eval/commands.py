@@ -1,0 +1,194 @@
+"""`musiclm-jax eval`: score generated audio (FAD, KLD, MCC, SynthCaps adherence, diversity, memorization) with
+baselines, into JSON + Markdown + PNG; `eval export-synthcaps` and `eval fit-probe` prepare references and probes.
+
+Imports stay light here; numpy-heavy and model code load inside the handlers.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+EXAMPLES = """Examples:
+  musiclm-jax eval export-synthcaps --data_dir ~/tfds --config small --split test --out eval/ref
+  musiclm-jax eval export-synthcaps --data_dir ~/tfds --config small --split train --out eval/train --limit 500
+  musiclm-jax eval fit-probe --reference_dir eval/train --backend mel --out_dir eval/probes
+  musiclm-jax infer --prompts eval/ref/infer_prompts.jsonl --out_dir out/gen --model_dir runs/musiclm --duration 10
+  musiclm-jax eval --audio_dir out/gen --reference_dir eval/ref \\
+      --train_dir eval/train --backend mel --backend mulan:runs/mulan --mulan_dir runs/mulan \\
+      --probe eval/probes/probe_mel_instrument.npz --probe eval/probes/probe_mel_genre.npz \\
+      --baselines real random retrieval codec:runs/codec --out_dir eval/report
+
+The prompts file is JSONL: rows of `musiclm-jax infer` ({"id", "prompt", "wav", "tokens"?}) or hand-written
+{"wav": path, "prompt": str, "bpm"?, "key"?, "mode"?, "instrument"?, "genre"?, "reference"?: path}. Generated rows
+are paired with reference clips by "reference" path, else "id", else identical prompt text, and inherit their
+truth fields. Outputs: OUT_DIR/results.json, report.md, metric_*.png, samples_*.png.
+"""
+
+
+def register(subparsers) -> None:
+    e = subparsers.add_parser("eval", help="evaluate generated audio: FAD, KLD, MCC, adherence, diversity, memorization",
+                              description=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--audio_dir", default=None, help="folder of generated audio (wav paths resolve against it)")
+    e.add_argument("--prompts", default=None, help="JSONL of generated items (default AUDIO_DIR/prompts.jsonl, else the "
+                   "results.jsonl that `musiclm-jax infer` writes)")
+    e.add_argument("--name", default=None, help="name of the evaluated system in the report (default: the folder)")
+    e.add_argument("--reference_dir", default=None,
+                   help="real clips with truth: a folder with prompts.jsonl (see `eval export-synthcaps`)")
+    e.add_argument("--train_dir", default=None, help="training clips (same layout) for the random / retrieval baselines")
+    e.add_argument("--backend", action="append", default=None,
+                   help="embedding backend (repeatable): mel, musicnn, mulan:DIR, module:pkg.mod:factory (default mel)")
+    e.add_argument("--mulan_dir", default=None, help="MuLan checkpoint for MCC and the retrieval baseline")
+    e.add_argument("--baselines", nargs="*", default=[], metavar="B",
+                   help="real, random, retrieval, codec:DIR (scored with the same metrics)")
+    e.add_argument("--probe", action="append", default=[], help="probe .npz from `eval fit-probe` (repeatable)")
+    e.add_argument("--train_tokens", default=None,
+                   help="training semantic tokens for memorization (.npy / .npz / .jsonl / folder of .npy)")
+    e.add_argument("--mem_window", type=int, default=125, help="memorization window in tokens (125 = 5 s at 25 Hz)")
+    e.add_argument("--mem_threshold", type=float, default=0.5, help="approximate match: Hamming fraction below this")
+    e.add_argument("--fad_sizes", type=int, nargs="*", default=[], help="also report FAD at these sample counts")
+    e.add_argument("--out_dir", default=None, help="report folder (required)")
+    e.add_argument("--no_plots", action="store_true")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=evaluate)
+    sub = e.add_subparsers(dest="eval_command", required=False, metavar="[ACTION]")
+
+    x = sub.add_parser("export-synthcaps", help="a built SynthCaps split -> wavs + prompts.jsonl with truth fields")
+    x.add_argument("--data_dir", default=None, help="TFDS data directory")
+    x.add_argument("--config", default="tiny", help="synthcaps config name (tiny, small, small_5s_n80, ...)")
+    x.add_argument("--split", default="test")
+    x.add_argument("--out", required=True, help="output folder")
+    x.add_argument("--limit", type=int, default=None)
+    x.set_defaults(func=export_synthcaps)
+
+    p = sub.add_parser("fit-probe", help="fit instrument / genre probes on real audio embeddings (.npz)")
+    p.add_argument("--reference_dir", required=True, help="folder with prompts.jsonl carrying the truth labels")
+    p.add_argument("--backend", default="mel")
+    p.add_argument("--attribute", action="append", default=None, help="instrument and/or genre (default both)")
+    p.add_argument("--l2", type=float, default=1e-2)
+    p.add_argument("--out_dir", required=True)
+    p.set_defaults(func=fit_probe)
+
+
+def _prompts_in(folder: str, what: str) -> str:
+    """A prompts file given directly, or the folder's prompts.jsonl, or its results.jsonl (`musiclm-jax infer`)."""
+    from musiclm_jax.eval.data import PROMPTS_FILE
+
+    folder = os.path.expanduser(folder)
+    if os.path.isfile(folder):
+        return folder
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{what} {folder} does not exist")
+    for name in (PROMPTS_FILE, "results.jsonl"):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    raise FileNotFoundError(f"{what} {folder} has no {PROMPTS_FILE} (nor an infer results.jsonl): pass --prompts, "
+                            "make one with `musiclm-jax eval export-synthcaps`, or write JSONL rows "
+                            "{\"wav\", \"prompt\"}")
+
+
+def export_synthcaps(args: argparse.Namespace) -> dict:
+    from musiclm_jax.eval.data import export_synthcaps as run
+
+    res = run(args.data_dir, args.config, args.split, args.out, args.limit)
+    print(f"wrote {res['clips']} clips, {res['prompts']} (truth) and {res['infer_prompts']} (for musiclm-jax infer)")
+    return res
+
+
+def fit_probe(args: argparse.Namespace) -> dict:
+    from musiclm_jax.eval import metrics
+    from musiclm_jax.eval.backends import get_backend
+    from musiclm_jax.eval.data import load_items
+    from musiclm_jax.eval.evaluate import _by_rate
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    items, skipped = load_items(_prompts_in(args.reference_dir, "--reference_dir"))
+    if not items:
+        raise ValueError(f"no usable clips in {args.reference_dir} ({len(skipped)} skipped)")
+    backend = get_backend(args.backend)
+    emb = _by_rate(backend, items, "embed")
+    os.makedirs(args.out_dir, exist_ok=True)
+    res = {}
+    for attr in args.attribute or ["instrument", "genre"]:
+        if attr not in ("instrument", "genre"):
+            raise ValueError(f"--attribute {attr!r}: use instrument or genre")
+        keep = [i for i, it in enumerate(items) if it.truth.get(attr)]
+        labels = [items[i].truth[attr] for i in keep]
+        if len(set(labels)) < 2:
+            print(f"{attr}: fewer than two classes among labelled clips; no probe written")
+            continue
+        probe = metrics.fit_probe(emb[keep], labels, l2=args.l2, backend=args.backend, attribute=attr)
+        safe = args.backend.split(":")[0]
+        path = probe.save(os.path.join(args.out_dir, f"probe_{safe}_{attr}.npz"))
+        acc = metrics.probe_accuracy(probe, emb[keep], labels)["acc"]
+        res[attr] = {"path": path, "classes": len(probe.classes), "train_acc": acc, "n": len(keep)}
+        print(f"{attr}: {len(probe.classes)} classes, {len(keep)} clips, train accuracy {acc:.3f} -> {path}")
+    if skipped:
+        print(f"skipped {len(skipped)} item(s): " + "; ".join(f"{n} ({r})" for n, r in skipped.items[:10]))
+    return res
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    from musiclm_jax.eval import baselines as B
+    from musiclm_jax.eval import metrics
+    from musiclm_jax.eval.backends import get_backend
+    from musiclm_jax.eval.data import Skipped, load_items, load_training_tokens
+    from musiclm_jax.eval.evaluate import Evaluator
+    from musiclm_jax.eval.report import write_report
+
+    if not args.out_dir:
+        raise ValueError("pass --out_dir REPORT (where results.json, report.md and the PNGs go)")
+    if not (args.audio_dir or args.prompts or args.baselines):
+        raise ValueError("nothing to evaluate: pass --audio_dir DIR (and/or --prompts FILE), or --baselines with "
+                         "--reference_dir")
+    if args.baselines and not args.reference_dir:
+        raise ValueError("--baselines need --reference_dir (the real clips they are built from)")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    skipped = Skipped()
+    refs = []
+    if args.reference_dir:
+        refs, skipped = load_items(_prompts_in(args.reference_dir, "--reference_dir"), skipped=skipped)
+        if not refs:
+            raise ValueError(f"no usable reference clips in {args.reference_dir}")
+    systems: dict = {}
+    highlight = []
+    if args.audio_dir or args.prompts:
+        audio_dir = os.path.expanduser(args.audio_dir) if args.audio_dir else None
+        prompts = os.path.expanduser(args.prompts) if args.prompts else _prompts_in(audio_dir, "--audio_dir")
+        items, skipped = load_items(prompts, audio_dir, skipped)
+        if not items:
+            raise ValueError(f"no usable generated items in {prompts} ({len(skipped)} skipped: "
+                             f"{skipped.items[0][0]}: {skipped.items[0][1]})" if len(skipped) else
+                             f"no items in {prompts}")
+        name = args.name or os.path.basename(os.path.normpath(audio_dir or os.path.dirname(os.path.abspath(prompts))))
+        systems[name] = (items, False)
+        highlight.append(name)
+    mulan = None
+    if args.mulan_dir:
+        from musiclm_jax.mulan.api import MuLan
+
+        mulan = MuLan.from_checkpoint(os.path.expanduser(args.mulan_dir))
+    train = []
+    if args.train_dir:
+        train, skipped = load_items(_prompts_in(args.train_dir, "--train_dir"), skipped=skipped)
+    systems.update(B.build_baselines(args.baselines, refs, train, mulan, args.seed))
+    backends = {}
+    for spec in args.backend or ["mel"]:
+        backends[spec] = get_backend(spec)
+    probes = [metrics.Probe.load(os.path.expanduser(p)) for p in args.probe]
+    train_tokens = load_training_tokens(args.train_tokens) if args.train_tokens else None
+    ev = Evaluator(refs, backends, mulan=mulan, probes=probes, train_tokens=train_tokens, mem_window=args.mem_window,
+                   mem_threshold=args.mem_threshold, fad_sizes=args.fad_sizes, seed=args.seed)
+    results = {name: ev.evaluate(name, items, split_half_fad=half) for name, (items, half) in systems.items()}
+    extra = {"skipped": skipped.to_json(), "reference": {"dir": args.reference_dir, "n": len(refs)},
+             "backends": list(backends), "probes": [p.attribute + ":" + p.backend for p in probes]}
+    paths = write_report(os.path.expanduser(args.out_dir), results,
+                         {n: items for n, (items, _) in systems.items()}, highlight, extra, plots=not args.no_plots)
+    from musiclm_jax.eval.report import markdown_table
+
+    print(markdown_table(results))
+    msg = f"skipped {len(skipped)} item(s)" + (": " + "; ".join(f"{n} ({r})" for n, r in skipped.items[:10])
+                                               if len(skipped) else "")
+    print(msg)
+    print(f"report: {paths['markdown']}, {paths['json']}, {len(paths['plots'])} PNG(s) in {args.out_dir}")
+    return {"results": results, "paths": paths, "skipped": len(skipped)}

@@ -1,0 +1,194 @@
+"""`musiclm-jax infer`: batch decoding with chunk markers, resume, malformed lines, shards (tiny random parts).
+
+Every run decodes 0.3 s (or 0.2 s) prompts at batch 1 so the compiled stage programs are shared by all tests."""
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from musiclm_jax import cli, infer_commands, pipeline
+
+RATE = 8000
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return pipeline.tiny_random(0)
+
+
+def _write_prompts(path, lines):
+    with open(path, "w") as f:
+        for line in lines:
+            f.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+    return str(path)
+
+
+def _run(lm, prompts, out, **kw):
+    logs = []
+    kw.setdefault("duration_s", 0.3)
+    summary = infer_commands.run_infer(lm, prompts, str(out), log=logs.append, **kw)
+    return summary, logs
+
+
+def _rows(out):
+    with open(os.path.join(out, "results.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _wav(out, pid):
+    wave, rate = sf.read(os.path.join(out, pid + ".wav"), dtype="float32")
+    return wave, rate
+
+
+FIVE = [{"prompt": "a calm piano waltz", "id": "waltz", "seed": 7}, json.dumps("loud rock drums"),
+        {"prompt": "sad violin", "duration_s": 0.2}, {"prompt": "upbeat jazz"}, {"prompt": "ambient pads", "id": 42}]
+
+
+def test_outputs_rows_tokens_and_seed_independent_of_chunking(lm, tmp_path):
+    prompts = _write_prompts(tmp_path / "p.jsonl", FIVE)
+    s2, logs = _run(lm, prompts, tmp_path / "c2", chunk_size=2, seed=1)
+    assert (s2["done"], s2["skipped"], s2["malformed"], s2["failed"]) == (5, 0, 0, 0)
+    assert s2["chunks"] == 3 and s2["job_complete"] and "5 done, 0 skipped" in logs[-1]
+    assert json.load(open(tmp_path / "c2" / "summary.json"))["done"] == 5
+    rows = _rows(tmp_path / "c2")
+    assert [r["id"] for r in rows] == ["waltz", "line-000002", "line-000003", "line-000004", "42"]
+    assert rows[0]["seed"] == 7 and rows[1]["seed"] == infer_commands.derive_seed(1, 2)
+    for r in rows:
+        wave, rate = _wav(tmp_path / "c2", r["id"])
+        assert rate == RATE == r["sample_rate"] and np.isfinite(wave).all()
+        assert wave.shape == (round(r["duration_s"] * RATE),) and r["seconds"] == r["duration_s"]
+        assert r["duration_s"] == (0.2 if r["id"] == "line-000003" else 0.3)
+        assert set(r["timings_s"]) == {"semantic", "coarse", "fine", "codec", "score"}
+        assert isinstance(r["mulan_score"], float) and r["settings"]["temperatures"] == [1.0, 0.95, 0.4]
+        sem = np.load(tmp_path / "c2" / r["tokens"]["semantic"])
+        coarse = np.load(tmp_path / "c2" / r["tokens"]["coarse"])
+        assert sem.shape == (round(r["duration_s"] * lm.semantic_rate),) and coarse.shape[-1] == 2
+    # the same seeds give the same audio with another chunk size, and `generate` with the row's seed reproduces it
+    s5, _ = _run(lm, prompts, tmp_path / "c5", chunk_size=5, seed=1)
+    assert s5["done"] == 5 and s5["chunks"] == 1
+    for r in rows:
+        np.testing.assert_array_equal(_wav(tmp_path / "c2", r["id"])[0], _wav(tmp_path / "c5", r["id"])[0])
+    gen = lm.generate([rows[3]["prompt"]], 0.3, seed=rows[3]["seed"], progress=False)
+    np.testing.assert_allclose(_wav(tmp_path / "c2", "line-000004")[0], gen[0], atol=1 / 32767)
+    # another base seed changes derived seeds but not an explicit one
+    s9, _ = _run(lm, prompts, tmp_path / "s9", chunk_size=5, seed=9)
+    np.testing.assert_array_equal(_wav(tmp_path / "c2", "waltz")[0], _wav(tmp_path / "s9", "waltz")[0])
+    assert not np.array_equal(_wav(tmp_path / "c2", "line-000004")[0], _wav(tmp_path / "s9", "line-000004")[0])
+    # the same out_dir with other settings is refused
+    with pytest.raises(ValueError, match="other settings"):
+        _run(lm, prompts, tmp_path / "c2", chunk_size=2, seed=2)
+
+
+def test_crash_then_rerun_produces_every_prompt_once(lm, tmp_path):
+    prompts = _write_prompts(tmp_path / "p.jsonl", [f"\"prompt number {i}\"" for i in range(5)])
+
+    def crash(k):
+        raise KeyboardInterrupt(f"simulated crash after chunk {k}")
+    with pytest.raises(KeyboardInterrupt):
+        _run(lm, prompts, tmp_path / "o", chunk_size=2, after_chunk=crash)
+    out = tmp_path / "o"
+    assert sorted(os.listdir(out / "chunks")) == ["chunk-00000.done", "chunk-00000.jsonl"]
+    assert not (out / "results.jsonl").exists()
+    s, logs = _run(lm, prompts, out, chunk_size=2)
+    assert (s["done"], s["skipped"], s["chunks_skipped"], s["chunks_done"]) == (3, 2, 1, 2) and s["job_complete"]
+    # a lost marker and wav (crash between writing a chunk's files and its marker): only that chunk is redone
+    os.remove(out / "chunks" / "chunk-00001.done")
+    os.remove(out / "line-000003.wav")
+    before = _wav(out, "line-000004")[0]
+    s, _ = _run(lm, prompts, out, chunk_size=2)
+    assert (s["done"], s["skipped"], s["chunks_done"]) == (2, 3, 1)
+    rows = _rows(out)
+    ids = [f"line-{i:06d}" for i in range(1, 6)]
+    assert [r["id"] for r in rows] == ids  # exactly once each, in line order
+    assert sorted(f for f in os.listdir(out) if f.endswith(".wav")) == sorted(i + ".wav" for i in ids)
+    assert not [f for f in os.listdir(out) if f.startswith(".")]  # no temporary files left behind
+    np.testing.assert_array_equal(before, _wav(out, "line-000004")[0])
+
+
+def test_malformed_lines_are_reported_counted_and_skipped(lm, tmp_path):
+    lines = ['{"prompt": "ok one"}', '{"prompt": ', '{"id": "x"}', '{"prompt": "  "}', "",
+             '{"prompt": "a", "duration_s": -1}', '{"prompt": "a", "duration_s": "long"}', '{"prompt": "a", "dur": 1}',
+             '[1, 2]', '{"prompt": "a", "id": "../evil"}', '{"prompt": "a", "seed": -3}', '"ok two"',
+             '{"prompt": "dup", "id": "line-000001"}']
+    prompts = _write_prompts(tmp_path / "p.jsonl", lines)
+    s, logs = _run(lm, prompts, tmp_path / "o", chunk_size=4)
+    bad = {m["line"]: m["error"] for m in s["malformed_lines"]}
+    assert sorted(bad) == [2, 3, 4, 6, 7, 8, 9, 10, 11, 13]  # line 5 is blank: ignored, not malformed
+    assert "not JSON" in bad[2] and "prompt" in bad[3] and "prompt" in bad[4] and "duration_s" in bad[6]
+    assert "duration_s" in bad[7] and "unknown key" in bad[8] and "id" in bad[10] and "seed" in bad[11]
+    assert "duplicate id" in bad[13] and "line 1" in bad[13]
+    assert (s["done"], s["malformed"], s["failed"]) == (2, 10, 0)
+    assert any(msg.startswith("infer: malformed line 7 ") for msg in logs)
+    assert "10 malformed" in logs[-1]
+    assert [r["id"] for r in _rows(tmp_path / "o")] == ["line-000001", "line-000012"]
+
+
+def test_shards_cover_every_prompt_exactly_once(lm, tmp_path):
+    prompts = _write_prompts(tmp_path / "p.jsonl", [f"\"shard prompt {i}\"" for i in range(5)] + ["{bad"])
+    out = tmp_path / "o"
+    a, _ = _run(lm, prompts, out, chunk_size=2, num_shards=2, shard_index=0)
+    assert not a["job_complete"] and not (out / "results.jsonl").exists()
+    b, _ = _run(lm, prompts, out, chunk_size=2, num_shards=2, shard_index=1)
+    assert b["job_complete"] and a["done"] + b["done"] == 5 and a["malformed"] + b["malformed"] == 1
+    assert (a["chunks"], b["chunks"]) == (2, 1)  # chunks 0, 2 | 1
+    assert (out / "summary-shard-00000-of-00002.json").exists() and (out / "summary-shard-00001-of-00002.json").exists()
+    assert [r["line"] for r in _rows(out)] == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="together"):
+        _run(lm, prompts, out, chunk_size=2, num_shards=2)
+    with pytest.raises(ValueError, match="shard_index"):
+        _run(lm, prompts, out, chunk_size=2, num_shards=2, shard_index=2)
+
+
+class _Flaky:
+    """Wraps the tiny model; raises for the prompt 'boom' (a generation failure)."""
+
+    def __init__(self, lm):
+        self.lm = lm
+        self.sample_rate = lm.sample_rate
+
+    def generate_full(self, prompts, *a, **kw):
+        if "boom" in prompts:
+            raise RuntimeError("out of memory (simulated)")
+        return self.lm.generate_full(prompts, *a, **kw)
+
+    def mulan_scores(self, *a):
+        return self.lm.mulan_scores(*a)
+
+
+def test_cli_failures_exit_code_and_errors(lm, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pipeline, "tiny_random", lambda seed=0: _Flaky(lm))
+    prompts = _write_prompts(tmp_path / "p.jsonl", ['"fine one"', '"boom"', '"fine two"'])
+    argv = ["infer", "--prompts", prompts, "--out_dir", str(tmp_path / "o"), "--random_init", "--tiny",
+            "--duration", "0.3", "--chunk_size", "2", "--num_shards", "1", "--shard_index", "0"]
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 1
+    out = capsys.readouterr().out
+    assert "FAILED line 2 (id line-000002): RuntimeError: out of memory" in out
+    assert "2 done, 0 skipped (already done), 0 malformed, 1 failed" in out
+    summary = json.load(open(tmp_path / "o" / "summary.json"))
+    assert summary["failed_prompts"][0]["line"] == 2 and not summary["job_complete"]
+    assert not (tmp_path / "o" / "chunks" / "chunk-00000.done").exists()  # retried by the next run
+    # the cause gone (same file, same out_dir): the rerun redoes only the chunk without a marker and exits 0
+    monkeypatch.setattr(pipeline, "tiny_random", lambda seed=0: lm)
+    assert cli.main(argv) == 0
+    assert "2 done, 1 skipped (already done), 0 malformed, 0 failed" in capsys.readouterr().out
+    assert [r["id"] for r in _rows(tmp_path / "o")] == ["line-000001", "line-000002", "line-000003"]
+    for bad, match in ((["--prompts", str(tmp_path / "missing.jsonl")], "prompts file not found"),
+                       (["--batch_size", "0"], "batch_size"), (["--duration", "0"], "duration")):
+        args = ["infer", "--prompts", prompts, "--out_dir", str(tmp_path / "e"), "--random_init", "--tiny",
+                "--num_shards", "1", "--shard_index", "0", *bad]
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("musiclm-jax: error: ") and match in err and len(err.strip().splitlines()) == 1
+
+
+def test_batches_group_by_duration_and_keep_explicit_seeds_alone():
+    mk = lambda line, dur=0.3, given=False: infer_commands.Prompt(line, f"p{line}", "x", line, given, dur)
+    ps = [mk(1), mk(2, given=True), mk(3), mk(4, dur=0.2), mk(5), mk(6)]
+    calls = [[p.line for p in c] for c in infer_commands._batches(ps, 2)]
+    assert calls == [[1, 3], [2], [4], [5, 6]]
+    assert [[p.line for p in c] for c in infer_commands._batches(ps, 1)] == [[i] for i in range(1, 7)]
+    assert infer_commands.derive_seed(0, 1) == infer_commands.derive_seed(0, 1) != infer_commands.derive_seed(0, 2)
