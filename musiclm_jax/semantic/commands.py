@@ -1,4 +1,4 @@
-"""`musiclm-jax semantic {train,fit-kmeans,tokenize,eval}`: w2v-BERT training, k-means, semantic tokens.
+"""`musiclm-jax semantic {train,fit-kmeans,tokenize,eval,probe}`: w2v-BERT training, k-means, semantic tokens.
 
 Imports stay light here; jax, the model and the data load inside the handlers.
 """
@@ -13,6 +13,7 @@ EXAMPLES = """Examples:
   musiclm-jax semantic fit-kmeans --model_dir=/tmp/w2v_tiny --audio_dir=demo_out --num_clusters=64
   musiclm-jax semantic tokenize --model_dir=/tmp/w2v_tiny --audio demo_out/clip.wav --out /tmp/tokens.jsonl
   musiclm-jax semantic eval --model_dir=/tmp/w2v_tiny --audio_dir=demo_out
+  musiclm-jax semantic probe --model_dir=/tmp/w2v_tiny --synthcaps=small --data_dir=~/tensorflow_datasets
 """
 
 
@@ -59,6 +60,23 @@ def register(subparsers) -> None:
     _add_corpus_args(e)
     e.add_argument("--out", default=None, help="JSON results (default: MODEL_DIR/semantic_eval.json)")
     e.set_defaults(func=evaluate)
+
+    p = sub.add_parser("probe", help="linear probes (genre, tempo, key, mode, instrument) on features, token "
+                       "histograms, random-init w2v-BERT and MFCC")
+    p.add_argument("--model_dir", required=True)
+    _add_corpus_args(p)
+    p.add_argument("--split_mode", choices=("heldout", "random"), default="heldout",
+                   help="heldout: fit on --split (train), score on --test_split (SynthCaps holds out genre x "
+                   "instrument combinations there); random: 75/25 of --split, stratified per attribute and "
+                   "grouped by score")
+    p.add_argument("--test_split", default="test", help="synthcaps split scored in heldout mode")
+    p.add_argument("--attributes", default=",".join(("genre", "tempo", "tonic", "key", "mode", "instrument")),
+                   help="comma-separated: genre, tempo, tonic, key, mode, instrument")
+    p.add_argument("--layer", type=int, default=None, help="w2v-BERT feature layer (default: the tokenizer's)")
+    p.add_argument("--seed", type=int, default=0, help="random split and random-init parameters")
+    p.add_argument("--no_random_init", action="store_true", help="skip the random-init w2v-BERT rows")
+    p.add_argument("--out", default=None, help="JSON results (default: MODEL_DIR/semantic_probe_<mode>.json)")
+    p.set_defaults(func=probe)
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -163,4 +181,58 @@ def evaluate(args: argparse.Namespace) -> dict:
     for key, value in results.items():
         print(f"{key}: {value}")
     print(f"wrote {out}")
+    return results
+
+
+def probe(args: argparse.Namespace) -> dict:
+    import time
+
+    from musiclm_jax.semantic import probe as pr
+    from musiclm_jax.semantic.api import SemanticTokenizer
+
+    attributes = [a.strip() for a in args.attributes.split(",") if a.strip()]
+    unknown = [a for a in attributes if a not in pr.LABELS]
+    if unknown or not attributes:
+        raise ValueError(f"unknown --attributes {unknown or attributes}: use some of {', '.join(pr.LABELS)}")
+    if args.split_mode == "heldout" and args.audio_dir:
+        raise ValueError("--split_mode heldout needs --synthcaps (a train and a test split); use --split_mode random")
+    start = time.perf_counter()
+    waves, _, attrs = load_corpus(args)
+    clips = [dict(a, audio=w) for w, a in zip(waves, attrs)]
+    test = []
+    if args.split_mode == "heldout":
+        waves_t, _, attrs_t = load_corpus(argparse.Namespace(**{**vars(args), "split": args.test_split}))
+        test = [dict(a, audio=w) for w, a in zip(waves_t, attrs_t)]
+    tok = SemanticTokenizer.from_checkpoint(args.model_dir, require_kmeans=False, layer=args.layer)
+    if tok.kmeans is not None and tok.kmeans.meta.get("feature_layer", tok.layer) != tok.layer:
+        print(f"k-means was fitted on layer {tok.kmeans.meta['feature_layer']}, not {tok.layer}: no token rows")
+        tok.kmeans = None
+    elif tok.kmeans is None:
+        print(f"no k-means in {args.model_dir}: no token-histogram rows")
+    extractors = pr.w2v_bert_extractors(tok, "trained")
+    if not args.no_random_init:
+        rand = pr.random_init_tokenizer(tok.cfg, seed=args.seed, layer=tok.layer)
+        extractors += pr.w2v_bert_extractors(rand, "random-init", kmeans_fit_waves=[c["audio"] for c in clips],
+                                             num_clusters=tok.num_tokens or None, seed=args.seed)
+    extractors.append(pr.mfcc_extractor())
+    if args.split_mode == "heldout":
+        rows = pr.probe_table(clips, test, extractors, attributes)
+        protocol = (f"fit on {args.split} ({len(clips)} clips), scored on {args.test_split} ({len(test)} clips; "
+                    "held-out genre x instrument combinations)")
+    else:
+        rows = pr.probe_table_random(clips, extractors, attributes, seed=args.seed)
+        protocol = (f"random 75/25 split of {args.split} ({len(clips)} clips) per attribute, stratified by it, "
+                    f"grouped by score, seed {args.seed}")
+    table = pr.markdown_table(rows, attributes)
+    results = {"split_mode": args.split_mode, "protocol": protocol, "synthcaps": args.synthcaps,
+               "model_dir": args.model_dir, "fingerprint": tok.fingerprint, "feature_layer": tok.layer,
+               "num_clusters": tok.num_tokens, "attributes": attributes, "rows": rows, "markdown": table,
+               "seconds": round(time.perf_counter() - start, 1)}
+    out = args.out or os.path.join(args.model_dir, f"semantic_probe_{args.split_mode}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"linear-probe accuracy (%), {protocol}:\n")
+    print(table)
+    print(f"\nwrote {out}")
     return results
