@@ -7,7 +7,7 @@ Two feature formats for a decoder-only prefix LM:
     decoder_input_tokens, decoder_segment_ids, decoder_positions, decoder_causal_attention, loss weights).
 
     ds = stage_task_dataset(split="train", batch_size=8, seed=0, shard_index=0, num_shards=1,
-                            task="synthcaps_coarse", inputs_length=..., targets_length=...)
+                            task="synthcaps_coarse", inputs_length=..., targets_length=...)  # or a mixture
     gin:  Trainer dataset = @stage_task_dataset;  stage_task_dataset.task = "synthcaps_coarse"
 """
 from __future__ import annotations
@@ -85,32 +85,48 @@ class TaskIterator:
         return batch
 
 
+def shard_info(shard_index: int | None = None, num_shards: int | None = None) -> seqio.ShardInfo:
+    """This host's shard: the trainer's shard_index/num_shards, else jax.process_index()/process_count()."""
+    if shard_index is None or num_shards is None:
+        import jax
+
+        shard_index = jax.process_index() if shard_index is None else shard_index
+        num_shards = jax.process_count() if num_shards is None else num_shards
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in [0, num_shards={num_shards}), got {shard_index}")
+    return seqio.ShardInfo(int(shard_index), int(num_shards))
+
+
 @gin.configurable
-def stage_task_dataset(*, split: str = "train", batch_size: int, seed: int = 0, shard_index: int = 0,
-                       num_shards: int = 1, task: str = gin.REQUIRED, inputs_length: int = gin.REQUIRED,
+def stage_task_dataset(*, split: str = "train", batch_size: int, seed: int = 0, shard_index: int | None = None,
+                       num_shards: int | None = None, task: str = gin.REQUIRED, inputs_length: int = gin.REQUIRED,
                        targets_length: int = gin.REQUIRED, pack: bool = False, cache_dirs: tuple[str, ...] = (),
                        task_modules: tuple[str, ...] = ("tasks.musiclm_tasks",), shuffle: bool | None = None,
-                       repeat: bool | None = None) -> TaskIterator:
-    """The trainer's dataset function for a cached stage task or mixture (this host's shard, see module doc).
+                       repeat: bool | None = None, use_cached: bool = True) -> TaskIterator:
+    """The trainer's dataset function for a cached stage task or mixture (`tasks.registry.register_mixture`).
 
-    `split` "eval" reads the task's "validation" split. Shuffling and repetition default to on for train."""
+    Each host reads a disjoint shard (seqio.ShardInfo): the trainer passes shard_index/num_shards; left out, they
+    come from jax.process_index()/process_count(). `split` "eval" reads the task's "validation" split. Shuffling
+    and repetition default to on for train. `use_cached=False` tokenizes on the fly (small data only)."""
     import importlib
 
     for m in task_modules:
         importlib.import_module(m)
     if cache_dirs:
         seqio.add_global_cache_dirs(list(cache_dirs))
+    if task not in seqio.TaskRegistry.names() and task not in seqio.MixtureRegistry.names():
+        raise ValueError(f"stage_task_dataset: {task!r} is neither a registered task nor a mixture (check "
+                         f"task_modules={task_modules})")
     split = {"eval": "validation"}.get(split, split)
     train = split == "train"
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index must be in [0, num_shards={num_shards}), got {shard_index}")
+    shard = shard_info(shard_index, num_shards)
 
     def make():
         ds = seqio.get_dataset(
             task, task_feature_lengths={"inputs": inputs_length, "targets": targets_length},
             dataset_split=split, shuffle=train if shuffle is None else shuffle,
-            num_epochs=None if (train if repeat is None else repeat) else 1, use_cached=True, seed=seed,
-            shard_info=seqio.ShardInfo(shard_index, num_shards), feature_converter=feature_converter(pack))
+            num_epochs=None if (train if repeat is None else repeat) else 1, use_cached=use_cached, seed=seed,
+            shard_info=shard, feature_converter=feature_converter(pack))
         return ds.batch(batch_size, drop_remainder=True)
 
     return TaskIterator(make)

@@ -1,9 +1,10 @@
 """SeqIO preprocessors of the stage tasks.
 
 Before the cache (`CacheDatasetPlaceholder`): `tokenize` runs the three tokenizers on each clip.
-After it: `check_tokenizers` (a cache made by other checkpoints is refused), `drop_failed`, `aligned_crop`
+After it: `drop_failed`, `aligned_crop`
 (one random window cut from every token stream at the same seconds) and `to_stage` (the (inputs, targets) of a
-stage, from musiclm_jax/lm/stages.py, the one token layout).
+stage, from musiclm_jax/lm/stages.py, the one token layout). `check_tokenizers` (a cache made by other
+checkpoints is refused) is not a preprocessor: `tasks.registry.StageTask` runs it when a read uses the cache.
 """
 from __future__ import annotations
 
@@ -122,17 +123,16 @@ def check_record(record: dict, configured: dict, where: str) -> None:
                          "same checkpoints, or re-tokenize with `python -m tasks.cache --overwrite`")
 
 
-def check_tokenizers(ds: tf.data.Dataset, *, task_name: str, sizes, semantic_rate: float,
-                     acoustic_rate: float) -> tf.data.Dataset:
+def check_tokenizers(task_name: str, *, sizes, semantic_rate: float, acoustic_rate: float) -> None:
     """Refuses to read a cache whose tokenizer fingerprints differ from the configured tokenizers', or whose
-    token sizes and rates do not fit the task's layout."""
+    token sizes and rates do not fit the task's layout. Called by `StageTask.get_dataset` only when it reads the
+    cache (`use_cached=True`): an on-the-fly read tokenizes with the configured tokenizers and needs no record."""
     record = read_cache_record(task_name)
     if record is not None:
         where = f"the cache of task {task_name!r}"
         check_geometry(record, sizes, semantic_rate, acoustic_rate, where)
         configured = tok_lib.Tokenizers.get(tokenizer_spec()).describe()
         check_record(record, configured, where)
-    return ds
 
 
 def drop_failed(ds: tf.data.Dataset) -> tf.data.Dataset:

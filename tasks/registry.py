@@ -1,7 +1,10 @@
 """SeqIO task registrations: `<name>_semantic`, `<name>_coarse`, `<name>_fine` per dataset.
 
-    TFDS source -> tokenize -> CacheDatasetPlaceholder(required) -> check_tokenizers -> drop_failed
+    TFDS source -> tokenize -> CacheDatasetPlaceholder -> drop_failed
                 -> aligned_crop (per-stage seconds, gin `stage_crop_seconds`) -> to_stage (lm/stages.py)
+
+A read from the cache (`use_cached=True`, what training does) first checks the cache's tokenizer record
+(`StageTask`, `preprocessors.check_tokenizers`); `use_cached=False` tokenizes on the fly (slow; small data, tests).
 
 The three tasks of one dataset share their pre-cache part, so `python -m tasks.cache` tokenizes once and writes
 the same token cache for all three (see tasks/cache.py). Tokenizers come from `tokenizer_spec` (gin) or the
@@ -17,6 +20,19 @@ from tasks import preprocessors as pp
 
 SYNTHCAPS_KEEP = ("caption", "genre", "bpm", "key", "mode", "mood", "lead_instrument", "source")
 AUDIO_CAPTIONS_KEEP = ("caption", "has_caption")
+
+
+class StageTask(seqio.Task):
+    """A seqio Task that checks the cache's tokenizer record when (and only when) a read uses the cache."""
+
+    def __init__(self, *args, tokenizer_check: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tokenizer_check = tokenizer_check or {}
+
+    def get_dataset(self, *args, use_cached: bool = False, **kwargs):
+        if use_cached and self.tokenizer_check:
+            pp.check_tokenizers(self.name, **self.tokenizer_check)
+        return super().get_dataset(*args, use_cached=use_cached, **kwargs)
 
 
 def stage_output_features(stage: str, sizes: TokenSizes) -> dict[str, seqio.Feature]:
@@ -43,23 +59,27 @@ def register_stage_tasks(name: str, tfds_name: str, *, sizes: TokenSizes = PAPER
             task_name, source=source,
             preprocessors=[
                 pp.partial(pp.tokenize, task_name=task_name, audio_key=audio_key, keep=keep),
-                seqio.CacheDatasetPlaceholder(required=True),
-                pp.partial(pp.check_tokenizers, task_name=task_name, sizes=sizes, semantic_rate=semantic_rate,
-                           acoustic_rate=acoustic_rate),
+                seqio.CacheDatasetPlaceholder(),
                 pp.drop_failed,
                 pp.partial(pp.aligned_crop, stage=stage, semantic_rate=semantic_rate, acoustic_rate=acoustic_rate,
                            crop_seconds=(crop_seconds or {}).get(stage)),
                 pp.partial(pp.to_stage, stage=stage, sizes=sizes),
             ],
-            output_features=stage_output_features(stage, sizes))
+            output_features=stage_output_features(stage, sizes), task_cls=StageTask,
+            tokenizer_check=dict(sizes=sizes, semantic_rate=semantic_rate, acoustic_rate=acoustic_rate))
         names.append(task_name)
     return names
 
 
 def register_mixture(name: str, tasks_and_rates: dict[str, float]) -> str:
-    """A mixture of stage tasks with sampling rates (e.g. synthcaps + your own folder, 1:3)."""
+    """A mixture of stage tasks with sampling rates (e.g. synthcaps + your own folder, 1:3): read it with
+    `stage_task_dataset(task=name, ...)` like a task. Its tasks must be of one stage (same output features)."""
     if not tasks_and_rates or any(r <= 0 for r in tasks_and_rates.values()):
         raise ValueError(f"mixture {name!r} needs at least one task and positive rates, got {tasks_and_rates}")
+    missing = [t for t in tasks_and_rates if t not in seqio.TaskRegistry.names()]
+    if missing:
+        raise ValueError(f"mixture {name!r} names unregistered tasks {missing}: register them first "
+                         "(register_stage_tasks)")
     if name in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.remove(name)
     seqio.MixtureRegistry.add(name, list(tasks_and_rates.items()))

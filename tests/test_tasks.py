@@ -217,3 +217,110 @@ def test_coarse_stage_trains_from_the_cache_with_its_gin_experiment(env, tmp_pat
     losses = [r["loss"] for r in rows]
     assert len(losses) >= 4 and all(np.isfinite(losses))
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+# -- multi-host shards, mixtures, uncached reads, packed features --------------------------------------------------
+WHOLE_CLIP = {"semantic": 10.0, "coarse": 10.0, "fine": 10.0}  # > the 4 s clips: every crop is the whole clip
+
+
+def _whole_clip_semantic(env, name: str, *, copy_cache: bool = True) -> str:
+    """`<name>_semantic` cropping whole clips (so its examples do not depend on crop seeds), reading a copy of the
+    fixture's cache unless `copy_cache` is False."""
+    registry.register_stage_tasks(name, TFDS_NAME, sizes=TINY, keep=registry.SYNTHCAPS_KEEP,
+                                  tfds_data_dir=env["tfds_dir"], crop_seconds=WHOLE_CLIP)
+    dst = os.path.join(env["cache_dir"], f"{name}_semantic")
+    if copy_cache and not os.path.exists(dst):
+        shutil.copytree(os.path.join(env["cache_dir"], "tt_semantic"), dst)
+    return f"{name}_semantic"
+
+
+def _keys(it) -> list[bytes]:
+    return [row.tobytes() for batch in it for row in batch["targets"]]
+
+
+def test_hosts_read_disjoint_shards_that_cover_the_split(env, monkeypatch):
+    import jax
+
+    task = _whole_clip_semantic(env, "tw")
+    kw = dict(split="test", batch_size=1, seed=0, task=task, inputs_length=4, targets_length=128, task_modules=(),
+              shuffle=False, repeat=False)
+    full = _keys(data.stage_task_dataset(**kw, shard_index=0, num_shards=1))
+    assert len(full) == env["report"]["tasks"]["tt_semantic"]["test"]["examples"] >= 4
+    assert len(set(full)) == len(full)  # whole clips: the targets are a stable key per clip
+    parts = [_keys(data.stage_task_dataset(**kw, shard_index=i, num_shards=2)) for i in range(2)]
+    assert parts[0] and parts[1] and not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == sorted(full)  # together exactly once
+    # Left out, the shard comes from jax's process index / count (this host is 1 of 2).
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert _keys(data.stage_task_dataset(**kw)) == parts[1]
+    # What the trainer passes is what seqio gets.
+    seen, real = [], seqio.get_dataset
+    monkeypatch.setattr(seqio, "get_dataset", lambda *a, **k: (seen.append(k["shard_info"]), real(*a, **k))[1])
+    next(data.stage_task_dataset(**kw, shard_index=0, num_shards=3))
+    assert seen == [seqio.ShardInfo(0, 3)]
+
+
+def test_mixture_reads_through_the_dataset_function_at_its_rates(env):
+    whole = _whole_clip_semantic(env, "tw")
+    name = registry.register_mixture("tt_mix_semantic", {"tt_semantic": 1.0, whole: 3.0})
+    it = data.stage_task_dataset(split="train", batch_size=50, seed=0, task=name, inputs_length=4,
+                                 targets_length=128, task_modules=())
+    lengths = np.concatenate([next(it)["weights"].sum(1) for _ in range(8)])  # 400 examples
+    crop = int(CROPS["semantic"] * 25)
+    assert set(lengths) == {crop, 100}  # tt_semantic crops 3 s; the whole-clip task gives all 4 s
+    frac = float(np.mean(lengths == crop))
+    assert abs(frac - 0.25) < 0.07, frac  # rates 1:3
+    with pytest.raises(ValueError, match="unregistered tasks"):
+        registry.register_mixture("bad_mix", {"tt_semantic": 1.0, "no_such_task": 1.0})
+    with pytest.raises(ValueError, match="neither a registered task nor a mixture"):
+        data.stage_task_dataset(batch_size=1, task="no_such_mixture", inputs_length=4, targets_length=8,
+                                task_modules=())
+
+
+def test_tokenizer_check_applies_to_cached_reads_only(env):
+    cached = _whole_clip_semantic(env, "tw")
+    # A cache whose record names another codec: refused when read from the cache ...
+    task = _whole_clip_semantic(env, "tv")
+    path = os.path.join(env["cache_dir"], task, pp.TOKENIZERS_FILE)
+    with open(path) as f:
+        record = json.load(f)
+    record["fingerprints"]["codec"] = "0123456789abcdef"
+    with open(path, "w") as f:
+        json.dump(record, f)
+    kw = dict(split="train", batch_size=1, seed=0, inputs_length=4, targets_length=128, task_modules=(),
+              shuffle=False, repeat=False)
+    with pytest.raises(ValueError, match="other tokenizer checkpoints"):
+        data.stage_task_dataset(**kw, task=task)
+    # ... but an uncached read tokenizes on the fly with the configured tokenizers and needs no record, whether
+    # a (mismatched) cache exists or none does.
+    fly = _keys(data.stage_task_dataset(**kw, task=task, use_cached=False))
+    nocache = _whole_clip_semantic(env, "tn", copy_cache=False)
+    assert pp.read_cache_record(nocache) is None
+    fly_nocache = _keys(data.stage_task_dataset(**kw, task=nocache, use_cached=False))
+    want = sorted(_keys(data.stage_task_dataset(**kw, task=cached)))
+    assert sorted(fly) == sorted(fly_nocache) == want  # the same tokens as the cache made by these tokenizers
+
+
+def test_packed_features_are_refused_by_token_lm_in_one_line(env):
+    import jax
+    from flax import nnx
+
+    from musiclm_jax.lm import transformer as tr
+    from musiclm_jax.lm.models import TokenLM
+
+    it = data.stage_task_dataset(split="train", batch_size=2, seed=0, task="tt_semantic", inputs_length=4,
+                                 targets_length=80, task_modules=(), pack=True)
+    batch = next(it)
+    assert {"decoder_target_tokens", "decoder_segment_ids", "decoder_causal_attention"} <= set(batch)
+    family = TokenLM(tr.preset("tiny", vocab_size=StageLayout("semantic", TINY).vocab_size, dtype="float32"))
+    models = family.init(nnx.Rngs(0))
+    msg = "packed features are not supported by TokenLM yet; use pack=False"
+    with pytest.raises(ValueError, match=msg):
+        family.loss(models, batch, jax.random.key(0))
+    with pytest.raises(ValueError, match=msg):
+        family.tokens(batch)
+    unpacked = next(data.stage_task_dataset(split="train", batch_size=2, seed=0, task="tt_semantic",
+                                            inputs_length=4, targets_length=80, task_modules=()))
+    loss, weight, _ = family.loss(models, unpacked, jax.random.key(0))
+    assert np.isfinite(float(loss)) and float(weight) == 150  # the unpacked format trains

@@ -99,6 +99,18 @@ def test_training_reduces_the_loss(single):
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0, losses
 
 
+def test_eval_over_a_finite_set_smaller_than_eval_steps(single):
+    from musiclm_jax.train.trainer import _mean_eval
+
+    trainer, state = single
+    state = _moved(state, trainer)
+    two = [_batch(seed=1), _batch(seed=2)]
+    over_two = _mean_eval(trainer, state, iter(two), steps=5)   # stops at the end of the set
+    assert over_two == pytest.approx(_mean_eval(trainer, state, iter(two), steps=2))
+    with pytest.raises(ValueError, match="no batch"):
+        _mean_eval(trainer, state, iter([]), steps=3)
+
+
 # -- a toy family with two parameter groups and two optimizers (the codec's generator/discriminator shape) ---------
 
 

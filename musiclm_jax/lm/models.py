@@ -3,7 +3,9 @@
 Layout: `inputs` [b, P] (optional conditioning prefix, attended bidirectionally, no loss) and `targets` [b, T].
 Without inputs, a single BOS token is the prefix. The model reads `concat(inputs, targets[:, :-1])` and its logits
 from position P-1 on predict `targets`, so the loss covers exactly the targets (times `weights` [b, T] if given).
-The stage LMs of MusicLM use this same family with their own token layouts.
+The stage LMs of MusicLM use this same family with their own token layouts. seqio's packed prefix-LM features
+(`decoder_*`, tasks/data.py `feature_converter(pack=True)`) are refused with one line: they need per-segment
+bidirectional prefixes and a BOS per segment, which the Transformer's masks and TokenLM's decoding do not have.
 """
 from __future__ import annotations
 
@@ -43,6 +45,12 @@ class TokenLM(Family):
         return {"model": tr.Transformer(self.config, rngs=rngs)}
 
     # -- layout ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_unpacked(batch: dict) -> None:
+        if any(k.startswith("decoder_") for k in batch):
+            raise ValueError("packed features are not supported by TokenLM yet; use pack=False")
+
+    # -- layout (unpacked) ---------------------------------------------------------------------------------------
     def _prefix(self, batch: dict) -> jax.Array:
         targets = batch["targets"]
         if "inputs" in batch:
@@ -50,6 +58,7 @@ class TokenLM(Family):
         return jnp.full((targets.shape[0], 1), self.bos_id, targets.dtype)
 
     def _logits(self, model: tr.Transformer, batch: dict, *, deterministic: bool, rng=None) -> jax.Array:
+        self._check_unpacked(batch)
         if "targets" not in batch:
             raise ValueError(f"a token-LM batch needs 'targets' (and optionally 'inputs', 'weights'); got "
                              f"{sorted(batch)}")
@@ -95,9 +104,11 @@ class TokenLM(Family):
         return {k: ("batch", "length")[:np.ndim(v)] for k, v in batch.items()}
 
     def tokens(self, batch: dict) -> int:
+        self._check_unpacked(batch)
         return int(np.prod(np.shape(batch["targets"])))
 
     def flops(self, batch: dict) -> float:
+        self._check_unpacked(batch)
         b, t = np.shape(batch["targets"])
         seq_len = t - 1 + (np.shape(batch["inputs"])[1] if "inputs" in batch else 1)
         return tr.flops_per_token(self.config, seq_len) * b * t

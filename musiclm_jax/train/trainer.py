@@ -360,9 +360,18 @@ def _metric_writer(logdir: str, tensorboard: bool):
 
 
 def _mean_eval(trainer: Trainer, state, data: Iterator[dict], steps: int) -> dict:
+    """Weighted mean of the eval metrics over `steps` batches, or over all of a smaller (finite) eval set."""
     total_w, sums = 0.0, {}
-    for _ in range(steps):
-        batch = trainer.device_batch(next(data))
+    for i in range(steps):
+        try:
+            raw = next(data)
+        except StopIteration:
+            if i == 0:
+                raise ValueError("the eval dataset gave no batch: it is smaller than one batch (use a smaller "
+                                 "batch size or another split)") from None
+            log.info("eval set exhausted after %d of %d eval steps", i, steps)
+            break
+        batch = trainer.device_batch(raw)
         weight, metrics = jax.device_get(trainer.eval_step(state, batch))
         total_w += float(weight)
         for k, v in metrics.items():
