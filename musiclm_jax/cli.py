@@ -72,13 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        result = args.func(args)
     except (ValueError, FileNotFoundError, NotADirectoryError, KeyError) as e:
         if args.debug:
             raise
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"musiclm-jax: error: {message}", file=sys.stderr)
         return 2
+    if isinstance(result, dict) and result.get("preempted"):  # a training stopped by SIGTERM, checkpoint saved
+        print("musiclm-jax: stopped by SIGTERM before the last step; run the same command again to resume",
+              file=sys.stderr)
+        return 143
     return 0
 
 

@@ -43,7 +43,7 @@ class Recipe:
     kmeans_clusters: int = 64
     codec_steps: int = 800
     codec_disc_start: int = 100_000   # the discriminators cost ~10x the generator on CPU: reconstruction only
-    stage_steps: tuple[int, int, int] = (1500, 1500, 1000)   # semantic, coarse, fine
+    stage_steps: tuple[int, int, int] = (800, 800, 800)   # semantic, coarse, fine
 
 
 RECIPES = {"full": Recipe(), "smoke": Recipe(mulan_steps=4, w2v_steps=4, kmeans_clusters=64, codec_steps=4,

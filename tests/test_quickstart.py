@@ -71,3 +71,12 @@ def test_cli_outside_the_repository_root_and_export_of_an_incomplete_work_dir(tm
     monkeypatch.chdir(tmp_path)
     assert cli.main(["quickstart", "--dry_run"]) == 2
     assert "repository root" in capsys.readouterr().err
+
+
+def test_a_training_stopped_by_sigterm_exits_nonzero(monkeypatch, capsys):
+    # The trainer saves and returns on SIGTERM; the command must not exit 0, or the runner would mark the step done.
+    from musiclm_jax import cli
+
+    monkeypatch.setattr(quickstart, "command", lambda args: {"preempted": True, "step": 3})
+    assert cli.main(["quickstart"]) == 143
+    assert "resume" in capsys.readouterr().err

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import sys
 
+PREEMPTED_EXIT = 143  # 128 + SIGTERM
+
 
 def main(argv: list[str] | None = None) -> int:
     from musiclm_jax.train import gin_utils, partitioning
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     last = summary.get("last_metrics", {})
     print(f"done: step {summary['step']}, loss {last.get('loss', float('nan')):.4f}, "
           f"skipped {summary['skipped_steps']}, preempted {summary['preempted']}")
-    return 0
+    return PREEMPTED_EXIT if summary["preempted"] else 0  # so a job runner does not take a stop for completion
 
 
 if __name__ == "__main__":
