@@ -1,6 +1,6 @@
 """`musiclm-jax generate`: text in, a wav and its spectrogram PNG out. Heavy imports stay inside the handler.
 
-    musiclm-jax generate --prompt "a calm piano waltz" --duration 10 --out song.wav --model_dir runs/musiclm
+    musiclm-jax generate --prompt "a calm piano waltz" --duration 10 --out song.wav --model_dir weights/musiclm
     musiclm-jax generate --prompt "a calm piano waltz" --duration 2 --out noise.wav --random_init --tiny
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ import json
 import os
 
 EXAMPLES = """Examples:
-  musiclm-jax generate --prompt "a calm piano waltz" --duration 10 --out song.wav --model_dir runs/musiclm
-  musiclm-jax generate --prompt "upbeat jazz" --prompt "sad violin" --duration 5 --out_dir out/ --model_dir runs/musiclm
+  musiclm-jax generate --prompt "a calm piano waltz" --duration 10 --out song.wav --model_dir weights/musiclm
+  musiclm-jax generate --prompt "upbeat jazz" --prompt "sad violin" --duration 5 --out_dir out/ --model_dir weights/musiclm
   musiclm-jax generate --prompt "a calm piano waltz" --duration 2 --out noise.wav --random_init --tiny
 
 --model_dir holds musiclm.json and the sub-directories mulan/ codec/ stage_semantic/ stage_coarse/ stage_fine/

@@ -1,6 +1,6 @@
 """`musiclm-jax infer`: batch text-to-music over a JSONL file of prompts; resumable, sharded over hosts.
 
-    musiclm-jax infer --prompts prompts.jsonl --out_dir out/ --model_dir runs/musiclm --duration 10
+    musiclm-jax infer --prompts prompts.jsonl --out_dir out/ --model_dir weights/musiclm --duration 10
     musiclm-jax infer --prompts prompts.jsonl --out_dir out/ --random_init --tiny --duration 0.5   # untrained noise
 
 Input: one prompt per line, a JSON object {"prompt": str, "id": str (optional), "seed": int (optional),
@@ -49,7 +49,7 @@ from typing import Callable
 from musiclm_jax import generate_commands
 
 EXAMPLES = """Examples:
-  musiclm-jax infer --prompts prompts.jsonl --out_dir out/ --model_dir runs/musiclm --duration 10
+  musiclm-jax infer --prompts prompts.jsonl --out_dir out/ --model_dir weights/musiclm --duration 10
   musiclm-jax infer --prompts prompts.jsonl --out_dir out/ --random_init --tiny --duration 0.5
 
 prompts.jsonl, one per line:  {"prompt": "a calm piano waltz", "id": "waltz", "seed": 7, "duration_s": 5}

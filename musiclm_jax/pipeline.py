@@ -1,6 +1,6 @@
 """`MusicLM`: text in, music out. Chains MuLan -> semantic LM -> coarse LM -> fine LM -> SoundStream decoder.
 
-    lm = MusicLM.from_pretrained("runs/musiclm")          # mulan/ codec/ stage_semantic/ stage_coarse/ stage_fine/
+    lm = MusicLM.from_pretrained("weights/musiclm")          # mulan/ codec/ stage_semantic/ stage_coarse/ stage_fine/
     waves = lm.generate(["a calm piano waltz"], duration_s=10, seed=0)    # float32 [1, 10 * lm.sample_rate]
     out = lm.generate_full(prompts, 10, num_samples=4)     # + all samples, MuLan scores, tokens (best first)
     waves = lm.generate_continuation(prompts, audio, sample_rate, duration_s=20)

@@ -13,7 +13,7 @@ EXAMPLES = """Examples:
   musiclm-jax eval export-synthcaps --data_dir ~/tfds --config small --split test --out eval/ref
   musiclm-jax eval export-synthcaps --data_dir ~/tfds --config small --split train --out eval/train --limit 500
   musiclm-jax eval fit-probe --reference_dir eval/train --backend mel --out_dir eval/probes
-  musiclm-jax infer --prompts eval/ref/infer_prompts.jsonl --out_dir out/gen --model_dir runs/musiclm --duration 10
+  musiclm-jax infer --prompts eval/ref/infer_prompts.jsonl --out_dir out/gen --model_dir weights/musiclm --duration 10
   musiclm-jax eval --audio_dir out/gen --reference_dir eval/ref \\
       --train_dir eval/train --backend mel --backend mulan:runs/mulan --mulan_dir runs/mulan \\
       --probe eval/probes/probe_mel_instrument.npz --probe eval/probes/probe_mel_genre.npz \\
