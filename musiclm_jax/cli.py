@@ -39,7 +39,8 @@ def _demo(args: argparse.Namespace) -> None:
     gen = argparse.Namespace(
         prompt=[args.prompt], duration=args.duration, out=os.path.join(args.out_dir, "generated.wav"), out_dir=None,
         model_dir=model_dir, random_init=model_dir is None, tiny=model_dir is None, seed=args.seed,
-        temperatures=(1.0, 0.95, 0.4), top_k=0, top_p=1.0, guidance_scale=1.0, num_samples=1, no_progress=False)
+        temperatures=(1.0, 0.95, 0.4), top_k=0, top_p=1.0, guidance_scale=args.guidance_scale, num_samples=1,
+        no_progress=False)
     print(f"text-to-music: {args.prompt!r} -> {gen.out}")
     summary = generate_commands.generate(gen)
     out = summary["outputs"][0]
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--prompt", default="a calm piano waltz with soft strings")
     demo.add_argument("--duration", type=float, default=2.0, help="seconds of generated audio")
+    demo.add_argument("--guidance_scale", type=float, default=3.0,
+                      help="classifier-free guidance (3: the shipped weights follow the text more, see the model card)")
     demo.add_argument("--model_dir", default=None, help=f"trained MusicLM (default: {TRAINED_MODEL_DIR} if present)")
     demo.set_defaults(func=_demo)
     for name in COMMAND_MODULES:
