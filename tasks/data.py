@@ -4,7 +4,8 @@ Two feature formats for a decoder-only prefix LM:
   * `StageLMFeatureConverter` (no packing): {"inputs" [b, P], "targets" [b, T], "weights" [b, T]}, what
     musiclm_jax/lm/models.py `TokenLM` reads. Inputs are padded on the LEFT, so SEP stays next to the first target.
   * seqio's `PrefixLMFeatureConverter(pack=True)`: the T5X packed format (decoder_target_tokens,
-    decoder_input_tokens, decoder_segment_ids, decoder_positions, decoder_causal_attention, loss weights).
+    decoder_input_tokens, decoder_segment_ids, decoder_positions, decoder_causal_attention, loss weights), several
+    examples per row; `TokenLM` reads it too (each segment as its unpacked example, see its module docstring).
 
     ds = stage_task_dataset(split="train", batch_size=8, seed=0, shard_index=0, num_shards=1,
                             task="synthcaps_coarse", inputs_length=..., targets_length=...)  # or a mixture
@@ -32,8 +33,8 @@ class StageLMFeatureConverter(seqio.FeatureConverter):
 
     def __init__(self, pack: bool = False, **kwargs):
         if pack:
-            raise ValueError("StageLMFeatureConverter does not pack (TokenLM reads one crop per row): use "
-                             "seqio.PrefixLMFeatureConverter(pack=True) for the packed T5X format")
+            raise ValueError("StageLMFeatureConverter does not pack: use seqio.PrefixLMFeatureConverter(pack=True) "
+                             "(feature_converter(pack=True)) for the packed T5X format, which TokenLM also reads")
         super().__init__(pack=False, **kwargs)
 
     def _convert_features(self, ds, task_feature_lengths):
@@ -57,7 +58,7 @@ class StageLMFeatureConverter(seqio.FeatureConverter):
 
 
 def feature_converter(pack: bool = False) -> seqio.FeatureConverter:
-    """Unpacked: the TokenLM format; packed: seqio's prefix-LM format (T5X decoder-only models)."""
+    """Unpacked: one example per row; packed: seqio's prefix-LM format (T5X decoder-only models). TokenLM reads both."""
     return seqio.PrefixLMFeatureConverter(pack=True) if pack else StageLMFeatureConverter()
 
 

@@ -302,25 +302,30 @@ def test_tokenizer_check_applies_to_cached_reads_only(env):
     assert sorted(fly) == sorted(fly_nocache) == want  # the same tokens as the cache made by these tokenizers
 
 
-def test_packed_features_are_refused_by_token_lm_in_one_line(env):
+def test_packed_features_train_token_lm_through_the_trainer(env):
     import jax
-    from flax import nnx
 
     from musiclm_jax.lm import transformer as tr
     from musiclm_jax.lm.models import TokenLM
+    from musiclm_jax.lm.stages import UNCOND
+    from musiclm_jax.train import partitioning
+    from musiclm_jax.train.optimizers import make_optimizer, make_schedule
+    from musiclm_jax.train.trainer import Trainer
 
-    it = data.stage_task_dataset(split="train", batch_size=2, seed=0, task="tt_semantic", inputs_length=4,
-                                 targets_length=80, task_modules=(), pack=True)
+    layout = StageLayout("semantic", TINY)
+    it = data.stage_task_dataset(split="train", batch_size=2, seed=0, task="tt_semantic", inputs_length=8,
+                                 targets_length=160, task_modules=(), pack=True)
     batch = next(it)
     assert {"decoder_target_tokens", "decoder_segment_ids", "decoder_causal_attention"} <= set(batch)
-    family = TokenLM(tr.preset("tiny", vocab_size=StageLayout("semantic", TINY).vocab_size, dtype="float32"))
-    models = family.init(nnx.Rngs(0))
-    msg = "packed features are not supported by TokenLM yet; use pack=False"
-    with pytest.raises(ValueError, match=msg):
-        family.loss(models, batch, jax.random.key(0))
-    with pytest.raises(ValueError, match=msg):
-        family.tokens(batch)
-    unpacked = next(data.stage_task_dataset(split="train", batch_size=2, seed=0, task="tt_semantic",
-                                            inputs_length=4, targets_length=80, task_modules=()))
-    loss, weight, _ = family.loss(models, unpacked, jax.random.key(0))
-    assert np.isfinite(float(loss)) and float(weight) == 150  # the unpacked format trains
+    np.testing.assert_array_equal(batch["decoder_segment_ids"].max(1), [2, 2])  # two 3 s crops per 168-token row
+    family = TokenLM(tr.preset("tiny", vocab_size=layout.vocab_size, dtype="float32"), uncond_prob=0.5,
+                     uncond_span=layout.cond_span(), uncond_id=UNCOND)
+    assert family.tokens(batch) == 4 * 75 and family.flops(batch) == tr.flops_per_token(family.config, 168) * 2 * 168
+    trainer = Trainer(family, partitioning.make_mesh(devices=jax.devices()[:1]), rng_impl="rbg",
+                      optimizer=lambda: make_optimizer("adamw", schedule=make_schedule(1e-2, "constant", 0)))
+    state = trainer.init_state()
+    losses = []
+    for b in (batch, next(it), next(it)):
+        state, metrics = trainer.train_step(state, b)
+        losses.append(float(metrics["loss"]))
+    assert np.isfinite(losses).all() and int(metrics["skipped_steps"]) == 0, losses

@@ -3,9 +3,13 @@
 Layout: `inputs` [b, P] (optional conditioning prefix, attended bidirectionally, no loss) and `targets` [b, T].
 Without inputs, a single BOS token is the prefix. The model reads `concat(inputs, targets[:, :-1])` and its logits
 from position P-1 on predict `targets`, so the loss covers exactly the targets (times `weights` [b, T] if given).
-The stage LMs of MusicLM use this same family with their own token layouts. seqio's packed prefix-LM features
-(`decoder_*`, tasks/data.py `feature_converter(pack=True)`) are refused with one line: they need per-segment
-bidirectional prefixes and a BOS per segment, which the Transformer's masks and TokenLM's decoding do not have.
+The stage LMs of MusicLM use this same family with their own token layouts.
+
+Packed batches: seqio's prefix-LM features (`decoder_*`, tasks/data.py `feature_converter(pack=True)`). Each segment
+reads what the unpacked layout reads: the model takes `decoder_target_tokens` (not seqio's `decoder_input_tokens`,
+which put a BOS at every segment start), positions restart per segment, a segment's inputs are its bidirectional
+prefix, and position t predicts token t + 1 of its own segment. So a model trained packed decodes with the
+unpacked decoding code. A segment without inputs has no BOS: its first target is context, not predicted.
 """
 from __future__ import annotations
 
@@ -44,47 +48,74 @@ class TokenLM(Family):
     def init(self, rngs: nnx.Rngs) -> dict[str, nnx.Module]:
         return {"model": tr.Transformer(self.config, rngs=rngs)}
 
-    # -- layout ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _check_unpacked(batch: dict) -> None:
-        if any(k.startswith("decoder_") for k in batch):
-            raise ValueError("packed features are not supported by TokenLM yet; use pack=False")
-
-    # -- layout (unpacked) ---------------------------------------------------------------------------------------
+    # -- layout --------------------------------------------------------------------------------------------------
     def _prefix(self, batch: dict) -> jax.Array:
         targets = batch["targets"]
         if "inputs" in batch:
             return batch["inputs"]
         return jnp.full((targets.shape[0], 1), self.bos_id, targets.dtype)
 
-    def _logits(self, model: tr.Transformer, batch: dict, *, deterministic: bool, rng=None) -> jax.Array:
-        self._check_unpacked(batch)
+    @staticmethod
+    def _packed(batch: dict) -> dict:
+        """The packed layout: model tokens, segment ids, bidirectional flags, and the aligned targets and weights."""
+        tokens = batch["decoder_target_tokens"]
+        seg = batch.get("decoder_segment_ids", jnp.ones_like(tokens))  # PrefixLMFeatureConverter(pack=False)
+        same = jnp.pad(seg[:, 1:] == seg[:, :-1], ((0, 0), (0, 1)))  # token t + 1 is in t's segment
+
+        def next_token(x):
+            return jnp.where(same, jnp.pad(x[:, 1:], ((0, 0), (0, 1))), 0)
+
+        # seqio's causal_attention is in decoder_input_tokens coordinates, one to the right of the tokens we feed.
+        bidirectional = next_token(batch["decoder_causal_attention"]) > 0
+        return {"tokens": tokens, "segment_ids": seg, "bidirectional": bidirectional, "targets": next_token(tokens),
+                "weights": next_token(batch["decoder_loss_weights"])}
+
+    def _forward(self, model: tr.Transformer, batch: dict, *, deterministic: bool, rng=None):
+        """(logits, targets, weights): logits[:, t] predict targets[:, t]."""
+        rngs = None if rng is None else nnx.Rngs(dropout=rng)
+        if "decoder_target_tokens" in batch:
+            p = self._packed(batch)
+            logits = model(p["tokens"], segment_ids=p["segment_ids"], bidirectional=p["bidirectional"],
+                           deterministic=deterministic, rngs=rngs)
+            return logits, p["targets"], p["weights"]
         if "targets" not in batch:
-            raise ValueError(f"a token-LM batch needs 'targets' (and optionally 'inputs', 'weights'); got "
-                             f"{sorted(batch)}")
+            raise ValueError(f"a token-LM batch needs 'targets' (and optionally 'inputs', 'weights') or seqio's packed "
+                             f"'decoder_*' features; got {sorted(batch)}")
         targets = batch["targets"]
         prefix = self._prefix(batch)
         tokens = jnp.concatenate([prefix, targets[:, :-1]], axis=1)
         prefix_len = jnp.full((targets.shape[0],), prefix.shape[1], jnp.int32) if "inputs" in batch else None
-        rngs = None if rng is None else nnx.Rngs(dropout=rng)
         logits = model(tokens, prefix_len=prefix_len, deterministic=deterministic, rngs=rngs)
-        return logits[:, prefix.shape[1] - 1:]
+        return logits[:, prefix.shape[1] - 1:], targets, batch.get("weights")
 
-    def _sums(self, logits, batch):
-        loss, m = tr.loss_and_metrics(logits, batch["targets"], batch.get("weights"), z_loss=self.z_loss)
+    def _sums(self, logits, targets, weights):
+        loss, m = tr.loss_and_metrics(logits, targets, weights, z_loss=self.z_loss)
         n = m["num_tokens"]
         return loss * n, n, {"loss": loss * n, "accuracy": m["accuracy"] * n}
 
     # -- the family contract -----------------------------------------------------------------------------------
     def drop_conditioning(self, batch: dict, rng: jax.Array) -> dict:
-        """Classifier-free-guidance dropout: each row's conditioning span becomes `uncond_id` with `uncond_prob`."""
-        if self.uncond_prob == 0.0 or "inputs" not in batch:
+        """Classifier-free-guidance dropout: each row's conditioning span becomes `uncond_id` with `uncond_prob`;
+        packed, each segment's span independently (its inputs positions whose in-segment position is in the span)."""
+        if self.uncond_prob == 0.0:
+            return batch
+        start, stop = self.uncond_span
+        key = jax.random.fold_in(rng, 0x5EED)
+        if "decoder_target_tokens" in batch:
+            p = self._packed(batch)
+            tokens, seg = p["tokens"], p["segment_ids"]
+            per_segment = jax.random.bernoulli(key, self.uncond_prob, (seg.shape[0], seg.shape[1] + 1))
+            drop = jnp.take_along_axis(per_segment, seg, axis=1)  # segment ids are < length + 1
+            pos = tr.segment_positions(seg)
+            span = p["bidirectional"] & (pos >= start) & (pos < stop)
+            uncond = jnp.asarray(self.uncond_id, tokens.dtype)
+            return {**batch, "decoder_target_tokens": jnp.where(drop & span, uncond, tokens)}
+        if "inputs" not in batch:
             return batch
         inputs = batch["inputs"]
-        start, stop = self.uncond_span
         if stop > inputs.shape[1]:
             raise ValueError(f"TokenLM.uncond_span {self.uncond_span} is past the inputs length {inputs.shape[1]}")
-        drop = jax.random.bernoulli(jax.random.fold_in(rng, 0x5EED), self.uncond_prob, (inputs.shape[0], 1))
+        drop = jax.random.bernoulli(key, self.uncond_prob, (inputs.shape[0], 1))
         pos = jnp.arange(inputs.shape[1])[None, :]
         span = (pos >= start) & (pos < stop)
         return {**batch, "inputs": jnp.where(drop & span, jnp.asarray(self.uncond_id, inputs.dtype), inputs)}
@@ -92,23 +123,26 @@ class TokenLM(Family):
     def loss(self, models, batch, rng):
         batch = self.drop_conditioning(batch, rng)
         deterministic = self.config.dropout_rate == 0.0
-        logits = self._logits(models["model"], batch, deterministic=deterministic,
-                              rng=None if deterministic else rng)
-        return self._sums(logits, batch)
+        return self._sums(*self._forward(models["model"], batch, deterministic=deterministic,
+                                         rng=None if deterministic else rng))
 
     def eval(self, models, batch):
-        _, weight, metrics = self._sums(self._logits(models["model"], batch, deterministic=True), batch)
+        _, weight, metrics = self._sums(*self._forward(models["model"], batch, deterministic=True))
         return weight, metrics
 
     def batch_axes(self, batch: dict) -> dict[str, tuple]:
         return {k: ("batch", "length")[:np.ndim(v)] for k, v in batch.items()}
 
     def tokens(self, batch: dict) -> int:
-        self._check_unpacked(batch)
+        """Target positions; packed: the target tokens (nonzero loss weight; numpy only, no device sync)."""
+        if "decoder_loss_weights" in batch:
+            return int(np.count_nonzero(batch["decoder_loss_weights"]))
         return int(np.prod(np.shape(batch["targets"])))
 
     def flops(self, batch: dict) -> float:
-        self._check_unpacked(batch)
+        if "decoder_target_tokens" in batch:  # every packed position is computed at the packed length
+            b, n = np.shape(batch["decoder_target_tokens"])
+            return tr.flops_per_token(self.config, n) * b * n
         b, t = np.shape(batch["targets"])
         seq_len = t - 1 + (np.shape(batch["inputs"])[1] if "inputs" in batch else 1)
         return tr.flops_per_token(self.config, seq_len) * b * t
@@ -123,6 +157,9 @@ class TokenLM(Family):
         """
         from musiclm_jax.lm.decoding import sample
 
+        if "targets" not in batch:
+            raise ValueError(f"TokenLM.predict reads unpacked batches ('targets', optional 'inputs'); got "
+                             f"{sorted(batch)}")
         targets = jnp.asarray(batch["targets"])
         if not 0 <= prompt_length <= targets.shape[1]:
             raise ValueError(f"prompt_length {prompt_length} must be in [0, {targets.shape[1]}] (target length)")

@@ -19,8 +19,9 @@ Attention masks are built from three per-token quantities, the same for a full f
   * position: index inside the token's own segment (restarts per packed segment); the relative bias uses
     ``k_pos - q_pos``; a position of -1 marks a padding key that nothing may attend to;
   * segment id: attention stays inside a segment (packing).
-A prefix of ``prefix_len`` positions is bidirectional: ``q_pos < prefix_len and k_pos < prefix_len`` may attend
-either way (within the same segment, so with packing every segment gets the same prefix length).
+Bidirectional prefix: a query and a key that are both flagged bidirectional may attend either way (within their
+segment). The flag is per token (``bidirectional``: packed segments with prefixes of their own lengths) or
+``position < prefix_len`` (one prefix length per row, as the decoder uses it).
 """
 from __future__ import annotations
 
@@ -114,12 +115,16 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
     return idx - start_idx
 
 
-def attention_mask(q_slot, k_slot, q_pos, k_pos, q_seg=None, k_seg=None, prefix_len=None) -> jax.Array:
-    """Boolean [b|1, 1, q, k] mask (True = may attend). Slots are [q]/[k]; positions/segments are [b|1, q|k]."""
+def attention_mask(q_slot, k_slot, q_pos, k_pos, q_seg=None, k_seg=None, prefix_len=None, q_bidir=None,
+                   k_bidir=None) -> jax.Array:
+    """Boolean [b|1, 1, q, k] mask (True = may attend). Slots are [q]/[k]; positions/segments/bidirectional flags
+    are [b|1, q|k]; `prefix_len` [b] flags the positions < prefix_len instead of q_bidir/k_bidir."""
     causal = k_slot[None, None, :] <= q_slot[None, :, None]
     if prefix_len is not None:
-        p = jnp.asarray(prefix_len, jnp.int32).reshape(-1, 1, 1)
-        causal = causal | ((q_pos[:, :, None] < p) & (k_pos[:, None, :] < p))
+        p = jnp.asarray(prefix_len, jnp.int32).reshape(-1, 1)
+        q_bidir, k_bidir = q_pos < p, k_pos < p
+    if q_bidir is not None:
+        causal = causal | (q_bidir[:, :, None] & k_bidir[:, None, :])
     allowed = causal & (k_pos[:, None, :] >= 0)
     if q_seg is not None:
         allowed = allowed & (q_seg[:, :, None] == k_seg[:, None, :])
@@ -350,20 +355,24 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens: jax.Array, *, prefix_len: jax.Array | None = None,
                  segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
-                 deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
+                 bidirectional: jax.Array | None = None, deterministic: bool = True,
+                 rngs: nnx.Rngs | None = None) -> jax.Array:
         """tokens [b, l] int32 -> logits float32 [b, l, vocab].
 
-        `prefix_len` [b]: bidirectional prefix length. `segment_ids` [b, l]: packed segments (positions restart in
+        `prefix_len` [b]: bidirectional prefix length. `bidirectional` [b, l] bool (instead of prefix_len): the
+        tokens of each segment's bidirectional prefix. `segment_ids` [b, l]: packed segments (positions restart in
         each). `positions` [b, l] (instead of segment_ids): explicit positions, -1 for padding never attended
         (left-padded rows, as the decoder builds them).
         """
         if tokens.ndim != 2:
             raise ValueError(f"Transformer expects tokens of shape [batch, length], got {tokens.shape}")
-        for name, arr in (("segment_ids", segment_ids), ("positions", positions)):
+        for name, arr in (("segment_ids", segment_ids), ("positions", positions), ("bidirectional", bidirectional)):
             if arr is not None and arr.shape != tokens.shape:
                 raise ValueError(f"{name} shape {arr.shape} must equal tokens shape {tokens.shape}")
         if segment_ids is not None and positions is not None:
             raise ValueError("pass segment_ids (positions are derived per segment) or positions, not both")
+        if prefix_len is not None and bidirectional is not None:
+            raise ValueError("pass prefix_len or bidirectional, not both")
         length = tokens.shape[1]
         slots = jnp.arange(length, dtype=jnp.int32)
         seg = segment_ids
@@ -373,7 +382,7 @@ class Transformer(nnx.Module):
             pos = positions.astype(jnp.int32)
         else:
             pos = slots[None]
-        mask = attention_mask(slots, slots, pos, pos, seg, seg, prefix_len)
+        mask = attention_mask(slots, slots, pos, pos, seg, seg, prefix_len, bidirectional, bidirectional)
         logits, _ = self._body(tokens, mask, pos, pos, deterministic=deterministic, rngs=rngs)
         return logits
 
