@@ -116,3 +116,66 @@ def test_cli_encode_decode_reconstruct_eval(run, tmp_path):
         np.save(tmp_path / "bad.npy", np.full((5, 2), 999, np.int16))
         _cli(["codec", "decode", "--model_dir", model_dir, "--input", str(tmp_path / "bad.npy"),
               "--output", str(tmp_path / "bad.wav")])
+
+
+# --- a few hundred steps on SynthCaps music (reconstruction only), judged on held-out clips -----------------------
+MUSIC_STEPS = 300
+
+
+@pytest.fixture(scope="module")
+def music_run(tmp_path_factory):
+    import jax.numpy as jnp
+
+    from musiclm_jax.codec.data import WaveBatches
+    from musiclm_jax.codec.family import quality_metrics
+    from musiclm_jax.mulan.data import render_clips
+
+    clips = render_clips(num_scores=8, clip_seconds=2.0)
+    train_waves = [c["audio"] for c in clips if c["split"] == "train"]
+    held_out = jnp.asarray(np.stack([c["audio"] for c in clips if c["split"] != "train"][:4]))
+    model_dir = str(tmp_path_factory.mktemp("codec_music"))
+    family = CodecFamily(config=TINY, disc_start_step=10 ** 6, generator_lr=2e-3, warmup_steps=20,
+                         total_steps=MUSIC_STEPS)
+    summary = train(family, model_dir=model_dir, batch_size=4, num_steps=MUSIC_STEPS, log_period=10,
+                    dataset=lambda batch_size, seed, split, **_: WaveBatches(
+                        waves=train_waves, batch_size=batch_size, num_samples=3200, seed=seed, split=split),
+                    checkpoint_period=MUSIC_STEPS, async_checkpoints=False, progress=False,
+                    mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
+    SoundStream.random(TINY).save_config(model_dir)
+    trained = SoundStream.from_checkpoint(model_dir).model
+    before = quality_metrics(SoundStream.random(TINY).model, held_out, TINY.codebook_size, reduce="mean")
+    after = quality_metrics(trained, held_out, TINY.codebook_size, reduce="mean")
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return summary, rows, before, after, trained, held_out
+
+
+def test_music_training_reduces_held_out_mel_distance(music_run):
+    summary, rows, before, after, _, _ = music_run
+    assert summary["step"] == MUSIC_STEPS and summary["skipped_steps"] == 0
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    q = TINY.num_levels
+    assert float(after[f"mel_distance/q{q}"]) < 0.5 * float(before[f"mel_distance/q{q}"]), (before, after)
+    mel = [r["mel_loss"] for r in rows]
+    assert np.mean(mel[-5:]) < 0.8 * np.mean(mel[:3])
+    # Codebooks not collapsed on held-out music (collapse: perplexity 1). Measured here: 1.7 / 3.1 / 3.9 / 4.4 --
+    # level 0 is the least used this early (batches of 40 frames for 64 codes); the 800-step quickstart codec
+    # reaches 42 / 53 / 58 / 57 on SynthCaps test clips.
+    perplexity = [float(after[f"perplexity/level{level}"]) for level in range(q)]
+    assert all(p > 1.5 for p in perplexity) and perplexity[-1] > 3.0, perplexity
+
+
+def test_fewer_levels_degrade_gracefully_after_training(music_run):
+    import jax.numpy as jnp
+
+    *_, after, model, held_out = music_run
+    q = TINY.num_levels
+    # The latent error falls strictly with every level the decoder gets (quantizer dropout trained all prefixes).
+    z = model.encoder(model._pad(held_out))
+    codes = model.quantizer.encode(z)
+    errors = [float(jnp.mean((z - model.quantizer.decode(codes[..., :n])) ** 2)) for n in range(1, q + 1)]
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    # Audio: every level count decodes, and more levels are never clearly worse. (At 300 steps the decoder does
+    # not yet turn finer levels into much better audio: the curve is nearly flat, see the README's codec table.)
+    mel = [float(after[f"mel_distance/q{n}"]) for n in range(1, q + 1)]
+    assert all(np.isfinite(mel)) and all(b <= a + 0.01 for a, b in zip(mel, mel[1:])), mel

@@ -62,6 +62,7 @@ def register(subparsers) -> None:
     v.add_argument("--seconds", type=float, default=4.0, help="evaluate the first N seconds of each file")
     v.add_argument("--limit", type=int, default=32, help="at most this many files")
     v.add_argument("--opus", action="store_true", help="also run Opus (opusenc/opusdec) at matching bitrates")
+    v.add_argument("--opus_kbps", default="", help="extra Opus bitrates for reference, e.g. 12,24 (with --opus)")
     v.add_argument("--out", default=None, help="JSON results (default MODEL_DIR/codec_eval.json)")
     v.set_defaults(func=evaluate)
 
@@ -177,9 +178,14 @@ def evaluate(args: argparse.Namespace) -> dict:
     codec = _codec(args.model_dir)
     waves, names = ev.eval_clips(codec.sample_rate, audio_dir=args.audio_dir, synthcaps=args.synthcaps,
                                  data_dir=args.data_dir, seconds=args.seconds, limit=args.limit)
-    results = {"clips": len(waves), "seconds": args.seconds, "soundstream": ev.bitrate_curve(codec, waves)}
+    results = {"clips": len(waves), "seconds": args.seconds, "soundstream": ev.bitrate_curve(codec, waves),
+               "autoencoder": ev.autoencoder_row(codec, waves)}
     if args.opus:
-        results["opus"] = ev.opus_curve(waves, codec.sample_rate, [r["kbps"] for r in results["soundstream"]])
+        try:
+            extra = [float(k) for k in args.opus_kbps.split(",") if k.strip()]
+        except ValueError:
+            raise ValueError(f"--opus_kbps takes comma-separated numbers, got {args.opus_kbps!r}") from None
+        results["opus"] = ev.opus_curve(waves, codec.sample_rate, [r["kbps"] for r in results["soundstream"]] + extra)
     out = args.out or os.path.join(args.model_dir, "codec_eval.json")
     with open(out, "w") as f:
         json.dump(results, f, indent=1)

@@ -2,6 +2,9 @@
 
 Metrics per clip, averaged: multi-scale log-mel distance (lower is better), SI-SNR in dB (higher), log-spectral
 distance in dB (lower); per level: fraction of codes used and perplexity of the code histogram.
+
+`autoencoder_row` decodes the encoder's output without the quantizer: when it is no better than all Q levels, the
+encoder/decoder (not the codebooks) limit quality, and more levels cannot help.
 """
 from __future__ import annotations
 
@@ -68,6 +71,24 @@ def bitrate_curve(codec, waves: np.ndarray, batch_size: int = 8) -> list[dict]:
     return rows
 
 
+def autoencoder_row(codec, waves: np.ndarray, batch_size: int = 8) -> dict:
+    """Quality of decoder(encoder(x)) with the quantizer bypassed: the ceiling the levels approach."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, state = nnx.split(codec.model)
+
+    @jax.jit
+    def round_trip(state, wave):
+        model = nnx.merge(graphdef, state)
+        return model.decoder(model.encoder(model._pad(wave)))[:, :wave.shape[-1]]
+
+    recon = np.concatenate([np.asarray(round_trip(state, jnp.asarray(waves[i:i + batch_size])))
+                            for i in range(0, len(waves), batch_size)])
+    return _metrics(waves, recon, codec.sample_rate)
+
+
 def opus_round_trip(wave: np.ndarray, sample_rate: int, kbps: float, tmp: str) -> np.ndarray:
     """Encodes with opusenc at `kbps` and decodes with opusdec back to `sample_rate` (same length)."""
     from musiclm_jax.audio.io import load_audio, write_wav
@@ -99,6 +120,10 @@ def markdown_table(results: dict) -> str:
     for r in results.get("soundstream", []):
         lines.append(f"| SoundStream | {r['levels']} | {r['kbps']:.2f} | {r['mel_distance']:.3f} | "
                      f"{r['si_snr_db']:.2f} | {r['lsd_db']:.2f} | {r['level_perplexity']:.1f} |")
+    if "autoencoder" in results:
+        r = results["autoencoder"]
+        lines.append(f"| SoundStream, no quantizer | - | - | {r['mel_distance']:.3f} | {r['si_snr_db']:.2f} | "
+                     f"{r['lsd_db']:.2f} | - |")
     for r in results.get("opus", []):
         lines.append(f"| Opus | - | {r['kbps']:.2f} | {r['mel_distance']:.3f} | {r['si_snr_db']:.2f} | "
                      f"{r['lsd_db']:.2f} | - |")
