@@ -17,14 +17,12 @@ every prompt ends up produced exactly once. A chunk in which a prompt failed get
 `job.json` records the settings and the prompts file's hash; a rerun into the same --out_dir with different ones is
 refused. When every chunk of the job has its marker, `results.jsonl` (all rows, in line order) is written.
 
-Seeds: a prompt's seed is its line's "seed", else derived from --seed and its line number. With --batch_size 1 (the
-default) each prompt is decoded alone with its own seed, so its audio depends only on (prompt, seed, duration,
-sampling options, model): not on chunking, sharding or order, and (with --model_dir) `musiclm-jax generate --prompt P
---seed S --duration D` reproduces it. With --batch_size N > 1, up to N prompts of a chunk with the same duration and no
-explicit seed are decoded in one call; the pipeline draws one random key per call, so the call uses the seed of its
-first prompt, each row records that seed and its row, and its audio depends on the batch it fell in (which is fixed
-by the file, --chunk_size and --batch_size, so reruns and resumes reproduce it). Prompts with an explicit seed are
-always decoded alone.
+Seeds: a prompt's seed is its line's "seed", else derived from --seed and its line number. With --batch_size N
+(default 1), up to N prompts of a chunk with the same duration are decoded in one pipeline call, each row with its
+own seed (the pipeline draws every row from its own key), so a prompt's audio depends only on (prompt, seed,
+duration, sampling options, model): not on --batch_size, chunking, sharding or order, and (with --model_dir)
+`musiclm-jax generate --prompt P --seed S --duration D` reproduces it. Each row records its seed and its place in
+its call ("batch": size and row).
 
 What is sharded: chunks over hosts, round robin (chunk k goes to shard k % num_shards; shard = jax.process_index()
 of jax.process_count(), after `jax.distributed.initialize` when the environment asks for it, or --num_shards /
@@ -71,7 +69,7 @@ def register(subparsers) -> None:
     generate_commands.add_model_args(g)
     g.add_argument("--duration", type=float, default=10.0, help="seconds per prompt (a line's duration_s wins)")
     g.add_argument("--batch_size", type=int, default=1,
-                   help="prompts per pipeline call (> 1 shares one seed per call, see the module docstring)")
+                   help="prompts of one duration per pipeline call (faster; each keeps its own seed and audio)")
     g.add_argument("--chunk_size", type=int, default=64, help="lines per chunk (the unit of resume and sharding)")
     g.add_argument("--num_shards", type=int, default=None, help="override jax.process_count()")
     g.add_argument("--shard_index", type=int, default=None, help="override jax.process_index()")
@@ -89,7 +87,6 @@ class Prompt:
     id: str
     prompt: str
     seed: int
-    seed_given: bool     # the line named its seed (then it is always decoded alone)
     duration_s: float
 
 
@@ -127,7 +124,7 @@ def _parse_line(text: str, line: int, *, duration_s: float, base_seed: int) -> P
     if (not isinstance(dur, (int, float)) or isinstance(dur, bool) or not math.isfinite(dur) or dur <= 0):
         raise ValueError(f"bad 'duration_s' {dur!r}: a number of seconds > 0")
     return Prompt(line=line, id=pid, prompt=prompt, seed=derive_seed(base_seed, line) if seed is None else seed,
-                  seed_given=seed is not None, duration_s=float(dur))
+                  duration_s=float(dur))
 
 
 def read_prompts(path: str, *, duration_s: float, base_seed: int) -> tuple[list[Prompt], list[dict], int]:
@@ -204,13 +201,10 @@ def _finite(x) -> float | None:
 
 
 def _batches(prompts: list[Prompt], batch_size: int) -> list[list[Prompt]]:
-    """Calls of one chunk: prompts with an explicit seed alone; the others grouped by duration, in line order."""
+    """Calls of one chunk: prompts grouped by duration, in line order, at most `batch_size` per call."""
     calls, groups = [], {}
     for p in prompts:
-        if p.seed_given or batch_size == 1:
-            calls.append([p])
-        else:
-            groups.setdefault(p.duration_s, []).append(p)
+        groups.setdefault(p.duration_s, []).append(p)
     for group in groups.values():
         calls += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
     return sorted(calls, key=lambda c: c[0].line)
@@ -298,7 +292,8 @@ def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.
         for call in _batches(todo, batch_size):
             texts = [p.prompt for p in call]
             try:
-                gen = model.generate_full(texts, call[0].duration_s, **sampling, seed=call[0].seed, progress=progress)
+                gen = model.generate_full(texts, call[0].duration_s, **sampling, seed=[p.seed for p in call],
+                                         progress=progress)
                 timings = dict(gen.timings)
                 scores = gen.scores[:, 0]
                 if not np.isfinite(scores).all():  # num_samples == 1: not reranked; score the kept waves here
@@ -314,7 +309,7 @@ def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.
                     for s in STAGES:
                         _write_npy(os.path.join(out_dir, tokens[s]), np.asarray(gen.tokens[s][row, 0]))
                     _write_wav(os.path.join(out_dir, wav), wave, gen.sample_rate)
-                    rows.append({"id": p.id, "line": p.line, "prompt": p.prompt, "seed": call[0].seed,
+                    rows.append({"id": p.id, "line": p.line, "prompt": p.prompt, "seed": p.seed,
                                  "duration_s": p.duration_s, "sample_rate": gen.sample_rate,
                                  "seconds": wave.shape[-1] / gen.sample_rate, "settings": sampling,
                                  "batch": {"size": len(call), "row": row}, "wav": wav, "tokens": tokens,

@@ -9,7 +9,10 @@
 Each stage LM is trained on fixed crops (paper: semantic 30 s, coarse 10 s, fine 3 s). Longer audio is decoded in
 sliding windows: the next window starts `prefix` seconds before the generated end (paper: 15 s prefix, 15 s
 stride for 30 s semantic windows), keeps those tokens as its prompt, and samples the rest. Every window of every
-stage draws from `fold_in(key(seed), stage, window)`, so the same seed gives the same audio.
+stage draws from `fold_in(key(seed), stage, window)`, so the same seed gives the same audio. `seed` is one int for
+the whole call (all rows share its key) or one int per prompt: then each prompt's rows draw only from their own
+key (`decoding.sample_keys`, then stage and window), so a prompt's audio does not depend on the batch it is in:
+`generate(["a", "b"], d, seed=[3, 4])` gives `generate(["a"], d, seed=3)` and `generate(["b"], d, seed=4)`.
 """
 from __future__ import annotations
 
@@ -126,7 +129,8 @@ class MusicLM:
         """Captions -> float32 waves [batch, duration_s * sample_rate] (the best of `num_samples` per prompt).
 
         kwargs: temperatures=(1.0, 0.95, 0.4) (semantic, coarse, fine), top_k=0, top_p=1.0, guidance_scale=1.0
-        (> 1 sharpens towards the text; semantic and coarse stages), num_samples=1, seed=0, progress=True."""
+        (> 1 sharpens towards the text; semantic and coarse stages), num_samples=1, seed=0 (an int, or one int per
+        prompt so that each prompt decodes as it would alone), progress=True."""
         return self.generate_full(prompts, duration_s, **kwargs).waves
 
     def generate_full(self, prompts: Sequence[str], duration_s: float, **kwargs) -> Generation:
@@ -182,7 +186,8 @@ class MusicLM:
         return math.ceil(seconds * self.semantic_rate - 1e-9), math.ceil(seconds * self.acoustic_rate - 1e-9)
 
     def _run(self, mulan_at: Callable[[float], np.ndarray], duration_s: float, *, prompts,
-             temperatures=(1.0, 0.95, 0.4), top_k: int = 0, top_p: float = 1.0, guidance_scale: float = 1.0, num_samples: int = 1, seed: int = 0,
+             temperatures=(1.0, 0.95, 0.4), top_k: int = 0, top_p: float = 1.0, guidance_scale: float = 1.0,
+             num_samples: int = 1, seed: int | Sequence[int] = 0,
              progress: bool = True, rerank: bool = True, known: dict | None = None,
              boundaries: tuple = ()) -> Generation:
         if not duration_s > 0:
@@ -196,7 +201,7 @@ class MusicLM:
         cond = lambda t: rep(mulan_at(t))
         known = {k: rep(v) for k, v in (known or {}).items()}
         n_sem, n_ac = self._frames(duration_s)
-        key = jax.random.key(seed)
+        key = _seed_keys(seed, batch, ns)
         sem_per_ac = self.semantic_rate / self.acoustic_rate
         timings, out = {}, {}
         opts = dict(top_k=top_k, top_p=top_p, progress=progress, boundaries=boundaries)
@@ -205,7 +210,7 @@ class MusicLM:
         out["semantic"] = self._decode_stage(
             "semantic", n_sem, self.semantic_rate, self.windows.semantic_s,
             lambda a, b, done: {"mulan": cond(done / self.semantic_rate)}, known.get("semantic"),
-            jax.random.fold_in(key, 0), temperatures[0], guidance_scale, **opts)
+            decoding.fold_in(key, 0), temperatures[0], guidance_scale, **opts)
         timings["semantic"] = time.perf_counter() - t0
 
         def coarse_cond(a, b, done):
@@ -213,13 +218,13 @@ class MusicLM:
             return {"mulan": cond(done / self.acoustic_rate), "semantic": out["semantic"][:, s0:s1]}
         t0 = time.perf_counter()
         out["coarse"] = self._decode_stage("coarse", n_ac, self.acoustic_rate, self.windows.coarse_s, coarse_cond,
-                                           known.get("coarse"), jax.random.fold_in(key, 1), temperatures[1],
+                                           known.get("coarse"), decoding.fold_in(key, 1), temperatures[1],
                                            guidance_scale, **opts)
         timings["coarse"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         out["fine"] = self._decode_stage("fine", n_ac, self.acoustic_rate, self.windows.fine_s,
                                          lambda a, b, done: {"coarse": out["coarse"][:, a:b]}, known.get("fine"),
-                                         jax.random.fold_in(key, 2), temperatures[2], 1.0, **opts)
+                                         decoding.fold_in(key, 2), temperatures[2], 1.0, **opts)
         timings["fine"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -274,7 +279,7 @@ class MusicLM:
                 raise ValueError(f"the {stage} window needs {need} tokens but the LM's max_len is "
                                  f"{model.cfg.max_len}: shorten Windows.{stage}_s or raise max_len")
             new, _ = decoding.sample(model, jnp.asarray(prompt), max_new_tokens=(end - done) * k,
-                                     rng=jax.random.fold_in(rng, window), temperature=temperature, top_k=top_k,
+                                     rng=decoding.fold_in(rng, window), temperature=temperature, top_k=top_k,
                                      top_p=top_p, logit_mask_fn=layout.logit_mask(), guidance_scale=guidance_scale,
                                      uncond_prompts=None if uncond is None else jnp.asarray(uncond),
                                      prefix_len=inputs.shape[1])
@@ -284,6 +289,16 @@ class MusicLM:
             done, window = end, window + 1
         bar.close()
         return layout.targets_to_codes(ids[:, :total * k])
+
+
+def _seed_keys(seed, batch: int, num_samples: int) -> jax.Array:
+    """One key for an int seed; for one seed per prompt, one key per row (prompt i's samples are its rows)."""
+    if np.ndim(seed) == 0:
+        return jax.random.key(seed)
+    seeds = list(seed)
+    if len(seeds) != batch:
+        raise ValueError(f"seed must be an int or one int per prompt ({batch}), got {len(seeds)} seeds")
+    return decoding.sample_keys(jnp.stack([jax.random.key(s) for s in seeds]), num_samples)
 
 
 def _progress(stage: str, total: int, enabled: bool):

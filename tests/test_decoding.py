@@ -179,3 +179,39 @@ def test_sharded_decoding_on_8_devices_matches_one_device(model):
     with partitioning.axis_rules(mesh):
         out, _ = dec.sample(sharded, prompts, **kw)
     np.testing.assert_array_equal(out, ref)
+
+
+def test_one_key_gives_the_tokens_it_gave_before_per_row_keys(model):
+    # computed with the single-key sampler before per-row keys existed: one key must keep drawing exactly these
+    prompts, uncond = _prompts(2, 5), _prompts(2, 3, seed=4)
+    kw = dict(max_new_tokens=6, temperature=1.0)
+    samples, _ = dec.sample(model, prompts, rng=jax.random.key(11), num_samples=2, **kw)
+    assert samples.tolist() == [[52, 7, 22, 42, 36, 34], [56, 25, 13, 31, 54, 14], [25, 22, 3, 35, 50, 26],
+                                [8, 60, 26, 17, 33, 55]]
+    guided, _ = dec.sample(model, prompts, rng=jax.random.key(11), uncond_prompts=uncond, guidance_scale=3.0, **kw)
+    assert guided.tolist() == [[53, 39, 43, 43, 36, 26], [48, 48, 48, 59, 44, 14]]
+    raw, _ = dec.sample(model, prompts, rng=jax.random.PRNGKey(11), **kw)  # raw uint32 key data still works
+    assert raw.tolist() == [[52, 7, 22, 42, 36, 34], [48, 48, 9, 2, 33, 51]]
+
+
+@pytest.mark.parametrize("num_samples,guided", [(1, False), (2, False), (1, True)])
+def test_per_row_keys_make_rows_independent_of_their_batch(model, num_samples, guided):
+    prompts, lengths, uncond = _prompts(2, 5), jnp.array([5, 3]), _prompts(2, 3, seed=4)
+    keys = jnp.stack([jax.random.key(21), jax.random.key(22)])
+
+    def run(rows, rng):
+        extra = dict(uncond_prompts=uncond[rows], guidance_scale=3.0) if guided else {}
+        out, _ = dec.sample(model, prompts[rows], prompt_lengths=lengths[rows], rng=rng, max_new_tokens=6,
+                            temperature=1.5, num_samples=num_samples, **extra)
+        return np.asarray(out)
+    both = run(slice(0, 2), keys)
+    alone = np.concatenate([run(slice(r, r + 1), keys[r:r + 1]) for r in range(2)])
+    np.testing.assert_array_equal(both, alone)
+    swapped = run(slice(None, None, -1), keys[::-1])  # row order does not matter either
+    np.testing.assert_array_equal(swapped.reshape(2, num_samples, 6)[::-1].reshape(-1, 6), both)
+    if num_samples == 1:  # one prompt with keys [k] draws what it draws with the single key k
+        np.testing.assert_array_equal(run(slice(1, 2), keys[1]), alone[1:])
+    else:
+        assert not np.array_equal(both[0], both[1])  # the samples of one prompt differ
+    with pytest.raises(ValueError, match="one key per prompt"):
+        run(slice(0, 2), keys[:1])

@@ -1,6 +1,7 @@
 """`musiclm-jax infer`: batch decoding with chunk markers, resume, malformed lines, shards (tiny random parts).
 
-Every run decodes 0.3 s (or 0.2 s) prompts at batch 1 so the compiled stage programs are shared by all tests."""
+Every run decodes 0.3 s (or 0.2 s) prompts at batch 1 (one test also at batch 4) so the compiled stage programs are
+shared by all tests."""
 import json
 import os
 
@@ -65,11 +66,20 @@ def test_outputs_rows_tokens_and_seed_independent_of_chunking(lm, tmp_path):
         sem = np.load(tmp_path / "c2" / r["tokens"]["semantic"])
         coarse = np.load(tmp_path / "c2" / r["tokens"]["coarse"])
         assert sem.shape == (round(r["duration_s"] * lm.semantic_rate),) and coarse.shape[-1] == 2
-    # the same seeds give the same audio with another chunk size, and `generate` with the row's seed reproduces it
-    s5, _ = _run(lm, prompts, tmp_path / "c5", chunk_size=5, seed=1)
+    # the same seeds give the same audio with another chunk size and batch size (the four 0.3 s prompts, explicit
+    # seed included, in one call), and `generate` with the row's seed reproduces it
+    s5, _ = _run(lm, prompts, tmp_path / "c5", chunk_size=5, batch_size=4, seed=1)
     assert s5["done"] == 5 and s5["chunks"] == 1
+    batched = {r["id"]: r for r in _rows(tmp_path / "c5")}
+    assert [batched[r["id"]]["batch"] for r in rows] == [{"size": 4, "row": i} for i in (0, 1)] + [
+        {"size": 1, "row": 0}] + [{"size": 4, "row": i} for i in (2, 3)]
     for r in rows:
-        np.testing.assert_array_equal(_wav(tmp_path / "c2", r["id"])[0], _wav(tmp_path / "c5", r["id"])[0])
+        assert batched[r["id"]]["seed"] == r["seed"]
+        np.testing.assert_allclose(_wav(tmp_path / "c2", r["id"])[0], _wav(tmp_path / "c5", r["id"])[0],
+                                   atol=1 / 32767)
+        for s in infer_commands.STAGES:
+            np.testing.assert_array_equal(np.load(tmp_path / "c2" / r["tokens"][s]),
+                                          np.load(tmp_path / "c5" / r["tokens"][s]))
     gen = lm.generate([rows[3]["prompt"]], 0.3, seed=rows[3]["seed"], progress=False)
     np.testing.assert_allclose(_wav(tmp_path / "c2", "line-000004")[0], gen[0], atol=1 / 32767)
     # another base seed changes derived seeds but not an explicit one
@@ -185,10 +195,10 @@ def test_cli_failures_exit_code_and_errors(lm, tmp_path, monkeypatch, capsys):
         assert err.startswith("musiclm-jax: error: ") and match in err and len(err.strip().splitlines()) == 1
 
 
-def test_batches_group_by_duration_and_keep_explicit_seeds_alone():
-    mk = lambda line, dur=0.3, given=False: infer_commands.Prompt(line, f"p{line}", "x", line, given, dur)
-    ps = [mk(1), mk(2, given=True), mk(3), mk(4, dur=0.2), mk(5), mk(6)]
+def test_batches_group_by_duration():
+    mk = lambda line, dur=0.3: infer_commands.Prompt(line, f"p{line}", "x", line, dur)
+    ps = [mk(1), mk(2), mk(3, dur=0.2), mk(4), mk(5), mk(6, dur=0.2)]
     calls = [[p.line for p in c] for c in infer_commands._batches(ps, 2)]
-    assert calls == [[1, 3], [2], [4], [5, 6]]
+    assert calls == [[1, 2], [3, 6], [4, 5]]
     assert [[p.line for p in c] for c in infer_commands._batches(ps, 1)] == [[i] for i in range(1, 7)]
     assert infer_commands.derive_seed(0, 1) == infer_commands.derive_seed(0, 1) != infer_commands.derive_seed(0, 2)

@@ -30,6 +30,24 @@ def test_end_to_end_duration_rate_finite_and_reproducible(lm):
     assert set(a.timings) == {"semantic", "coarse", "fine", "codec"}
 
 
+def test_per_prompt_seeds_decode_each_prompt_as_if_alone(lm):
+    both = lm.generate_full(PROMPTS, 0.3, seed=[3, 4], progress=False)
+    for row, seed in enumerate((3, 4)):
+        alone = lm.generate_full(PROMPTS[row:row + 1], 0.3, seed=seed, progress=False)  # an int seed, one prompt
+        for stage in st.STAGES:
+            np.testing.assert_array_equal(both.tokens[stage][row], alone.tokens[stage][0])
+        np.testing.assert_allclose(both.waves[row], alone.waves[0], atol=1e-5)
+    # with num_samples, each sample has its own key from its prompt's seed; MuLan reranking stays per prompt
+    pair = lm.generate_full(PROMPTS, 0.3, seed=[4, 3], num_samples=2, progress=False)
+    one = lm.generate_full(PROMPTS[1:], 0.3, seed=[3], num_samples=2, progress=False)
+    for stage in st.STAGES:
+        np.testing.assert_array_equal(pair.tokens[stage][1], one.tokens[stage][0])
+    np.testing.assert_allclose(pair.scores[1], one.scores[0], rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(one.tokens["semantic"][0, 0], one.tokens["semantic"][0, 1])
+    with pytest.raises(ValueError, match="one int per prompt"):
+        lm.generate(PROMPTS, 0.3, seed=[3], progress=False)
+
+
 @pytest.mark.parametrize("stage", st.STAGES)
 def test_stage_decode_respects_token_ranges(lm, stage):
     layout, model = lm.layouts[stage], lm.models[stage]

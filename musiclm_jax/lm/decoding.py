@@ -11,6 +11,11 @@ Steps: prefill (one forward over the prompts writes the cache), sample token 0 f
 one doubled batch, ``uncond + s * (cond - uncond)``), then `logit_mask_fn(step, logits)`, then temperature
 (0 = greedy), top-k, top-p. Rows that emitted `eos_id` emit `pad_id` afterwards; the loop ends when all rows are done.
 
+Randomness: `rng` is one key (step t draws every row from `fold_in(rng, t)` at once) or one key per prompt [b]:
+then sample j of prompt i uses `fold_in(key_i, j)` (key_i itself when num_samples == 1) and step t draws that row
+alone from `fold_in(row_key, t)`, so a row's tokens do not depend on the other rows of the batch. One prompt with
+keys `[k]` samples exactly what it samples with the single key `k`.
+
 Compilation is keyed on shapes and the static options (top_k, top_p, use_cache, logit_mask_fn, ...); temperature and
 guidance_scale are traced, so sweeping them does not recompile. Pass the same `logit_mask_fn` object each call
 (a module-level function or one `functools.partial`), not a fresh lambda, or every call compiles again.
@@ -55,12 +60,32 @@ def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> j
     return logits
 
 
+def fold_in(rng: jax.Array, data) -> jax.Array:
+    """`jax.random.fold_in` of one key, or of each key of a batch [b] (all with the same data)."""
+    if rng.ndim == 0:
+        return jax.random.fold_in(rng, data)
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(rng, data)
+
+
+def sample_keys(keys: jax.Array, num_samples: int) -> jax.Array:
+    """Per-prompt keys [b] -> per-row keys [b * num_samples] in `sample`'s row order: sample j of prompt i gets
+    fold_in(key_i, j), or key_i itself when num_samples == 1."""
+    if num_samples == 1:
+        return keys
+    fold_each = jax.vmap(jax.vmap(jax.random.fold_in, in_axes=(None, 0)), in_axes=(0, None))  # [b, num_samples]
+    return fold_each(keys, jnp.arange(num_samples)).reshape(-1)
+
+
 def sample_logits(rng, logits, temperature, *, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
-    """One token per row from float logits [rows, vocab]; temperature 0 (traced is fine) means greedy."""
+    """One token per row from float logits [rows, vocab]; temperature 0 (traced is fine) means greedy.
+    `rng`: one key for all rows, or one key per row [rows] (each row drawn from its own key alone)."""
     greedy = jnp.argmax(logits, axis=-1)
     filtered = filter_logits(logits, top_k=top_k, top_p=top_p)
     scaled = filtered / jnp.maximum(temperature, 1e-6)
-    drawn = jax.random.categorical(rng, scaled, axis=-1)
+    if rng.ndim == 0:
+        drawn = jax.random.categorical(rng, scaled, axis=-1)
+    else:
+        drawn = jax.vmap(functools.partial(jax.random.categorical, axis=-1))(rng, scaled)
     return jnp.where(temperature > 0, drawn, greedy).astype(jnp.int32)
 
 
@@ -76,6 +101,7 @@ def sample(model: nnx.Module, prompts: jax.Array, *, max_new_tokens: int, rng: j
     i*num_samples .. i*num_samples+num_samples-1; `pad_id` after EOS), lengths [b * num_samples] = tokens generated,
     EOS included. `uncond_prompts` [b, P'] (and `uncond_lengths`) switch on classifier-free guidance with
     `guidance_scale`. `prefix_len` [b]: bidirectional prefix inside each prompt (see Transformer).
+    `rng`: one key, or one key per prompt [b] (see the module docstring: rows then do not depend on each other).
     `use_cache=False` re-runs the full forward every step (the no-cache baseline for benchmarks and tests).
     The mesh and rules active in `partitioning.axis_rules(...)` at call time shard the batch and cache.
     """
@@ -112,6 +138,7 @@ def generate(model, prompts, *, max_new_tokens, rng, prompt_lengths=None, temper
     elif guidance_scale != 1.0:
         raise ValueError("guidance_scale != 1 needs uncond_prompts (the unconditional prompt of every row)")
     prefix = None if prefix_len is None else jnp.broadcast_to(jnp.asarray(prefix_len, jnp.int32), (b,))
+    rng = _keys(rng, b)
     vocab = model.cfg.vocab_size
     for name, tok in (("pad_id", pad_id), ("eos_id", eos_id)):
         if tok is not None and not 0 <= tok < vocab:
@@ -141,6 +168,16 @@ def _lengths(lengths, prompts, name):
     return lengths
 
 
+def _keys(rng, b):
+    """`rng` as a typed key array: one key (shape ()) or one per prompt ([b])."""
+    rng = jnp.asarray(rng)
+    if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):  # raw uint32 key data (jax.random.PRNGKey)
+        rng = jax.random.wrap_key_data(rng)
+    if rng.shape not in ((), (b,)):
+        raise ValueError(f"rng must be one key or one key per prompt [{b}], got keys of shape {rng.shape}")
+    return rng
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "top_p", "logit_mask_fn",
                                              "num_samples", "eos_id", "pad_id", "use_cache", "mesh", "rules"))
 def _generate_jit(graphdef, state, prompts, lengths, uncond, uncond_lengths, prefix, rng, temperature, scale, *,
@@ -158,6 +195,8 @@ def _generate(model, prompts, lengths, uncond, uncond_lengths, prefix, rng, temp
     rows = prompts.shape[0] * num_samples
     rep = lambda x: None if x is None else jnp.repeat(x, num_samples, axis=0)
     prompts, lengths, prefix = rep(prompts), rep(lengths), rep(prefix)
+    if rng.ndim:  # one key per prompt -> one per sample row (the guided twins share their row's single draw)
+        rng = sample_keys(rng, num_samples)
     if guided:  # one batch: conditional rows first, then their unconditional twins; both left-aligned to one width
         width = max(prompts.shape[1], uncond.shape[1])
         pad = lambda x: jnp.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=pad_id)
@@ -177,7 +216,7 @@ def _generate(model, prompts, lengths, uncond, uncond_lengths, prefix, rng, temp
             logits = unc + scale * (cond - unc)
         if logit_mask_fn is not None:
             logits = logit_mask_fn(step, logits)
-        tok = sample_logits(jax.random.fold_in(key, step), logits, temperature, top_k=top_k, top_p=top_p)
+        tok = sample_logits(fold_in(key, step), logits, temperature, top_k=top_k, top_p=top_p)
         tok = jnp.where(done, pad_id, tok)
         if eos_id is not None:
             done = done | (tok == eos_id)
