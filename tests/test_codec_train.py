@@ -112,6 +112,10 @@ def test_cli_encode_decode_reconstruct_eval(run, tmp_path):
     curve = results["soundstream"]
     assert [r["levels"] for r in curve] == [1, 2, 3, 4]
     assert all(np.isfinite(r["mel_distance"]) and r["level_perplexity"] >= 1.0 for r in curve)
+    assert np.isfinite(results["autoencoder"]["mel_distance"])  # the no-quantizer ceiling row
+    with pytest.raises(ValueError, match="opus_kbps"):
+        _cli(["codec", "eval", "--model_dir", model_dir, "--audio_dir", str(audio), "--seconds", "0.4", "--opus",
+              "--opus_kbps", "twelve", "--out", str(tmp_path / "eval2.json")])
     with pytest.raises(ValueError, match="out of range"):
         np.save(tmp_path / "bad.npy", np.full((5, 2), 999, np.int16))
         _cli(["codec", "decode", "--model_dir", model_dir, "--input", str(tmp_path / "bad.npy"),

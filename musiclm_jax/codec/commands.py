@@ -175,17 +175,18 @@ def reconstruct(args: argparse.Namespace) -> dict:
 def evaluate(args: argparse.Namespace) -> dict:
     from musiclm_jax.codec import evaluate as ev
 
+    try:
+        extra_kbps = [float(k) for k in args.opus_kbps.split(",") if k.strip()]
+    except ValueError:
+        raise ValueError(f"--opus_kbps takes comma-separated numbers, e.g. 12,24; got {args.opus_kbps!r}") from None
     codec = _codec(args.model_dir)
     waves, names = ev.eval_clips(codec.sample_rate, audio_dir=args.audio_dir, synthcaps=args.synthcaps,
                                  data_dir=args.data_dir, seconds=args.seconds, limit=args.limit)
     results = {"clips": len(waves), "seconds": args.seconds, "soundstream": ev.bitrate_curve(codec, waves),
                "autoencoder": ev.autoencoder_row(codec, waves)}
     if args.opus:
-        try:
-            extra = [float(k) for k in args.opus_kbps.split(",") if k.strip()]
-        except ValueError:
-            raise ValueError(f"--opus_kbps takes comma-separated numbers, got {args.opus_kbps!r}") from None
-        results["opus"] = ev.opus_curve(waves, codec.sample_rate, [r["kbps"] for r in results["soundstream"]] + extra)
+        kbps = [r["kbps"] for r in results["soundstream"]] + extra_kbps
+        results["opus"] = ev.opus_curve(waves, codec.sample_rate, kbps)
     out = args.out or os.path.join(args.model_dir, "codec_eval.json")
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
