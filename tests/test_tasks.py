@@ -261,6 +261,88 @@ def test_hosts_read_disjoint_shards_that_cover_the_split(env, monkeypatch):
     assert seen == [seqio.ShardInfo(0, 3)]
 
 
+# One host of a real 2-process jax.distributed job: registers the tasks, reads its default shard (no
+# shard_index/num_shards, so it comes from jax.process_index/count) and writes the examples' keys as JSON.
+_HOST_SCRIPT = """
+import hashlib, json, sys
+import jax, seqio
+from musiclm_jax.lm.stages import TINY
+from tasks import data, registry
+
+a = json.loads(sys.argv[1])
+for prefix, crops in a["tasks"].items():
+    registry.register_stage_tasks(prefix, a["tfds_name"], sizes=TINY, keep=registry.SYNTHCAPS_KEEP,
+                                  tfds_data_dir=a["tfds_dir"], crop_seconds=crops)
+seqio.add_global_cache_dirs([a["cache_dir"]])
+jax.distributed.initialize(coordinator_address=a["coordinator"], num_processes=2, process_id=a["process_id"])
+assert (jax.process_index(), jax.process_count()) == (a["process_id"], 2), (jax.process_index(), jax.process_count())
+it = data.stage_task_dataset(**a["read"])
+keys = [hashlib.sha1(row.tobytes()).hexdigest() for batch in it for row in batch["targets"]]
+with open(a["out"], "w") as f:
+    json.dump(keys, f)
+jax.distributed.shutdown()
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    except OSError as e:
+        pytest.skip(f"cannot bind a local TCP port for the jax.distributed coordinator: {e}")
+
+
+def test_two_jax_processes_read_disjoint_default_shards(env, tmp_path):
+    """Two OS processes joined by jax.distributed.initialize (CPU): each reads the shard its process index picks.
+    Most of its time is each host building the random tokenizers to check the cache's fingerprints."""
+    import hashlib
+    import subprocess
+    import sys
+    import time
+
+    task = _whole_clip_semantic(env, "tw")  # whole clips: the targets are a stable key per clip
+    read = dict(split="train", batch_size=1, task=task, inputs_length=4, targets_length=128, task_modules=(),
+                shuffle=False, repeat=False)
+    full = [hashlib.sha1(k).hexdigest() for k in _keys(data.stage_task_dataset(**read, shard_index=0, num_shards=1))]
+    assert len(full) == len(set(full)) >= 2
+    coordinator = f"127.0.0.1:{_free_port()}"
+    # The parent's import path (this checkout), tokenizer env vars (set by `env`) and one plain CPU device per
+    # process: conftest's forced 8 host devices are not wanted here.
+    child_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    child_env.update(PYTHONPATH=os.pathsep.join(p for p in sys.path if p), JAX_PLATFORMS="cpu")
+    outs = [tmp_path / f"host{i}.json" for i in range(2)]
+    logs = [open(tmp_path / f"host{i}.log", "w") for i in range(2)]
+    procs = []
+    for i in range(2):
+        args = dict(process_id=i, coordinator=coordinator, tfds_name=TFDS_NAME, tfds_dir=env["tfds_dir"],
+                    cache_dir=env["cache_dir"], tasks={"tt": CROPS, "tw": WHOLE_CLIP}, read=read, out=str(outs[i]))
+        procs.append(subprocess.Popen([sys.executable, "-c", _HOST_SCRIPT, json.dumps(args)], env=child_env,
+                                      stdout=logs[i], stderr=subprocess.STDOUT))
+    timed_out, deadline = False, time.monotonic() + 180
+    try:
+        for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:  # e.g. one host died before joining and the other waits for it
+        timed_out = True
+        for p in procs:
+            p.kill()
+            p.wait()
+    for f in logs:
+        f.close()
+    tails = [(tmp_path / f"host{i}.log").read_text()[-3000:] for i in range(2)]
+    assert not timed_out, f"hosts still running after 180 s: {tails}"
+    assert [p.returncode for p in procs] == [0, 0], tails
+    parts = [json.loads(o.read_text()) for o in outs]
+    assert parts[0] and parts[1] and not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == sorted(full)  # together exactly once
+    # Which half is whose: the same split as an explicit shard_index read in this process.
+    assert parts[1] == [hashlib.sha1(k).hexdigest()
+                        for k in _keys(data.stage_task_dataset(**read, shard_index=1, num_shards=2))]
+
+
 def test_mixture_reads_through_the_dataset_function_at_its_rates(env):
     whole = _whole_clip_semantic(env, "tw")
     name = registry.register_mixture("tt_mix_semantic", {"tt_semantic": 1.0, whole: 3.0})
