@@ -63,7 +63,7 @@ def main() -> None:
     result = {"spec": spec.__dict__, "tokenizer_build_seconds": build_s,
               "per_tokenizer": per_tokenizer(toks, waves, sr)}
 
-    from tasks import cache
+    from musiclm_jax.tasks import cache
     root = tempfile.mkdtemp(prefix="tokenize_bench_")
     tfds_dir = os.path.join(root, "tfds")
     b = builder.Synthcaps(config=builder.make_config("tiny", clip_seconds=4, num_scores=4), data_dir=tfds_dir)
@@ -73,7 +73,7 @@ def main() -> None:
     for n in [int(w) for w in args.workers.split(",")]:
         t = time.perf_counter()
         cache.main(["--tasks=synthcaps_tiny_semantic", f"--output_cache_dir={os.path.join(root, f'cache{n}')}",
-                    f"--tfds_data_dir={tfds_dir}", f"--num_workers={n}", "--module_import=tasks.musiclm_tasks"])
+                    f"--tfds_data_dir={tfds_dir}", f"--num_workers={n}", "--module_import=musiclm_jax.tasks.musiclm_tasks"])
         wall = time.perf_counter() - t
         result["beam"][f"{n}_workers"] = {"audio_seconds": audio_s, "wall_seconds": wall,
                                           "audio_s_per_wall_s": audio_s / wall}
@@ -94,7 +94,7 @@ def quickstart_job(work_dir: str, workers: list[int]) -> None:
     root = tempfile.mkdtemp(prefix="tokenize_bench_")
     result = {"work_dir": work_dir, "clips": sum(map(len, splits.values())), "beam": {}}
     for n in workers:
-        cmd = [sys.executable, "-m", "tasks.cache", "--tasks=synthcaps_quickstart_.*",
+        cmd = [sys.executable, "-m", "musiclm_jax.tasks.cache", "--tasks=synthcaps_quickstart_.*",
                f"--output_cache_dir={os.path.join(root, f'cache{n}')}", f"--tfds_data_dir={tfds_dir}",
                f"--num_workers={n}", "--gin_file=gin/runs/tokenize_quickstart.gin", *bindings]
         t = time.perf_counter()

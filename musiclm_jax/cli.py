@@ -18,7 +18,7 @@ COMMAND_MODULES = (
     "musiclm_jax.infer_commands",
     "musiclm_jax.eval.commands",
     "musiclm_jax.quickstart",
-    "tasks.commands",
+    "musiclm_jax.tasks.commands",
 )
 
 # The shipped, trained MusicLM weights (made by `make quickstart`; MusicLM.from_pretrained layout).

@@ -22,7 +22,8 @@ def clean_gin():
 
 @pytest.mark.parametrize("path", EXPERIMENTS)
 def test_every_experiment_parses_when_its_required_values_are_given(path):
-    gin_utils.parse_config([path], ["MODEL_DIR = '/tmp/x'", "OUTPUT_PATH = '/tmp/x.jsonl'"])
+    extra = ["OUTPUT_PATH = '/tmp/x.jsonl'"] if "infer" in path else []
+    gin_utils.parse_config([path], ["MODEL_DIR = '/tmp/x'", *extra])
     assert gin.query_parameter("MODEL_DIR/macro.value") == "/tmp/x"
     assert gin.query_parameter("make_mesh.model") is not None
 
@@ -33,6 +34,25 @@ def test_missing_required_binding_is_one_clear_error():
     gin.clear_config()
     with pytest.raises(ValueError, match="OUTPUT_PATH"):
         gin_utils.parse_config(["experiments/lm_tiny_synthetic_infer.gin"], ["MODEL_DIR = '/tmp/x'"])
+
+
+def test_typo_macro_and_syntax_error_are_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"TRIAN_STEPS set on the command line but used by no binding.*TRAIN_STEPS"):
+        gin_utils.parse_config(["experiments/lm_tiny_synthetic.gin"], ["MODEL_DIR = '/tmp/x'", "TRIAN_STEPS = 30"])
+    gin.clear_config()
+    gin_utils.parse_config(["experiments/lm_tiny_synthetic.gin"], ["MODEL_DIR = '/tmp/x'", "TRAIN_STEPS = 30"])
+    assert gin.query_parameter("TRAIN_STEPS/macro.value") == 30
+    gin.clear_config()
+    bad = tmp_path / "bad.gin"
+    bad.write_text("train.num_steps = = 3\n")
+    with pytest.raises(ValueError, match=r"gin syntax error in .*bad.gin:1"):
+        gin_utils.parse_config([str(bad)])
+
+
+def test_readme_gin_paths_resolve_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    gin_utils.parse_config(["gin/experiments/lm_tiny_synthetic.gin"], ["MODEL_DIR = '/tmp/x'"])
+    assert gin.query_parameter("MODEL_DIR/macro.value") == "/tmp/x"
 
 
 def test_cli_errors_are_one_line_without_traceback(capsys, tmp_path):

@@ -15,7 +15,7 @@ pytest.importorskip("apache_beam")
 from musiclm_jax.data import tokenize as tok_lib  # noqa: E402
 from musiclm_jax.data.synthcaps import builder  # noqa: E402
 from musiclm_jax.lm.stages import PAD, PAPER, SEP, TINY, StageLayout  # noqa: E402
-from tasks import cache, data, preprocessors as pp, registry  # noqa: E402
+from musiclm_jax.tasks import cache, data, preprocessors as pp, registry  # noqa: E402
 
 CROPS = {"semantic": 3.0, "coarse": 2.0, "fine": 1.0}  # < the 4 s clips, so crops really are random
 TFDS_NAME = "synthcaps/tiny_4s_n4:1.0.0"
@@ -33,7 +33,7 @@ def env(tmp_path_factory):
                                           tfds_data_dir=tfds_dir, crop_seconds=CROPS)
     report_path = str(root / "report.json")
     rc = cache.main(["--tasks=tt_.*", f"--output_cache_dir={cache_dir}", f"--tfds_data_dir={tfds_dir}",
-                     "--num_workers=1", "--module_import=tasks.registry", f"--report={report_path}"])
+                     "--num_workers=1", "--module_import=musiclm_jax.tasks.registry", f"--report={report_path}"])
     assert rc == 0
     seqio.add_global_cache_dirs([cache_dir])
     with open(report_path) as f:
@@ -267,7 +267,7 @@ _HOST_SCRIPT = """
 import hashlib, json, sys
 import jax, seqio
 from musiclm_jax.lm.stages import TINY
-from tasks import data, registry
+from musiclm_jax.tasks import data, registry
 
 a = json.loads(sys.argv[1])
 for prefix, crops in a["tasks"].items():

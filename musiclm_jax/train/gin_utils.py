@@ -13,8 +13,9 @@ from typing import Sequence
 import gin
 from gin import config as gin_config
 
-# The repository's gin/ folder (includes are written relative to it: `include 'models/lm_tiny.gin'`).
-GIN_DIR = pathlib.Path(__file__).resolve().parents[2] / "gin"
+# The repository's gin/ folder (includes are written relative to it: `include 'models/lm_tiny.gin'`), in a checkout
+# or inside an installed wheel.
+from musiclm_jax.resources import GIN_DIR
 
 
 def parse_flags(argv: Sequence[str], description: str) -> tuple[list[str], list[str], argparse.Namespace]:
@@ -50,17 +51,53 @@ def parse_config(files: Sequence[str], bindings: Sequence[str] = (), search_path
     resolved = []
     for f in files:
         p = pathlib.Path(f)
-        if not p.exists() and (GIN_DIR / f).exists():
-            p = GIN_DIR / f
+        if not p.exists():  # 'experiments/x.gin' or the README's 'gin/experiments/x.gin', from any directory
+            for candidate in (GIN_DIR / f, GIN_DIR / f.removeprefix("gin/")):
+                if candidate.exists():
+                    p = candidate
+                    break
         if not p.exists():
             raise ValueError(f"gin file {f!r} not found (looked here and in {GIN_DIR})")
         resolved.append(str(p))
     logging.disable(logging.ERROR)  # gin logs an ERROR for every search path an include is not in
     try:
         gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
+    except SyntaxError as e:  # gin's parse errors carry the file and line
+        where = f"{e.filename}:{e.lineno}" if e.filename else "a --gin binding"
+        raise ValueError(f"gin syntax error in {where}: {e.msg} ({(e.text or '').strip()!r})") from None
     finally:
         logging.disable(logging.NOTSET)
     check_required()
+    check_macros_used(bindings)
+
+
+def _macros_in(value) -> set[str]:
+    name = _macro_name(value)
+    if name is not None:
+        return {name}
+    if isinstance(value, (list, tuple)):
+        return set().union(*map(_macros_in, value)) if value else set()
+    if isinstance(value, dict):
+        return set().union(*map(_macros_in, value.values())) if value else set()
+    return set()
+
+
+def check_macros_used(bindings: Sequence[str]) -> None:
+    """Raises for a command-line macro (`--gin.TRAIN_STEPS=30`: a name without a dot) that no binding reads: a typo
+    such as `--gin.TRIAN_STEPS=30` would otherwise be accepted and do nothing."""
+    given = {b.split("=", 1)[0].strip() for b in bindings if "=" in b}
+    given = {g for g in given if g and "." not in g and "/" not in g}
+    if not given:
+        return
+    used = set()
+    for (_, selector), params in gin_config._CONFIG.items():
+        for value in params.values():
+            used |= _macros_in(value)
+    unused = sorted(given - used)
+    if unused:
+        known = sorted(name for (name, selector) in gin_config._CONFIG if selector == "gin.macro" and name in used)
+        raise ValueError(f"gin macro(s) {', '.join(unused)} set on the command line but used by no binding (a typo?); "
+                         f"the macros this config reads: {', '.join(known) or 'none'}")
 
 
 def _is_required(value) -> bool:

@@ -41,6 +41,9 @@ class SynthcapsConfig(tfds.core.BuilderConfig):
         self.corpus = corpus
 
 
+NAMED_CONFIGS = {name: SynthcapsConfig(c) for name, c in CORPUS_CONFIGS.items()}
+
+
 def make_config(base: str = "tiny", *, sample_rate: int | None = None, clip_seconds: float | None = None,
                 num_scores: int | None = None, seed: int | None = None) -> SynthcapsConfig:
     """A config derived from a named one; its name records what changed (e.g. 'tiny_24000hz_30s')."""
@@ -56,6 +59,8 @@ def make_config(base: str = "tiny", *, sample_rate: int | None = None, clip_seco
         changes["num_scores"], name = int(num_scores), f"{name}_n{int(num_scores)}"
     if seed is not None and seed != c.seed:
         changes["seed"], name = int(seed), f"{name}_seed{int(seed)}"
+    if not changes:  # tfds refuses a second config object under a registered name
+        return NAMED_CONFIGS[base]
     corpus = dataclasses.replace(c, name=name.replace(".", "p"), **changes)
     corpus.validate()
     return SynthcapsConfig(corpus)
@@ -81,7 +86,7 @@ class Synthcaps(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
-    BUILDER_CONFIGS = [SynthcapsConfig(c) for c in CORPUS_CONFIGS.values()]
+    BUILDER_CONFIGS = list(NAMED_CONFIGS.values())
     DEFAULT_CONFIG_NAME = "tiny"
 
     def __init__(self, *, num_workers: int = 1, use_beam: bool | None = None, **kwargs):

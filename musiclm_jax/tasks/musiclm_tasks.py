@@ -1,4 +1,4 @@
-"""Registers the standard stage tasks (import for the side effect, e.g. `--module_import=tasks.musiclm_tasks`).
+"""Registers the standard stage tasks (import for the side effect, e.g. `--module_import=musiclm_jax.tasks.musiclm_tasks`).
 
     synthcaps_{semantic,coarse,fine}             synthcaps/small, paper token sizes
     synthcaps_24khz_30s_{semantic,coarse,fine}   synthcaps/small_24khz_30s, paper token sizes
@@ -7,7 +7,7 @@
     synthcaps_quickstart_{semantic,coarse,fine}  synthcaps/small_5s_n300 (`make quickstart`), QUICKSTART sizes
 """
 from musiclm_jax.lm.stages import QUICKSTART, TINY
-from tasks.registry import SYNTHCAPS_KEEP, register_defaults, register_stage_tasks
+from musiclm_jax.tasks.registry import SYNTHCAPS_KEEP, register_defaults, register_stage_tasks
 
 TINY_TFDS = "synthcaps/tiny_4s_n4:1.0.0"
 QUICKSTART_TFDS = "synthcaps/small_5s_n300:1.0.0"

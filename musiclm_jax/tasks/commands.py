@@ -9,12 +9,12 @@ def register(subparsers) -> None:
                               description="Runs the three tokenizers over the tasks' datasets and writes the "
                                           "SeqIO cache (tokenizers from $MUSICLM_CODEC_DIR, $MUSICLM_SEMANTIC_DIR, "
                                           "$MUSICLM_MULAN_DIR or 'random:0').")
-    from tasks.cache import add_arguments  # light: argparse only
+    from musiclm_jax.tasks.cache import add_arguments  # light: argparse only
     add_arguments(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tasks.cache import run
+    from musiclm_jax.tasks.cache import run
     run(args)
     return 0

@@ -6,7 +6,7 @@
 A read from the cache (`use_cached=True`, what training does) first checks the cache's tokenizer record
 (`StageTask`, `preprocessors.check_tokenizers`); `use_cached=False` tokenizes on the fly (slow; small data, tests).
 
-The three tasks of one dataset share their pre-cache part, so `python -m tasks.cache` tokenizes once and writes
+The three tasks of one dataset share their pre-cache part, so `python -m musiclm_jax.tasks.cache` tokenizes once and writes
 the same token cache for all three (see tasks/cache.py). Tokenizers come from `tokenizer_spec` (gin) or the
 $MUSICLM_*_DIR variables; a stage-LM gin experiment names its task with `train_stage_lm.task = "synthcaps_coarse"`
 style bindings of `tasks.data.stage_task_dataset`.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import seqio
 
 from musiclm_jax.lm.stages import PAPER, STAGES, StageLayout, TokenSizes
-from tasks import preprocessors as pp
+from musiclm_jax.tasks import preprocessors as pp
 
 SYNTHCAPS_KEEP = ("caption", "genre", "bpm", "key", "mode", "mood", "lead_instrument", "source")
 AUDIO_CAPTIONS_KEEP = ("caption", "has_caption")

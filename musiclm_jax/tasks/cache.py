@@ -3,11 +3,11 @@
 Local, N worker processes (DirectRunner):
 
     MUSICLM_CODEC_DIR=runs/codec MUSICLM_SEMANTIC_DIR=runs/w2v MUSICLM_MULAN_DIR=runs/mulan \\
-    python -m tasks.cache --tasks='synthcaps_(semantic|coarse|fine)' --output_cache_dir=cache --num_workers=2
+    python -m musiclm_jax.tasks.cache --tasks='synthcaps_(semantic|coarse|fine)' --output_cache_dir=cache --num_workers=2
 
 Dataflow (the same job, scaled out; workers need this package and the tokenizer checkpoints on GCS):
 
-    python -m tasks.cache --tasks='synthcaps_.*' --output_cache_dir=gs://BUCKET/cache \\
+    python -m musiclm_jax.tasks.cache --tasks='synthcaps_.*' --output_cache_dir=gs://BUCKET/cache \\
         --tfds_data_dir=gs://BUCKET/tfds --pipeline_options=--runner=DataflowRunner,--project=PROJECT,\\
 --region=REGION,--temp_location=gs://BUCKET/tmp,--setup_file=./setup.py,--max_num_workers=64,\\
 --experiments=use_runner_v2 \\
@@ -26,8 +26,8 @@ import os
 import re
 import sys
 
-log = logging.getLogger("tasks.cache")
-DEFAULT_MODULES = ("tasks.musiclm_tasks",)
+log = logging.getLogger("musiclm_jax.tasks.cache")
+DEFAULT_MODULES = ("musiclm_jax.tasks.musiclm_tasks",)
 
 
 def _precache_key(task) -> tuple:
@@ -45,7 +45,7 @@ def _precache_key(task) -> tuple:
 
 def _error_of(ex) -> str:
     """The tokenize error message of a cached example ('' when it tokenized)."""
-    from tasks.preprocessors import ERROR_KEY
+    from musiclm_jax.tasks.preprocessors import ERROR_KEY
 
     v = ex[ERROR_KEY]
     v = v.numpy() if hasattr(v, "numpy") else v
@@ -85,7 +85,7 @@ def cache_tasks(task_names, output_cache_dir: str, *, pipeline_options=("--runne
     from seqio import beam_utils
 
     from musiclm_jax.data import tokenize as tok_lib
-    from tasks import preprocessors as pp
+    from musiclm_jax.tasks import preprocessors as pp
 
     if tfds_data_dir:
         seqio.set_tfds_data_dir_override(tfds_data_dir)
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> dict:
     for m in modules:
         importlib.import_module(m)
     if args.gin_file or args.gin_bindings:
-        import tasks.preprocessors  # noqa: F401 -- registers the configurables
+        import musiclm_jax.tasks.preprocessors  # noqa: F401 -- registers the configurables
         from musiclm_jax.train import gin_utils
 
         # Not finalized: the tokenizers' modules (imported later, when they are built) still register configurables.
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    p = argparse.ArgumentParser(prog="python -m tasks.cache", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m musiclm_jax.tasks.cache", description=__doc__.split("\n")[0])
     add_arguments(p)
     args = p.parse_args(argv)
     try:

@@ -102,7 +102,7 @@ def shard_info(shard_index: int | None = None, num_shards: int | None = None) ->
 def stage_task_dataset(*, split: str = "train", batch_size: int, seed: int = 0, shard_index: int | None = None,
                        num_shards: int | None = None, task: str = gin.REQUIRED, inputs_length: int = gin.REQUIRED,
                        targets_length: int = gin.REQUIRED, pack: bool = False, cache_dirs: tuple[str, ...] = (),
-                       task_modules: tuple[str, ...] = ("tasks.musiclm_tasks",), shuffle: bool | None = None,
+                       task_modules: tuple[str, ...] = ("musiclm_jax.tasks.musiclm_tasks",), shuffle: bool | None = None,
                        repeat: bool | None = None, use_cached: bool = True) -> TaskIterator:
     """The trainer's dataset function for a cached stage task or mixture (`tasks.registry.register_mixture`).
 

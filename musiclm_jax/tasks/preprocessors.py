@@ -120,7 +120,7 @@ def check_record(record: dict, configured: dict, where: str) -> None:
         parts = ", ".join(f"{k}: cache {record['fingerprints'].get(k)} ({record['sources'].get(k)}) vs configured "
                           f"{configured['fingerprints'][k]} ({configured['sources'][k]})" for k in diff)
         raise ValueError(f"token cache {where} was made by other tokenizer checkpoints ({parts}): configure the "
-                         "same checkpoints, or re-tokenize with `python -m tasks.cache --overwrite`")
+                         "same checkpoints, or re-tokenize with `python -m musiclm_jax.tasks.cache --overwrite`")
 
 
 def check_tokenizers(task_name: str, *, sizes, semantic_rate: float, acoustic_rate: float) -> None:
