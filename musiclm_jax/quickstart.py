@@ -97,8 +97,9 @@ def run(work_dir: str, out_dir: str, recipe: Recipe, *, only: list[str] | None =
     unknown = sorted(set(only or ()) - set(cmds))
     if unknown:
         raise ValueError(f"unknown quickstart step(s) {unknown}: choose from {list(cmds)}")
-    os.makedirs(os.path.join(work_dir, "done"), exist_ok=True)
-    os.makedirs(os.path.join(work_dir, "logs"), exist_ok=True)
+    if not dry_run:  # a dry run prints the commands and leaves the disk as it found it
+        os.makedirs(os.path.join(work_dir, "done"), exist_ok=True)
+        os.makedirs(os.path.join(work_dir, "logs"), exist_ok=True)
     records = {}
     for i, (step, cmd) in enumerate(cmds.items()):
         marker = os.path.join(work_dir, "done", f"{step}.json")

@@ -5,8 +5,11 @@ failure raises `AudioLoadError` with the file and the reason, so batch jobs can 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import sys
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -30,15 +33,18 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bo
     Returns ``(wave, sample_rate)``. Raises `AudioLoadError` for anything that is not usable audio.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise AudioLoadError(directory_message(path))
     if not os.path.exists(path):
         raise _fail(path, "file not found")
     if os.path.getsize(path) == 0:
         raise _fail(path, "empty file (0 bytes)")
     check_wav_complete(path)
     try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)
+        with _quiet_stderr(path.lower().endswith(".mp3")):
+            data, sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile's errors are RuntimeError/LibsndfileError/EOFError, by format
-        raise _fail(path, f"unreadable or corrupt audio ({type(e).__name__}: {str(e).strip()[:120]})") from e
+        raise AudioLoadError(decode_failure_message(path, e)) from e
     if data.shape[0] == 0:
         raise _fail(path, "no audio samples (header only or truncated)")
     if not np.all(np.isfinite(data)):
@@ -50,6 +56,64 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None, mono: bo
         wave = resample(wave, sr, sample_rate)
         sr = sample_rate
     return np.ascontiguousarray(wave, dtype=np.float32), int(sr)
+
+
+def directory_message(path: str, flag: str | None = None) -> str:
+    """The one line for a folder given where an audio file belongs; `flag`: the command's folder option, if any."""
+    return f"{path} is a directory, not an audio file" + (f" (use {flag} {path})" if flag else "")
+
+
+def reject_directories(paths, folder_flag: str | None = None) -> None:
+    """Raises `AudioLoadError` (one line) for the first of `paths` that is a folder, naming `folder_flag`."""
+    for p in paths:
+        if os.path.isdir(os.path.expanduser(os.fspath(p))):
+            raise AudioLoadError(directory_message(os.fspath(p), folder_flag))
+
+
+def decode_failure_message(path: str, error: Exception) -> str:
+    """'could not decode X (corrupt or unsupported audio)', plus libsndfile's reason when it says something true.
+
+    For a file it cannot decode, libsndfile says "File does not exist or is not a regular file (possibly a pipe?)":
+    the file exists (checked before), so that text is dropped rather than passed on.
+    """
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    detail = detail.replace(f"Error opening {path!r}: ", "")
+    if "does not exist" in detail or "not a regular file" in detail:
+        detail = ""
+    return f"could not decode {path} (corrupt or unsupported audio{': ' + detail[:120] if detail else ''})"
+
+
+@contextlib.contextmanager
+def _quiet_stderr(active: bool = True):
+    """Holds back what C code (libmpg123 inside libsndfile) prints to file descriptor 2 while decoding.
+
+    On success the held-back text is written out after all (nothing another thread printed meanwhile is lost); on
+    failure it is dropped: the caller's one-line error replaces the decoder's notes. A no-op when fd 2 cannot be
+    duplicated (no real stderr).
+    """
+    if not active:
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    ok = False
+    with tempfile.TemporaryFile() as held:
+        try:
+            sys.stderr.flush()
+            os.dup2(held.fileno(), 2)
+            yield
+            ok = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                held.seek(0)
+                text = held.read()
+                if text:
+                    os.write(2, text)
 
 
 def check_wav_complete(path: str | os.PathLike) -> None:

@@ -9,3 +9,14 @@ mode, lead instrument, genre), diversity and memorization, with baselines and ce
     report.py     JSON + Markdown table + PNG plots
     commands.py   `musiclm-jax eval` (and `eval export-synthcaps`, `eval fit-probe`)
 """
+import os as _os
+
+# Where evaluation commands write their JSON when no --out is given: never into the model directory (which may be
+# the shipped, version-controlled weights/).
+DEFAULT_OUT_ROOT = _os.path.join("out", "eval")
+
+
+def default_output(model_dir: str, filename: str) -> str:
+    """out/eval/<model folder name>/<filename>: the default result path of an evaluation of `model_dir`."""
+    name = _os.path.basename(_os.path.normpath(_os.path.expanduser(model_dir))) or "model"
+    return _os.path.join(DEFAULT_OUT_ROOT, name, filename)

@@ -101,22 +101,32 @@ def fit_probe(args: argparse.Namespace) -> dict:
     from musiclm_jax.eval.data import load_items
     from musiclm_jax.eval.evaluate import _by_rate
 
+    attributes = args.attribute or ["instrument", "genre"]
+    for attr in attributes:
+        if attr not in ("instrument", "genre"):
+            raise ValueError(f"--attribute {attr!r}: use instrument or genre")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     items, skipped = load_items(_prompts_in(args.reference_dir, "--reference_dir"))
     if not items:
-        raise ValueError(f"no usable clips in {args.reference_dir} ({len(skipped)} skipped)")
+        raise ValueError(f"no usable clips in {args.reference_dir} ({len(skipped)} skipped"
+                         + (": " + "; ".join(f"{n} ({r})" for n, r in skipped.items) if len(skipped) else "") + ")")
+    labelled = {}
+    for attr in attributes:
+        keep = [i for i, it in enumerate(items) if it.truth.get(attr)]
+        labels = [items[i].truth[attr] for i in keep]
+        if len(set(labels)) < 2:
+            print(f"{attr}: fewer than two classes among {len(keep)} labelled clip(s); no probe written")
+            continue
+        labelled[attr] = (keep, labels)
+    if not labelled:
+        raise ValueError(f"no probe to fit: no --attribute of {', '.join(attributes)} has two or more classes among "
+                         f"the {len(items)} usable clip(s) of {args.reference_dir} (their prompts.jsonl rows need "
+                         f"those truth fields; {len(skipped)} item(s) skipped)")
     backend = get_backend(args.backend)
     emb = _by_rate(backend, items, "embed")
     os.makedirs(args.out_dir, exist_ok=True)
     res = {}
-    for attr in args.attribute or ["instrument", "genre"]:
-        if attr not in ("instrument", "genre"):
-            raise ValueError(f"--attribute {attr!r}: use instrument or genre")
-        keep = [i for i, it in enumerate(items) if it.truth.get(attr)]
-        labels = [items[i].truth[attr] for i in keep]
-        if len(set(labels)) < 2:
-            print(f"{attr}: fewer than two classes among labelled clips; no probe written")
-            continue
+    for attr, (keep, labels) in labelled.items():
         probe = metrics.fit_probe(emb[keep], labels, l2=args.l2, backend=args.backend, attribute=attr)
         safe = args.backend.split(":")[0]
         path = probe.save(os.path.join(args.out_dir, f"probe_{safe}_{attr}.npz"))
@@ -124,7 +134,7 @@ def fit_probe(args: argparse.Namespace) -> dict:
         res[attr] = {"path": path, "classes": len(probe.classes), "train_acc": acc, "n": len(keep)}
         print(f"{attr}: {len(probe.classes)} classes, {len(keep)} clips, train accuracy {acc:.3f} -> {path}")
     if skipped:
-        print(f"skipped {len(skipped)} item(s): " + "; ".join(f"{n} ({r})" for n, r in skipped.items[:10]))
+        print(f"skipped {len(skipped)} item(s): " + "; ".join(f"{n} ({r})" for n, r in skipped.items))
     return res
 
 
@@ -187,7 +197,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from musiclm_jax.eval.report import markdown_table
 
     print(markdown_table(results))
-    msg = f"skipped {len(skipped)} item(s)" + (": " + "; ".join(f"{n} ({r})" for n, r in skipped.items[:10])
+    msg = f"skipped {len(skipped)} item(s)" + (": " + "; ".join(f"{n} ({r})" for n, r in skipped.items)
                                                if len(skipped) else "")
     print(msg)
     print(f"report: {paths['markdown']}, {paths['json']}, {len(paths['plots'])} PNG(s) in {args.out_dir}")

@@ -138,7 +138,7 @@ def write_report(out_dir: str, results: dict, systems: dict | None = None, highl
                 "clips with that truth field; real audio's FAD is between two halves of the reference set.\n")
         if skipped.get("count"):
             f.write(f"\nSkipped {skipped['count']} item(s): " +
-                    "; ".join(f"{s['item']} ({s['reason']})" for s in skipped["items"][:20]) + "\n")
+                    "; ".join(f"{s['item']} ({s['reason']})" for s in skipped["items"]) + "\n")
     paths = {"json": json_path, "markdown": md_path, "plots": []}
     if plots:
         paths["plots"] = metric_bars(results, out_dir, highlight) + spectrogram_panels(systems or {}, out_dir)

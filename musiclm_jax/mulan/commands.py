@@ -8,6 +8,8 @@ import argparse
 import json
 import os
 
+from musiclm_jax.train.steps import add_steps_argument, steps_bindings
+
 EXAMPLES = """Examples:
   musiclm-jax data build --dataset synthcaps --config tiny --data_dir ~/tfds
   musiclm-jax mulan train --gin_file=gin/experiments/mulan_tiny_synthcaps.gin --model_dir=/tmp/mulan_tiny \\
@@ -29,6 +31,7 @@ def register(subparsers) -> None:
     t.add_argument("--gin_search_path", action="append", default=[])
     t.add_argument("--model_dir", default=None, help="where checkpoints go (binds MODEL_DIR)")
     t.add_argument("--data_dir", default=None, help="TFDS data directory holding the built synthcaps")
+    add_steps_argument(t)
     t.set_defaults(func=train)
 
     e = sub.add_parser("eval", help="retrieval recall@1/5/10 and zero-shot accuracy on SynthCaps, with baselines")
@@ -38,13 +41,15 @@ def register(subparsers) -> None:
     e.add_argument("--split", default="test")
     e.add_argument("--limit", type=int, default=None, help="evaluate at most this many clips")
     e.add_argument("--no_baselines", action="store_true", help="skip the random and MiniLM-probe baselines")
-    e.add_argument("--out", default=None, help="JSON results file (default: MODEL_DIR/eval_<split>.json)")
+    e.add_argument("--out", default=None, help="JSON results file (default: out/eval/<model folder name>/"
+                   "eval_<split>.json)")
     e.set_defaults(func=evaluate)
 
     m = sub.add_parser("embed", help="embeddings (and tokens) of captions or audio files")
     m.add_argument("--model_dir", required=True)
     m.add_argument("--text", action="append", default=[], help="a caption (repeatable)")
     m.add_argument("--audio", action="append", default=[], help="an audio file (repeatable)")
+    m.add_argument("--audio_dir", default=None, help="every audio file of a folder")
     m.add_argument("--tokens", action="store_true", help="also print the conditioning tokens")
     m.add_argument("--out", default=None, help="write embeddings (and tokens) to this .json file")
     m.set_defaults(func=embed)
@@ -61,7 +66,7 @@ def train(args: argparse.Namespace) -> dict:
     import musiclm_jax.mulan.data  # noqa: F401  (gin registrations)
     import musiclm_jax.mulan.run as run
 
-    bindings = list(args.gin_bindings)
+    bindings = list(args.gin_bindings) + steps_bindings(args.steps)
     if args.model_dir:
         bindings.append(f"MODEL_DIR = {args.model_dir!r}")
     if args.data_dir:
@@ -78,6 +83,7 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def evaluate(args: argparse.Namespace) -> dict:
+    from musiclm_jax.eval import default_output
     from musiclm_jax.mulan import evaluate as ev
     from musiclm_jax.mulan.api import MuLan
     from musiclm_jax.mulan.data import synthcaps_clips
@@ -96,7 +102,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     if os.path.exists(report_path):
         with open(report_path) as f:
             results["quantizer"] = json.load(f)
-    out = args.out or os.path.join(args.model_dir, f"eval_{args.split}.json")
+    out = args.out or default_output(args.model_dir, f"eval_{args.split}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
     print(f"synthcaps/{args.synthcaps} {args.split}: {len(clips)} clips")
@@ -109,35 +116,66 @@ def evaluate(args: argparse.Namespace) -> dict:
     return results
 
 
+def check_texts(texts, flag: str = "--text") -> None:
+    """Refuses, in one line, a caption that is not UTF-8 text.
+
+    Python decodes non-UTF-8 bytes of argv to lone surrogates ("caf\\udce9" for b"caf\\xe9"); the text tower's
+    tokenizer would raise a TypeError on them deep inside."""
+    for t in texts:
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = os.fsencode(t) if isinstance(t, str) else t
+            raise ValueError(f"{flag} {raw!r} is not UTF-8 text: pass captions encoded as UTF-8") from None
+
+
 def embed(args: argparse.Namespace) -> dict:
     import numpy as np
 
-    from musiclm_jax.audio import load_audio
+    from musiclm_jax.audio.io import AudioLoadError, load_audio, reject_directories
     from musiclm_jax.mulan.api import MuLan
 
-    if not args.text and not args.audio:
-        raise ValueError("nothing to embed: pass --text CAPTION and/or --audio FILE")
+    check_texts(args.text)
+    reject_directories(args.audio, "--audio_dir")
+    files = list(args.audio)
+    if getattr(args, "audio_dir", None):
+        from musiclm_jax.codec.data import list_audio_files
+
+        files += list_audio_files(os.path.expanduser(args.audio_dir))
+    if not args.text and not files:
+        raise ValueError("nothing to embed: pass --text CAPTION, --audio FILE and/or --audio_dir FOLDER")
     mulan = MuLan.from_checkpoint(args.model_dir)
-    out = {"text": [], "audio": []}
+    out = {"text": [], "audio": [], "skipped": []}
     if args.text:
         emb = mulan.embed_text(args.text)
         toks = mulan.tokens_from_embeddings(emb) if args.tokens else None
         for i, text in enumerate(args.text):
             out["text"].append({"text": text, "embedding": emb[i].tolist(),
                                 **({"tokens": toks[i].tolist()} if toks is not None else {})})
-    for path in args.audio:
-        wave, sr = load_audio(path)
-        emb = mulan.embed_audio(wave, sr)
+    for path in files:
+        try:
+            wave, sr = load_audio(path)
+            emb = mulan.embed_audio(wave, sr)
+        except (AudioLoadError, ValueError) as e:  # a bad file is named and skipped, never fatal
+            out["skipped"].append({"path": path, "reason": str(e)})
+            continue
         item = {"path": path, "embedding": emb.tolist()}
         if args.tokens:
             item["tokens"] = mulan.tokens_from_embeddings(emb[None])[0].tolist()
         out["audio"].append(item)
+    skipped = "; ".join(f"{s['path']} ({s['reason']})" for s in out["skipped"])
+    if not out["text"] and not out["audio"]:
+        raise ValueError(f"nothing embedded: all {len(out['skipped'])} audio file(s) failed: {skipped}")
     for item in out["text"] + out["audio"]:
-        name = item.get("text", item.get("path"))
+        name = item["text"][:60] if "text" in item else (
+            item["path"] if len(item["path"]) <= 60 else "..." + item["path"][-57:])  # a path's end names the file
         head = " ".join(f"{v:+.3f}" for v in np.asarray(item["embedding"])[:4])
         tokens = f" tokens {item['tokens']}" if "tokens" in item else ""
-        print(f"{name[:60]!r}: [{head} ...]{tokens}")
+        print(f"{name!r}: [{head} ...]{tokens}")
+    if out["skipped"]:
+        print(f"skipped {len(out['skipped'])} of {len(files)} audio file(s): {skipped}")
     if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(out, f)
         print(f"wrote {args.out}")

@@ -8,6 +8,8 @@ import argparse
 import json
 import os
 
+from musiclm_jax.train.steps import add_steps_argument, steps_bindings
+
 EXAMPLES = """Examples:
   musiclm-jax semantic train --gin_file=gin/experiments/w2v_bert_tiny_synthetic.gin --model_dir=/tmp/w2v_tiny
   musiclm-jax semantic fit-kmeans --model_dir=/tmp/w2v_tiny --audio_dir=demo_out --num_clusters=64
@@ -36,6 +38,7 @@ def register(subparsers) -> None:
     t.add_argument("--gin_bindings", action="append", default=[], help="a binding 'KEY = VALUE' (repeatable)")
     t.add_argument("--gin_search_path", action="append", default=[])
     t.add_argument("--model_dir", default=None, help="where checkpoints go (binds MODEL_DIR)")
+    add_steps_argument(t)
     t.set_defaults(func=train)
 
     k = sub.add_parser("fit-kmeans", help="k-means on features of a trained checkpoint; saved in MODEL_DIR/kmeans")
@@ -58,7 +61,7 @@ def register(subparsers) -> None:
     e = sub.add_parser("eval", help="cluster usage and entropy, tokens/s, two-soundfont agreement (synthcaps)")
     e.add_argument("--model_dir", required=True)
     _add_corpus_args(e)
-    e.add_argument("--out", default=None, help="JSON results (default: MODEL_DIR/semantic_eval.json)")
+    e.add_argument("--out", default=None, help="JSON results (default: out/eval/<model folder name>/semantic_eval.json)")
     e.set_defaults(func=evaluate)
 
     p = sub.add_parser("probe", help="linear probes (genre, tempo, key, mode, instrument) on features, token "
@@ -75,7 +78,7 @@ def register(subparsers) -> None:
     p.add_argument("--layer", type=int, default=None, help="w2v-BERT feature layer (default: the tokenizer's)")
     p.add_argument("--seed", type=int, default=0, help="random split and random-init parameters")
     p.add_argument("--no_random_init", action="store_true", help="skip the random-init w2v-BERT rows")
-    p.add_argument("--out", default=None, help="JSON results (default: MODEL_DIR/semantic_probe_<mode>.json)")
+    p.add_argument("--out", default=None, help="JSON results (default: out/eval/<model folder name>/semantic_probe_<mode>.json)")
     p.set_defaults(func=probe)
 
 
@@ -90,7 +93,7 @@ def train(args: argparse.Namespace) -> dict:
     import musiclm_jax.codec.data  # noqa: F401  (gin: the audio dataset functions)
     import musiclm_jax.semantic.run as run
 
-    bindings = list(args.gin_bindings)
+    bindings = list(args.gin_bindings) + steps_bindings(args.steps)
     if args.model_dir:
         bindings.append(f"MODEL_DIR = {args.model_dir!r}")
     gin_utils.parse_config(args.gin_file, bindings, args.gin_search_path)
@@ -111,6 +114,11 @@ def load_corpus(args: argparse.Namespace, sample_rate: int = 16000) -> tuple[lis
 
         files = list_audio_files(os.path.expanduser(args.audio_dir))[:args.limit]
         waves, skipped = load_clips(files, sample_rate, min_samples=sample_rate // 25)
+        if not waves:
+            raise ValueError(f"no usable audio in {args.audio_dir}: all {len(skipped)} file(s) failed: "
+                             + "; ".join(skipped))
+        if skipped:
+            print(f"skipped {len(skipped)} of {len(files)} file(s): " + "; ".join(skipped))
         names = [f for f in files if not any(s.startswith(os.path.basename(f) + " ") for s in skipped)]
         return waves, names, [{} for _ in waves]
     from musiclm_jax.audio.io import resample
@@ -140,33 +148,43 @@ def fit_kmeans(args: argparse.Namespace) -> dict:
 
 
 def tokenize(args: argparse.Namespace) -> dict:
-    from musiclm_jax.audio.io import AudioLoadError, load_audio
+    from musiclm_jax.audio.io import AudioLoadError, load_audio, reject_directories
     from musiclm_jax.codec.data import list_audio_files
     from musiclm_jax.semantic.api import SemanticTokenizer
 
+    reject_directories(args.audio, "--audio_dir")
     files = list(args.audio) + (list_audio_files(os.path.expanduser(args.audio_dir)) if args.audio_dir else [])
     if not files:
         raise ValueError("nothing to tokenize: pass --audio FILE (repeatable) or --audio_dir FOLDER")
     tok = SemanticTokenizer.from_checkpoint(args.model_dir)
     written, skipped = 0, []
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as out:
-        for path in files:
-            try:
-                wave, sr = load_audio(path)
-                ids = tok.tokens(wave, sr)[0]
-            except (AudioLoadError, ValueError) as e:  # a bad file is named and skipped, never fatal
-                skipped.append(f"{path} ({e})")
-                continue
-            out.write(json.dumps({"path": path, "tokens": ids.tolist(), "tokenizer": tok.describe()}) + "\n")
-            written += 1
+    partial = args.out + ".partial"
+    try:
+        with open(partial, "w") as out:
+            for path in files:
+                try:
+                    wave, sr = load_audio(path)
+                    ids = tok.tokens(wave, sr)[0]
+                except (AudioLoadError, ValueError) as e:  # a bad file is named and skipped, never fatal
+                    skipped.append(f"{path} ({e})")
+                    continue
+                out.write(json.dumps({"path": path, "tokens": ids.tolist(), "tokenizer": tok.describe()}) + "\n")
+                written += 1
+        if not written:
+            raise ValueError(f"no file tokenized: all {len(skipped)} failed: " + "; ".join(skipped))
+        os.replace(partial, args.out)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     if skipped:
-        print(f"skipped {len(skipped)} file(s): " + "; ".join(skipped[:5]))
+        print(f"skipped {len(skipped)} of {len(files)} file(s): " + "; ".join(skipped))
     print(f"wrote tokens of {written} file(s) to {args.out} (checkpoint {tok.fingerprint})")
     return {"written": written, "skipped": skipped}
 
 
 def evaluate(args: argparse.Namespace) -> dict:
+    from musiclm_jax.eval import default_output
     from musiclm_jax.semantic import evaluate as ev
     from musiclm_jax.semantic.api import SemanticTokenizer
 
@@ -175,7 +193,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     if not waves:
         raise ValueError("the corpus has no usable audio")
     results = ev.evaluate_tokenizer(tok, waves, 16000, clips)
-    out = args.out or os.path.join(args.model_dir, "semantic_eval.json")
+    out = args.out or default_output(args.model_dir, "semantic_eval.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
     for key, value in results.items():
@@ -187,6 +206,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 def probe(args: argparse.Namespace) -> dict:
     import time
 
+    from musiclm_jax.eval import default_output
     from musiclm_jax.semantic import probe as pr
     from musiclm_jax.semantic.api import SemanticTokenizer
 
@@ -228,7 +248,7 @@ def probe(args: argparse.Namespace) -> dict:
                "model_dir": args.model_dir, "fingerprint": tok.fingerprint, "feature_layer": tok.layer,
                "num_clusters": tok.num_tokens, "attributes": attributes, "rows": rows, "markdown": table,
                "seconds": round(time.perf_counter() - start, 1)}
-    out = args.out or os.path.join(args.model_dir, f"semantic_probe_{args.split_mode}.json")
+    out = args.out or default_output(args.model_dir, f"semantic_probe_{args.split_mode}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(results, f, indent=1)

@@ -52,6 +52,59 @@ def _error_of(ex) -> str:
     return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
+def build_command(tfds_name: str, data_dir: str | None) -> str:
+    """The `musiclm-jax data build` line that builds TFDS dataset `tfds_name` ('synthcaps/tiny_4s_n4:1.0.0')."""
+    dataset, _, config = tfds_name.split(":")[0].partition("/")
+    where = f" --data_dir {data_dir or '~/tensorflow_datasets'}"
+    if dataset == "synthcaps" and config:
+        try:
+            from musiclm_jax.data.synthcaps.builder import CORPUS_CONFIGS
+
+            bases = "|".join(sorted(map(re.escape, CORPUS_CONFIGS), key=len, reverse=True))
+            m = re.fullmatch(rf"({bases})(?:_(\d+)hz)?(?:_(\d+(?:p\d+)?)s)?(?:_n(\d+))?(?:_seed(\d+))?", config)
+        except ImportError:
+            m = None
+        if m:
+            base, sr, secs, n, seed = m.groups()
+            flags = "".join(f" --{flag} {v}" for flag, v in (("sample_rate", sr), ("clip_seconds", secs and
+                            secs.replace("p", ".")), ("num_scores", n), ("seed", seed)) if v)
+            return f"musiclm-jax data build --dataset synthcaps --config {base}{flags}{where}"
+    if dataset == "audio_captions":
+        return f"musiclm-jax data build --dataset audio_captions --config {config or '16khz'} --manual_dir AUDIO{where}"
+    return f"musiclm-jax data build --dataset {dataset}" + (f" --config {config}" if config else "") + where
+
+
+def task_splits(task, tfds_data_dir: str | None = None):
+    """`task.splits`, or one line naming the source dataset that is not built and the command that builds it."""
+    try:
+        return task.splits
+    except ValueError as e:
+        if "has no splits" not in str(e):
+            raise
+        tfds_ds = getattr(task.source, "tfds_dataset", None)
+        if tfds_ds is None or not tfds_ds.name:
+            raise ValueError(f"task {task.name}: its data source has no splits (is its dataset built?)") from None
+        data_dir = tfds_data_dir or tfds_ds.data_dir
+        raise ValueError(f"task {task.name}: its source dataset {tfds_ds.name} is not built in "
+                         f"{data_dir or 'the default TFDS directory'}: build it with "
+                         f"`{build_command(tfds_ds.name, data_dir)}`, or pass --tfds_data_dir where it is built"
+                         ) from None
+
+
+def import_task_modules(modules) -> None:
+    """Imports the modules that register the tasks; a missing one is one line naming it."""
+    import importlib
+
+    for m in modules:
+        try:
+            importlib.import_module(m)
+        except ModuleNotFoundError as e:
+            if e.name and (m == e.name or m.startswith(e.name + ".")):
+                raise ValueError(f"--module_import {m}: no module named {e.name!r} (it must be importable: a module "
+                                 f"that registers the tasks, e.g. {DEFAULT_MODULES[0]})") from None
+            raise ValueError(f"--module_import {m}: it imports {e.name!r}, which is not installed") from None
+
+
 def select_tasks(patterns) -> list[str]:
     import seqio
 
@@ -92,7 +145,7 @@ def cache_tasks(task_names, output_cache_dir: str, *, pipeline_options=("--runne
     groups: dict[tuple, list] = {}
     for name in task_names:
         task = seqio.TaskRegistry.get(name)
-        if not task.supports_caching or not task.splits:
+        if not task.supports_caching or not task_splits(task, tfds_data_dir):
             log.info("skipping task %s (no caching or no splits)", name)
             continue
         out = os.path.join(output_cache_dir, seqio.get_task_dir_from_name(name))
@@ -174,11 +227,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    import importlib
-
     modules = args.module_import or list(DEFAULT_MODULES)
-    for m in modules:
-        importlib.import_module(m)
+    import_task_modules(modules)
     if args.gin_file or args.gin_bindings:
         import musiclm_jax.tasks.preprocessors  # noqa: F401 -- registers the configurables
         from musiclm_jax.train import gin_utils

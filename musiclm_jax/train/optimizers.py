@@ -6,6 +6,7 @@ so the trainer can log the learning rate it applies.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Callable
 
 import gin
@@ -28,15 +29,23 @@ def make_schedule(learning_rate: float = 1e-2, schedule: str = "rsqrt", warmup_s
     """Linear warmup from 0 to `learning_rate`, then `schedule`:
 
     constant; rsqrt (T5X: lr * sqrt(warmup / step)); cosine / linear decay to `final_fraction * lr` at
-    `total_steps` (required for those two).
+    `total_steps` (required for those two; a warmup as long as the run or longer is cut to half the run, with a
+    warning, so a short `--steps` training works).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}: use one of {SCHEDULES}")
     if learning_rate <= 0 or warmup_steps < 0:
         raise ValueError(f"learning_rate must be > 0 and warmup_steps >= 0 (got {learning_rate}, {warmup_steps})")
-    if schedule in ("cosine", "linear") and (total_steps is None or total_steps <= warmup_steps):
-        raise ValueError(f"schedule {schedule!r} needs total_steps > warmup_steps (got {total_steps}): "
-                         "set make_schedule.total_steps")
+    if schedule in ("cosine", "linear"):
+        if total_steps is None or total_steps < 1:
+            raise ValueError(f"schedule {schedule!r} needs the training length (got total_steps={total_steps}): "
+                             "pass --steps N (or bind TRAIN_STEPS / make_schedule.total_steps)")
+        if total_steps <= warmup_steps:  # a short run (--steps 20 against a warmup of 50): fit the warmup into it
+            fitted = total_steps // 2
+            logging.getLogger(__name__).warning(
+                "warmup of %d steps does not fit a %d-step run: warming up over %d steps instead",
+                warmup_steps, total_steps, fitted)
+            warmup_steps = fitted
     warm = max(warmup_steps, 1)
 
     def fn(step):
