@@ -379,3 +379,25 @@ def test_tokenize_a_source_that_is_not_built_names_the_build_command(tmp_path, c
                     f"musiclm-jax data build --dataset synthcaps --config tiny --clip_seconds 4 --num_scores 4 "
                     f"--data_dir {empty}")
     assert not (tmp_path / "c").exists()
+
+
+def test_tokenize_with_every_clip_failing_exits_nonzero(tmp_path, monkeypatch, capsys):
+    from musiclm_jax.tasks import cache
+
+    entry = {"train": {"examples": 0, "failed": 2, "failed_clips": ["s1: NaN samples", "s2: empty"]},
+             "test": {"examples": 0, "failed": 1, "failed_clips": ["s3: empty"]}}
+    assert cache.tokenized_nothing(entry)
+    assert not cache.tokenized_nothing({"train": dict(entry["train"], examples=1), "test": entry["test"]})
+    assert not cache.tokenized_nothing({"train": {"examples": 0, "failed": 0, "failed_clips": []}})
+    report = {"output_cache_dir": str(tmp_path), "tasks": {"synthcaps_tiny_semantic": entry},
+              "tokenized_nothing": ["synthcaps_tiny_semantic"]}
+    monkeypatch.setattr(cache, "cache_tasks", lambda *a, **k: report)
+    rc, out, err = _run(capsys, ["tokenize", "--tasks=synthcaps_tiny_semantic", f"--output_cache_dir={tmp_path}",
+                                 f"--report={tmp_path / 'r.json'}"])
+    assert rc == 2
+    _one_line_error(err, "tokenized no clip of task(s) synthcaps_tiny_semantic", "all 3 clip(s) failed",
+                    "s1: NaN samples", "failed_clips-<split>.txt")
+    assert json.loads((tmp_path / "r.json").read_text()) == report  # the report is still written
+    report["tasks"]["synthcaps_tiny_semantic"]["train"]["examples"] = 5
+    del report["tokenized_nothing"]
+    assert _run(capsys, ["tokenize", "--tasks=synthcaps_tiny_semantic", f"--output_cache_dir={tmp_path}"])[0] == 0

@@ -203,9 +203,29 @@ def cache_tasks(task_names, output_cache_dir: str, *, pipeline_options=("--runne
                     if tf.io.gfile.exists(path) else []
                 entry[split] = {"examples": examples - len(failed), "failed": len(failed), "failed_clips": failed}
             report["tasks"][task.name] = entry
+            if tokenized_nothing(entry):  # left incomplete: the next run redoes it instead of reading an empty cache
+                report.setdefault("tokenized_nothing", []).append(task.name)
+                continue
             with tf.io.gfile.GFile(os.path.join(out, "COMPLETED"), "w") as f:
                 f.write(json.dumps(entry))
     return report
+
+
+def tokenized_nothing(entry: dict) -> bool:
+    """True when a task's report entry ({split: {examples, failed, failed_clips}}) has clips that all failed."""
+    return bool(entry) and all(s["examples"] == 0 for s in entry.values()) and any(s["failed"] for s in entry.values())
+
+
+def check_something_tokenized(report: dict) -> None:
+    """One line (ValueError) when some task tokenized no clip at all: every clip failed."""
+    bad = report.get("tokenized_nothing") or [n for n, e in report.get("tasks", {}).items() if tokenized_nothing(e)]
+    if not bad:
+        return
+    failed = [c for n in bad for s in report["tasks"][n].values() for c in s["failed_clips"]]
+    where = os.path.join(report.get("output_cache_dir", "."), "TASK_DIR", "failed_clips-<split>.txt")
+    raise ValueError(f"tokenized no clip of task(s) {', '.join(bad)}: all {len(failed)} clip(s) failed "
+                     f"(first: {failed[0]}); every failed clip is listed in {where}; those caches are left "
+                     "incomplete (not marked COMPLETED)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -244,6 +264,7 @@ def run(args: argparse.Namespace) -> dict:
         with open(args.report, "w") as f:
             f.write(text)
     print(text)
+    check_something_tokenized(report)
     return report
 
 
