@@ -175,9 +175,16 @@ class SoundStream:
         batch = _as_batch(wave, sample_rate, self.sample_rate, True)
         return self.decode(self.encode(batch, self.sample_rate, num_levels), num_samples=batch.shape[-1])
 
+    def short_name(self) -> str:
+        """The architecture in a few words, for tables: 'SoundStream' or e.g. 'STFT enc + Vocos dec'."""
+        c = self.config
+        if c.encoder == "soundstream" and c.decoder == "soundstream":
+            return "SoundStream"
+        return f"{'STFT' if c.encoder == 'stft' else 'conv'} enc + {'Vocos' if c.decoder == 'vocos' else 'conv'} dec"
+
     def describe(self) -> str:
         c = self.config
-        return (f"SoundStream {c.sample_rate} Hz, hop {c.hop_length} ({c.frame_rate:g} Hz frames), "
+        return (f"{self.short_name()} {c.sample_rate} Hz, hop {c.hop_length} ({c.frame_rate:g} Hz frames), "
                 f"{c.num_levels} x {c.codebook_size} codes, {self.bitrate() / 1000:g} kbps at all levels")
 
     def to_json(self) -> str:

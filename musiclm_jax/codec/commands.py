@@ -63,6 +63,8 @@ def register(subparsers) -> None:
     v.add_argument("--limit", type=int, default=32, help="at most this many files")
     v.add_argument("--opus", action="store_true", help="also run Opus (opusenc/opusdec) at matching bitrates")
     v.add_argument("--opus_kbps", default="", help="extra Opus bitrates for reference, e.g. 12,24 (with --opus)")
+    v.add_argument("--no_music", action="store_true",
+                   help="skip the musical columns (tempo / key accuracy vs the clips' truth, frame-rate comb)")
     v.add_argument("--out", default=None, help="JSON results (default MODEL_DIR/codec_eval.json)")
     v.set_defaults(func=evaluate)
 
@@ -111,6 +113,15 @@ def train(args: argparse.Namespace) -> dict:
     return {k: v for k, v in summary.items() if k != "state"}
 
 
+def _check_file(path: str, flag: str = "--input") -> None:
+    """A one-line error for a folder (or a missing file) passed where one audio file is expected."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory (use --audio_dir {path} with `codec eval` or `codec train`; "
+                         f"{flag} takes one audio file)")
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no such file ({flag} takes one audio file)")
+
+
 def _codec(model_dir: str):
     from musiclm_jax.codec.api import SoundStream
 
@@ -122,6 +133,7 @@ def encode(args: argparse.Namespace):
 
     from musiclm_jax.audio.io import load_audio
 
+    _check_file(args.input)
     codec = _codec(args.model_dir)
     wave, sr = load_audio(args.input)
     codes = codec.encode(wave, sr, args.num_levels)[0]
@@ -154,6 +166,7 @@ def reconstruct(args: argparse.Namespace) -> dict:
     from musiclm_jax.audio.plot import save_spectrogram_png
     from musiclm_jax.codec import losses
 
+    _check_file(args.input)
     codec = _codec(args.model_dir)
     wave, _ = load_audio(args.input, codec.sample_rate)
     recon = codec.reconstruct(wave, codec.sample_rate, args.num_levels)[0]
@@ -180,13 +193,25 @@ def evaluate(args: argparse.Namespace) -> dict:
     except ValueError:
         raise ValueError(f"--opus_kbps takes comma-separated numbers, e.g. 12,24; got {args.opus_kbps!r}") from None
     codec = _codec(args.model_dir)
-    waves, names = ev.eval_clips(codec.sample_rate, audio_dir=args.audio_dir, synthcaps=args.synthcaps,
-                                 data_dir=args.data_dir, seconds=args.seconds, limit=args.limit)
-    results = {"clips": len(waves), "seconds": args.seconds, "soundstream": ev.bitrate_curve(codec, waves),
-               "autoencoder": ev.autoencoder_row(codec, waves)}
+    waves, names, info = ev.eval_clips(codec.sample_rate, audio_dir=args.audio_dir, synthcaps=args.synthcaps,
+                                       data_dir=args.data_dir, seconds=args.seconds, limit=args.limit,
+                                       with_info=True)
+    if info["skipped"]:
+        print(f"skipped {len(info['skipped'])} file(s): " + "; ".join(info["skipped"]))
+    truths, real_comb = None, None
+    results = {"clips": len(waves), "seconds": args.seconds, "skipped": info["skipped"],
+               "codec": codec.describe(), "codec_name": codec.short_name()}
+    if not args.no_music:
+        truths = info["truths"]
+        results["real"] = ev.musical_scores(waves, codec.sample_rate, truths, codec.frame_rate)
+        real_comb = results["real"]["comb"]
+        results["real"]["comb_ratio"] = 1.0
+    results["soundstream"] = ev.bitrate_curve(codec, waves, truths=truths, real_comb=real_comb)
+    results["autoencoder"] = ev.autoencoder_row(codec, waves, truths=truths, real_comb=real_comb)
     if args.opus:
         kbps = [r["kbps"] for r in results["soundstream"]] + extra_kbps
-        results["opus"] = ev.opus_curve(waves, codec.sample_rate, kbps)
+        results["opus"] = ev.opus_curve(waves, codec.sample_rate, kbps, truths=truths, frame_rate=codec.frame_rate,
+                                        real_comb=real_comb)
     out = args.out or os.path.join(args.model_dir, "codec_eval.json")
     with open(out, "w") as f:
         json.dump(results, f, indent=1)

@@ -101,7 +101,7 @@ def load_clips(files: list[str], sample_rate: int, min_samples: int = 1) -> tupl
             continue
         waves.append(wave)
     if skipped:
-        log.warning("skipped %d of %d audio files: %s", len(skipped), len(files), "; ".join(skipped[:5]))
+        log.warning("skipped %d of %d audio files: %s", len(skipped), len(files), "; ".join(skipped))
     return waves, skipped
 
 

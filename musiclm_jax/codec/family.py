@@ -56,6 +56,7 @@ class CodecFamily(Family):
     reconstruction_weight: float = 1.0
     commitment_weight: float = 1.0
     mel_scales: tuple[int, ...] | None = None  # None: 2^6..2^11 windows not longer than the clip
+    mel_bins: int = 64  # mel bands per scale (at most n_fft / 4): more bands resolve pitch on the long windows
     quantizer_dropout: float = 1.0  # probability an example trains with a random number of levels
     disc_start_step: int = 1000
     # optimizers (one per group)
@@ -103,7 +104,7 @@ class CodecFamily(Family):
         def gen_loss(gen_params):
             m = merge({"generator": gen_params, "discriminator": params["discriminator"]}, rest)
             recon, vq, _ = m["generator"](wave, mask)
-            mel = losses.multiscale_mel_loss(wave, recon, sr, scales)
+            mel = losses.multiscale_mel_loss(wave, recon, sr, scales, n_mels=self.mel_bins)
 
             def adversarial(recon):
                 fake, real = m["discriminator"](recon), m["discriminator"](wave)

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from musiclm_jax.codec.discriminators import Discriminators
-from musiclm_jax.codec.layers import Decoder, Encoder, decoder_context, encoder_context
+from musiclm_jax.codec.layers import (Decoder, Encoder, STFTEncoder, VocosDecoder, decoder_context, encoder_context,
+                                      stft_encoder_context, vocos_decoder_context)
 from musiclm_jax.codec.rvq import ResidualVQ, VQOutput
 
 
@@ -31,6 +32,20 @@ class CodecConfig:
     ema_decay: float = 0.99
     dead_threshold: float = 0.03  # fraction of uniform code usage below which a code is revived
     kmeans_iters: int = 10
+    # encoder / decoder kinds: "soundstream" = the paper's sample-rate convolutions (strided / transposed);
+    # "stft" encoder = causal STFT log-magnitude frames + ConvNeXt at the frame rate; "vocos" decoder = ConvNeXt at
+    # the frame rate + inverse-STFT head (hop = the codec hop: one STFT frame per token).
+    encoder: str = "soundstream"
+    decoder: str = "soundstream"
+    encoder_n_fft: int = 1280  # STFT encoder analysis window (a multiple of the hop)
+    encoder_dim: int = 256
+    encoder_mlp: int = 768
+    encoder_layers: int = 4
+    vocos_n_fft: int = 1280  # iSTFT window (a multiple of the hop; 4 x hop: 75 % overlap)
+    vocos_dim: int = 256
+    vocos_mlp: int = 768
+    vocos_layers: int = 8
+    vocos_lookahead: int = 3  # frames of future tokens one output block reads (0 .. n_fft / hop - 1)
     # discriminators
     wave_scales: int = 2
     wave_channels: int = 8
@@ -47,6 +62,17 @@ class CodecConfig:
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         if self.channels < 1 or self.embed_dim < 1 or not self.strides:
             raise ValueError("CodecConfig: channels, embed_dim must be >= 1 and strides non-empty")
+        if self.encoder not in ("soundstream", "stft"):
+            raise ValueError(f"CodecConfig.encoder must be 'soundstream' or 'stft', got {self.encoder!r}")
+        if self.decoder not in ("soundstream", "vocos"):
+            raise ValueError(f"CodecConfig.decoder must be 'soundstream' or 'vocos', got {self.decoder!r}")
+        hop = math.prod(self.strides)
+        used = (["encoder_n_fft"] if self.encoder == "stft" else []) + (["vocos_n_fft"] if self.decoder == "vocos" else [])
+        for name in used:
+            if getattr(self, name) % hop or getattr(self, name) < hop:
+                raise ValueError(f"CodecConfig.{name} ({getattr(self, name)}) must be a multiple of the hop ({hop})")
+        if self.decoder == "vocos" and not 0 <= self.vocos_lookahead < self.vocos_n_fft // hop:
+            raise ValueError(f"CodecConfig.vocos_lookahead must be in 0..{self.vocos_n_fft // hop - 1}")
 
     @property
     def hop_length(self) -> int:
@@ -75,10 +101,18 @@ class SoundStreamModel(nnx.Module):
     def __init__(self, config: CodecConfig, *, rngs: nnx.Rngs):
         self.config = config
         c = config
-        self.encoder = Encoder(c.channels, c.strides, c.embed_dim, c.dilations, rngs=rngs)
+        if c.encoder == "stft":
+            self.encoder = STFTEncoder(c.hop_length, c.encoder_n_fft, c.encoder_dim, c.encoder_mlp, c.encoder_layers,
+                                       c.embed_dim, rngs=rngs)
+        else:
+            self.encoder = Encoder(c.channels, c.strides, c.embed_dim, c.dilations, rngs=rngs)
         self.quantizer = ResidualVQ(c.num_levels, c.codebook_size, c.embed_dim, decay=c.ema_decay,
                                     dead_threshold=c.dead_threshold, kmeans_iters=c.kmeans_iters, rngs=rngs)
-        self.decoder = Decoder(c.channels, c.strides, c.embed_dim, c.dilations, rngs=rngs)
+        if c.decoder == "vocos":
+            self.decoder = VocosDecoder(c.embed_dim, c.vocos_dim, c.vocos_mlp, c.vocos_layers, c.vocos_n_fft,
+                                        c.hop_length, c.vocos_lookahead, rngs=rngs)
+        else:
+            self.decoder = Decoder(c.channels, c.strides, c.embed_dim, c.dilations, rngs=rngs)
 
     def _pad(self, wave: jax.Array) -> jax.Array:
         # Right padding to a whole frame; causal, so it never changes earlier frames.
@@ -113,11 +147,24 @@ class SoundStreamModel(nnx.Module):
 
     @property
     def encoder_context(self) -> int:
-        return encoder_context(self.config.strides, self.config.dilations)
+        """Left context in samples for exact chunked encoding."""
+        c = self.config
+        if c.encoder == "stft":
+            return stft_encoder_context(c.hop_length, c.encoder_n_fft, c.encoder_layers)
+        return encoder_context(c.strides, c.dilations)
 
     @property
     def decoder_context(self) -> int:
-        return decoder_context(self.config.strides, self.config.dilations)
+        """Left context in frames for exact chunked decoding."""
+        c = self.config
+        if c.decoder == "vocos":
+            return vocos_decoder_context(c.vocos_n_fft, c.hop_length, c.vocos_layers, c.vocos_lookahead)[0]
+        return decoder_context(c.strides, c.dilations)
+
+    @property
+    def decoder_lookahead(self) -> int:
+        """Frames of future codes an output block depends on (0: causal; the Vocos head's overlap-add reads ahead)."""
+        return self.config.vocos_lookahead if self.config.decoder == "vocos" else 0
 
 
 class CodecGAN(nnx.Module):
@@ -183,13 +230,15 @@ def chunked_encode(model: SoundStreamModel, wave: jax.Array, chunk_frames: int,
 
 
 def chunked_decode(model: SoundStreamModel, codes: jax.Array, chunk_frames: int) -> jax.Array:
-    """Decodes ``[B, T, n]`` chunk by chunk with `decoder_context` frames of left context; equals `model.decode`."""
-    hop, ctx = model.config.hop_length, model.decoder_context
+    """Decodes ``[B, T, n]`` chunk by chunk with `decoder_context` frames of left context (and `decoder_lookahead`
+    frames of right context, for the Vocos head's overlap-add); equals `model.decode`."""
+    hop, ctx, ahead = model.config.hop_length, model.decoder_context, model.decoder_lookahead
     out = []
     for start in range(0, codes.shape[1], chunk_frames):
         left = max(0, start - ctx)
-        wave = jit_decode(model, codes[:, left:start + chunk_frames])
-        out.append(wave[:, (start - left) * hop:])
+        end = min(start + chunk_frames, codes.shape[1])
+        wave = jit_decode(model, codes[:, left:end + ahead])
+        out.append(wave[:, (start - left) * hop:(end - left) * hop])
     return jnp.concatenate(out, axis=1)
 
 
