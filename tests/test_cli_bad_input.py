@@ -366,7 +366,8 @@ def test_build_command_of_a_tfds_name():
     assert build_command("synthcaps/small_24000hz_2p5s:1.0.0", None) == (
         "musiclm-jax data build --dataset synthcaps --config small --sample_rate 24000 --clip_seconds 2.5 "
         "--data_dir ~/tensorflow_datasets")
-    assert build_command("synthcaps/small", "/d") == "musiclm-jax data build --dataset synthcaps --config small --data_dir /d"
+    assert build_command("synthcaps/small", "/d") == (
+        "musiclm-jax data build --dataset synthcaps --config small --data_dir /d")
 
 
 def test_tokenize_a_source_that_is_not_built_names_the_build_command(tmp_path, capsys):

@@ -13,9 +13,10 @@ from musiclm_jax.train.steps import add_steps_argument, steps_bindings
 EXAMPLES = """Examples:
   musiclm-jax data build --dataset synthcaps --config tiny --data_dir ~/tfds
   musiclm-jax mulan train --gin_file=gin/experiments/mulan_tiny_synthcaps.gin --model_dir=/tmp/mulan_tiny \\
-      --data_dir ~/tfds --gin_bindings="SYNTHCAPS='tiny'" --gin_bindings="TRAIN_STEPS=300"
+      --data_dir ~/tfds --gin_bindings="SYNTHCAPS='tiny'" --steps 300
   musiclm-jax mulan eval --model_dir=/tmp/mulan_tiny --data_dir ~/tfds --synthcaps tiny --split test
   musiclm-jax mulan embed --model_dir=/tmp/mulan_tiny --text "a calm piano piece" --tokens
+  musiclm-jax mulan embed --model_dir=/tmp/mulan_tiny --audio_dir demo_out/synthcaps --out /tmp/embeddings.json
 """
 
 

@@ -11,7 +11,7 @@ import os
 from musiclm_jax.train.steps import add_steps_argument, steps_bindings
 
 EXAMPLES = """Examples:
-  musiclm-jax semantic train --gin_file=gin/experiments/w2v_bert_tiny_synthetic.gin --model_dir=/tmp/w2v_tiny
+  musiclm-jax semantic train --gin_file=gin/experiments/w2v_bert_tiny_synthetic.gin --model_dir=/tmp/w2v_tiny --steps 300
   musiclm-jax semantic fit-kmeans --model_dir=/tmp/w2v_tiny --audio_dir=demo_out --num_clusters=64
   musiclm-jax semantic tokenize --model_dir=/tmp/w2v_tiny --audio demo_out/clip.wav --out /tmp/tokens.jsonl
   musiclm-jax semantic eval --model_dir=/tmp/w2v_tiny --audio_dir=demo_out
@@ -61,7 +61,8 @@ def register(subparsers) -> None:
     e = sub.add_parser("eval", help="cluster usage and entropy, tokens/s, two-soundfont agreement (synthcaps)")
     e.add_argument("--model_dir", required=True)
     _add_corpus_args(e)
-    e.add_argument("--out", default=None, help="JSON results (default: out/eval/<model folder name>/semantic_eval.json)")
+    e.add_argument("--out", default=None,
+                   help="JSON results (default: out/eval/<model folder name>/semantic_eval.json)")
     e.set_defaults(func=evaluate)
 
     p = sub.add_parser("probe", help="linear probes (genre, tempo, key, mode, instrument) on features, token "
@@ -78,7 +79,8 @@ def register(subparsers) -> None:
     p.add_argument("--layer", type=int, default=None, help="w2v-BERT feature layer (default: the tokenizer's)")
     p.add_argument("--seed", type=int, default=0, help="random split and random-init parameters")
     p.add_argument("--no_random_init", action="store_true", help="skip the random-init w2v-BERT rows")
-    p.add_argument("--out", default=None, help="JSON results (default: out/eval/<model folder name>/semantic_probe_<mode>.json)")
+    p.add_argument("--out", default=None,
+                   help="JSON results (default: out/eval/<model folder name>/semantic_probe_<mode>.json)")
     p.set_defaults(func=probe)
 
 
