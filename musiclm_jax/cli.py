@@ -21,8 +21,9 @@ COMMAND_MODULES = (
     "musiclm_jax.tasks.commands",
 )
 
-# The shipped, trained MusicLM weights (made by `make quickstart`; MusicLM.from_pretrained layout).
-TRAINED_MODEL_DIR = "weights/musiclm"
+# The shipped, trained MusicLM weights (made by `make quickstart`; MusicLM.from_pretrained layout), found relative to
+# the package (a checkout or a wheel), not the working directory.
+from musiclm_jax.resources import SHIPPED_MUSICLM as TRAINED_MODEL_DIR, shipped_musiclm_dir  # noqa: E402
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -34,13 +35,13 @@ def _demo(args: argparse.Namespace) -> None:
     from musiclm_jax.data.synthcaps.demo import run_demo
 
     run_demo(os.path.join(args.out_dir, "synthcaps"), num_clips=args.num_clips, seed=args.seed)
-    model_dir = args.model_dir or (TRAINED_MODEL_DIR if os.path.exists(
-        os.path.join(TRAINED_MODEL_DIR, "musiclm.json")) else None)
+    shipped = shipped_musiclm_dir()
+    model_dir = args.model_dir or (str(shipped) if shipped else None)
     gen = argparse.Namespace(
         prompt=[args.prompt], duration=args.duration, out=os.path.join(args.out_dir, "generated.wav"), out_dir=None,
         model_dir=model_dir, random_init=model_dir is None, tiny=model_dir is None, seed=args.seed,
-        temperatures=(1.0, 0.95, 0.4), top_k=0, top_p=1.0, guidance_scale=args.guidance_scale, num_samples=1,
-        no_progress=False)
+        temperatures=None, top_k=None, top_p=None, guidance_scale=args.guidance_scale, num_samples=1,
+        no_progress=False, max_duration=args.duration)
     print(f"text-to-music: {args.prompt!r} -> {gen.out}")
     summary = generate_commands.generate(gen)
     out = summary["outputs"][0]
@@ -62,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--prompt", default="a calm piano waltz with soft strings")
     demo.add_argument("--duration", type=float, default=2.0, help="seconds of generated audio")
-    demo.add_argument("--guidance_scale", type=float, default=3.0,
-                      help="classifier-free guidance (3: the shipped weights follow the text more, see the model card)")
+    demo.add_argument("--guidance_scale", type=float, default=None,
+                      help="classifier-free guidance (default: the model's own; the shipped weights' is 3, see the "
+                           "model card)")
     demo.add_argument("--model_dir", default=None, help=f"trained MusicLM (default: {TRAINED_MODEL_DIR} if present)")
     demo.set_defaults(func=_demo)
     for name in COMMAND_MODULES:

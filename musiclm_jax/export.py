@@ -23,7 +23,10 @@ MULAN_TEXT_TOWER = "['params']['mulan']['text']"
 
 
 def export(work_dir: str, out_dir: str, *, sizes: st.TokenSizes = st.QUICKSTART, semantic_rate: float = 25.0,
-           windows: dict | None = None) -> dict:
+           windows: dict | None = None, sampling: dict | None = None) -> dict:
+    """Exports the trained parts of `work_dir` for inference. `sampling`: the model's recommended decoding settings
+    (musiclm.json "sampling", what generate/infer use unless told otherwise); default guidance 3, which the model
+    card's evaluation recommends."""
     from musiclm_jax.mulan.api import load_config
     from musiclm_jax.train.checkpoints import export_inference
 
@@ -40,7 +43,9 @@ def export(work_dir: str, out_dir: str, *, sizes: st.TokenSizes = st.QUICKSTART,
                 drop = [MULAN_TEXT_TOWER]
         report["parts"][part] = export_inference(os.path.join(work_dir, part), os.path.join(out_dir, part), drop=drop)
     windows = windows or {"semantic_s": 4.0, "coarse_s": 2.0, "fine_s": 1.0, "prefix_fraction": 0.5}
-    manifest = {"sizes": dataclasses.asdict(sizes), "semantic_rate": semantic_rate, "windows": windows}
+    sampling = sampling or {"temperatures": [1.0, 0.95, 0.4], "top_k": 0, "top_p": 1.0, "guidance_scale": 3.0}
+    manifest = {"sizes": dataclasses.asdict(sizes), "semantic_rate": semantic_rate, "windows": windows,
+                "sampling": sampling}
     with open(os.path.join(out_dir, "musiclm.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     done_dir = os.path.join(work_dir, "done")

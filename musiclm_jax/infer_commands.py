@@ -45,6 +45,7 @@ import time
 from typing import Callable
 
 from musiclm_jax import generate_commands
+from musiclm_jax.sampling import MAX_DURATION_S, check_duration
 
 EXAMPLES = """Examples:
   musiclm-jax infer --prompts prompts.jsonl --out_dir out/ --model_dir weights/musiclm --duration 10
@@ -68,6 +69,7 @@ def register(subparsers) -> None:
     g.add_argument("--out_dir", required=True, help="wavs, tokens, chunk markers and summary go here")
     generate_commands.add_model_args(g)
     g.add_argument("--duration", type=float, default=10.0, help="seconds per prompt (a line's duration_s wins)")
+    generate_commands.add_max_duration_arg(g)
     g.add_argument("--batch_size", type=int, default=1,
                    help="prompts of one duration per pipeline call (faster; each keeps its own seed and audio)")
     g.add_argument("--chunk_size", type=int, default=64, help="lines per chunk (the unit of resume and sharding)")
@@ -96,7 +98,7 @@ def derive_seed(base_seed: int, line: int) -> int:
     return int.from_bytes(digest[:4], "little") >> 1
 
 
-def _parse_line(text: str, line: int, *, duration_s: float, base_seed: int) -> Prompt:
+def _parse_line(text: str, line: int, *, duration_s: float, base_seed: int, max_duration_s: float) -> Prompt:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
@@ -120,14 +122,13 @@ def _parse_line(text: str, line: int, *, duration_s: float, base_seed: int) -> P
     seed = obj.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63):
         raise ValueError(f"bad 'seed' {seed!r}: a non-negative integer")
-    dur = obj.get("duration_s", duration_s)
-    if (not isinstance(dur, (int, float)) or isinstance(dur, bool) or not math.isfinite(dur) or dur <= 0):
-        raise ValueError(f"bad 'duration_s' {dur!r}: a number of seconds > 0")
+    dur = check_duration(obj.get("duration_s", duration_s), max_duration_s, "'duration_s'")
     return Prompt(line=line, id=pid, prompt=prompt, seed=derive_seed(base_seed, line) if seed is None else seed,
                   duration_s=float(dur))
 
 
-def read_prompts(path: str, *, duration_s: float, base_seed: int) -> tuple[list[Prompt], list[dict], int]:
+def read_prompts(path: str, *, duration_s: float, base_seed: int,
+                 max_duration_s: float = MAX_DURATION_S) -> tuple[list[Prompt], list[dict], int]:
     """Parses the whole prompts file -> (prompts, malformed [{line, error}], number of lines)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"prompts file not found: {path} (JSONL: one {{\"prompt\": ...}} per line)")
@@ -141,7 +142,7 @@ def read_prompts(path: str, *, duration_s: float, base_seed: int) -> tuple[list[
             text = raw.decode("utf-8")
             if not text.strip():
                 continue
-            p = _parse_line(text, line, duration_s=duration_s, base_seed=base_seed)
+            p = _parse_line(text, line, duration_s=duration_s, base_seed=base_seed, max_duration_s=max_duration_s)
             if p.id in seen:
                 raise ValueError(f"duplicate id {p.id!r} (already used on line {seen[p.id]})")
         except UnicodeDecodeError:
@@ -223,21 +224,21 @@ def _shard(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
 
 
 # -- the job ----------------------------------------------------------------------------------------------------------
-def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.0, batch_size: int = 1,
+# Settings that do not change any prompt's audio, so a resumed job may change them (e.g. a smaller batch after
+# running out of memory).
+NOT_JOB_IDENTITY = ("prompts", "batch_size", "max_duration_s")
+
+
+def check_job(prompts_path: str, out_dir: str, *, duration_s: float = 10.0, batch_size: int = 1,
               chunk_size: int = 64, seed: int = 0, temperatures=(1.0, 0.95, 0.4), top_k: int = 0,
-              top_p: float = 1.0, guidance_scale: float = 1.0, num_samples: int = 1,
-              num_shards: int | None = None, shard_index: int | None = None, model_desc: str = "",
-              untrained: bool = False, progress: bool = False, log: Callable[[str], None] = print,
-              after_chunk: Callable[[int], None] | None = None) -> dict:
-    """Decodes this shard's chunks of `prompts_path` into `out_dir` with `model` (a `MusicLM`); returns the summary
-    (also written to summary.json, or summary-shard-IIIII-of-NNNNN.json when there are several shards).
+              top_p: float = 1.0, guidance_scale: float = 1.0, num_samples: int = 1, model_desc: str = "",
+              max_duration_s: float = MAX_DURATION_S,
+              not_compared: tuple = ()) -> tuple[dict, list[Prompt], list[dict], int]:
+    """Validates a job without a model -> (job.json record, prompts, malformed lines, number of lines).
 
-    `model_desc` names the model in job.json (a rerun with another is refused); `after_chunk(k)` is called after
-    chunk k is complete (tests use it to simulate a crash)."""
-    import numpy as np
-
-    if not duration_s > 0 or not math.isfinite(duration_s):
-        raise ValueError(f"--duration must be > 0 seconds, got {duration_s}")
+    Raises ValueError when a setting is bad, when the file holds no valid prompt, or when `out_dir` holds a job
+    whose settings would give other audio. `infer` calls it before loading the model, so mistakes cost a second."""
+    check_duration(duration_s, max_duration_s, "--duration")
     if batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
     if chunk_size < 1:
@@ -247,8 +248,12 @@ def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.
     if len(temperatures) != 3 or min(temperatures) < 0 or top_k < 0 or not 0 < top_p <= 1 or num_samples < 1:
         raise ValueError(f"need 3 --temperatures >= 0, --top_k >= 0, 0 < --top_p <= 1 and --num_samples >= 1, got "
                          f"{list(temperatures)}, {top_k}, {top_p}, {num_samples}")
-    num_shards, shard_index = _shard(num_shards, shard_index)
-    prompts, malformed, num_lines = read_prompts(prompts_path, duration_s=duration_s, base_seed=seed)
+    prompts, malformed, num_lines = read_prompts(prompts_path, duration_s=duration_s, base_seed=seed,
+                                                 max_duration_s=max_duration_s)
+    if not prompts:
+        first = f"; line {malformed[0]['line']}: {malformed[0]['error']}" if malformed else ""
+        raise ValueError(f"{prompts_path} holds no valid prompt ({num_lines} lines, {len(malformed)} malformed"
+                         f"{first}): one {{\"prompt\": ...}} object or JSON string per line")
     sampling = dict(temperatures=[float(t) for t in temperatures], top_k=int(top_k), top_p=float(top_p),
                     guidance_scale=float(guidance_scale), num_samples=int(num_samples))
     with open(prompts_path, "rb") as f:
@@ -256,17 +261,43 @@ def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.
     job = {"prompts": os.path.abspath(prompts_path), "prompts_sha256": prompts_sha, "model": model_desc,
            "duration_s": duration_s, "seed": seed, "batch_size": batch_size, "chunk_size": chunk_size,
            "sampling": sampling}
-    chunk_dir = os.path.join(out_dir, "chunks")
-    os.makedirs(chunk_dir, exist_ok=True)
     job_path = os.path.join(out_dir, "job.json")
     if os.path.exists(job_path):
         with open(job_path) as f:
             old = json.load(f)
-        diff = sorted(k for k in set(job) | set(old) if k != "prompts" and job.get(k) != old.get(k))
+        skip = (*NOT_JOB_IDENTITY, *not_compared)
+        diff = sorted(k for k in set(job) | set(old) if k not in skip and job.get(k) != old.get(k))
         if diff:
             raise ValueError(f"{out_dir} holds a job with other settings ({', '.join(diff)} differ): rerun with "
                              "the same arguments and prompts file to resume, or use a new --out_dir")
-    else:
+    return job, prompts, malformed, num_lines
+
+
+def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.0, batch_size: int = 1,
+              chunk_size: int = 64, seed: int = 0, temperatures=None, top_k: int | None = None,
+              top_p: float | None = None, guidance_scale: float | None = None, num_samples: int = 1,
+              num_shards: int | None = None, shard_index: int | None = None, model_desc: str = "",
+              untrained: bool = False, progress: bool = False, log: Callable[[str], None] = print,
+              after_chunk: Callable[[int], None] | None = None, max_duration_s: float = MAX_DURATION_S) -> dict:
+    """Decodes this shard's chunks of `prompts_path` into `out_dir` with `model` (a `MusicLM`); returns the summary
+    (also written to summary.json, or summary-shard-IIIII-of-NNNNN.json when there are several shards).
+
+    Sampling options left None take the model's own (`model.sampling`). `model_desc` names the model in job.json
+    (a rerun with another is refused); `after_chunk(k)` is called after chunk k is complete (tests use it to
+    simulate a crash)."""
+    import numpy as np
+
+    given = dict(temperatures=temperatures, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale)
+    opts = {**getattr(model, "sampling", {}), **{k: v for k, v in given.items() if v is not None}}
+    num_shards, shard_index = _shard(num_shards, shard_index)
+    job, prompts, malformed, num_lines = check_job(
+        prompts_path, out_dir, duration_s=duration_s, batch_size=batch_size, chunk_size=chunk_size, seed=seed,
+        num_samples=num_samples, model_desc=model_desc, max_duration_s=max_duration_s, **opts)
+    sampling = job["sampling"]
+    chunk_dir = os.path.join(out_dir, "chunks")
+    os.makedirs(chunk_dir, exist_ok=True)
+    job_path = os.path.join(out_dir, "job.json")
+    if not os.path.exists(job_path):
         _write_text(job_path, json.dumps(job, indent=1) + "\n")
 
     num_chunks = math.ceil(num_lines / chunk_size)
@@ -293,7 +324,7 @@ def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.
             texts = [p.prompt for p in call]
             try:
                 gen = model.generate_full(texts, call[0].duration_s, **sampling, seed=[p.seed for p in call],
-                                         progress=progress)
+                                         progress=progress, max_duration_s=max_duration_s)
                 timings = dict(gen.timings)
                 scores = gen.scores[:, 0]
                 if not np.isfinite(scores).all():  # num_samples == 1: not reranked; score the kept waves here
@@ -358,20 +389,40 @@ def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.
     return summary
 
 
+def _model_desc(args: argparse.Namespace) -> str:
+    """How job.json names the model (the shipped weights when no --model_dir is given)."""
+    if args.random_init:
+        return f"random_init tiny seed={args.seed}"
+    if args.model_dir:
+        return os.path.abspath(args.model_dir)
+    from musiclm_jax.resources import SHIPPED_MUSICLM
+    return str(SHIPPED_MUSICLM)
+
+
 def infer(args: argparse.Namespace) -> dict:
     if not os.path.exists(args.prompts):  # before loading the model: a typo should fail in a second
         raise FileNotFoundError(f"prompts file not found: {args.prompts} (JSONL: one {{\"prompt\": ...}} per line)")
-    if args.num_shards is None and args.shard_index is None:
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise ValueError(f"--out_dir {args.out_dir} is a file: pass a directory (it is created if missing)")
+    # Settings, prompts and a resumed job's record are checked before the model loads. The sampling options the
+    # user left unset are the model's own; they are compared once the model is known (in run_infer).
+    generate_commands.check_sampling(args)
+    desc = _model_desc(args)
+    check_job(args.prompts, args.out_dir, duration_s=args.duration, batch_size=args.batch_size,
+              chunk_size=args.chunk_size, seed=args.seed, num_samples=args.num_samples, model_desc=desc,
+              max_duration_s=args.max_duration, not_compared=("sampling",))
+    if args.num_shards is not None or args.shard_index is not None:
+        _shard(args.num_shards, args.shard_index)
+    else:
         from musiclm_jax.train import partitioning
         partitioning.maybe_initialize_distributed()
     if args.random_init:
         print(generate_commands.UNTRAINED)
     lm = generate_commands.load_model(args)
-    desc = os.path.abspath(args.model_dir) if not args.random_init else f"random_init tiny seed={args.seed}"
     summary = run_infer(lm, args.prompts, args.out_dir, duration_s=args.duration, batch_size=args.batch_size,
                         chunk_size=args.chunk_size, seed=args.seed, **generate_commands.sampling_kwargs(args),
                         num_shards=args.num_shards, shard_index=args.shard_index, model_desc=desc,
-                        untrained=args.random_init, progress=args.progress)
+                        untrained=args.random_init, progress=args.progress, max_duration_s=args.max_duration)
     if summary["failed"]:
         raise SystemExit(1)
     return summary

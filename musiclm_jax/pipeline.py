@@ -33,6 +33,7 @@ import numpy as np
 from musiclm_jax.lm import decoding
 from musiclm_jax.lm import stages as st
 from musiclm_jax.lm import transformer as tr
+from musiclm_jax.sampling import MAX_DURATION_S, SAMPLING_DEFAULTS, check_duration  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 MANIFEST = "musiclm.json"
@@ -70,8 +71,13 @@ class MusicLM:
 
     def __init__(self, *, mulan, codec, semantic_lm: tr.Transformer, coarse_lm: tr.Transformer,
                  fine_lm: tr.Transformer, sizes: st.TokenSizes, semantic_rate: float,
-                 windows: Windows = Windows(), semantic_tokenizer=None):
+                 windows: Windows = Windows(), semantic_tokenizer=None, sampling: dict | None = None):
         self.mulan, self.codec, self.semantic_tokenizer = mulan, codec, semantic_tokenizer
+        unknown = sorted(set(sampling or {}) - set(SAMPLING_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown sampling setting(s) {unknown}; known: {sorted(SAMPLING_DEFAULTS)}")
+        self.sampling = {**SAMPLING_DEFAULTS, **(sampling or {})}
+        self.sampling["temperatures"] = tuple(self.sampling["temperatures"])
         self.layouts = st.layouts(sizes)
         self.models = {"semantic": semantic_lm, "coarse": coarse_lm, "fine": fine_lm}
         self.sizes, self.semantic_rate, self.windows = sizes, float(semantic_rate), windows
@@ -97,16 +103,25 @@ class MusicLM:
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, model_dir: str, *, load_semantic_tokenizer: bool = True) -> "MusicLM":
-        """Loads `<dir>/{mulan,codec,semantic,stage_semantic,stage_coarse,stage_fine}` and `<dir>/musiclm.json`.
+    def from_pretrained(cls, model_dir: str | None = None, *, load_semantic_tokenizer: bool = True) -> "MusicLM":
+        """Loads `<dir>/{mulan,codec,semantic,stage_semantic,stage_coarse,stage_fine}` and `<dir>/musiclm.json`;
+        without a directory, the shipped weights (`weights/musiclm`, found relative to the package).
 
-        musiclm.json: {"sizes": TokenSizes fields, "semantic_rate": Hz, "windows": Windows fields (optional)}.
+        musiclm.json: {"sizes": TokenSizes fields, "semantic_rate": Hz, "windows": Windows fields (optional),
+        "sampling": the model's recommended decoding settings (optional; see SAMPLING_DEFAULTS)}.
         Each stage directory is a `musiclm_jax.train` model_dir of a stage experiment (gin/experiments/stage_*):
         its TransformerConfig is read from the stored operative_config.gin. `semantic/` (w2v-BERT + k-means) is
         needed only by `generate_continuation`."""
         from musiclm_jax.codec.api import SoundStream
         from musiclm_jax.mulan.api import MuLan
 
+        if model_dir is None:
+            from musiclm_jax.resources import SHIPPED_MUSICLM, shipped_musiclm_dir
+
+            if shipped_musiclm_dir() is None:
+                raise ValueError(f"no shipped weights in {SHIPPED_MUSICLM} (this install has none): pass a model "
+                                 "directory, or run `make quickstart` to train and export them")
+            model_dir = str(shipped_musiclm_dir())
         path = os.path.join(model_dir, MANIFEST)
         if not os.path.exists(path):
             raise ValueError(f"{model_dir} has no {MANIFEST}: see `MusicLM.from_pretrained` for the directory layout")
@@ -122,15 +137,16 @@ class MusicLM:
                    codec=SoundStream.from_checkpoint(os.path.join(model_dir, "codec")),
                    semantic_lm=lms["semantic"], coarse_lm=lms["coarse"], fine_lm=lms["fine"], sizes=sizes,
                    semantic_rate=manifest["semantic_rate"], windows=Windows(**manifest.get("windows", {})),
-                   semantic_tokenizer=semantic)
+                   semantic_tokenizer=semantic, sampling=manifest.get("sampling"))
 
     # -- generation -----------------------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], duration_s: float, **kwargs) -> np.ndarray:
         """Captions -> float32 waves [batch, duration_s * sample_rate] (the best of `num_samples` per prompt).
 
-        kwargs: temperatures=(1.0, 0.95, 0.4) (semantic, coarse, fine), top_k=0, top_p=1.0, guidance_scale=1.0
-        (> 1 sharpens towards the text; semantic and coarse stages), num_samples=1, seed=0 (an int, or one int per
-        prompt so that each prompt decodes as it would alone), progress=True."""
+        kwargs: temperatures (semantic, coarse, fine), top_k, top_p, guidance_scale (> 1 sharpens towards the text;
+        semantic and coarse stages): each defaults to the model's own (`self.sampling`: musiclm.json's "sampling",
+        else SAMPLING_DEFAULTS); num_samples=1, seed=0 (an int, or one int per prompt so that each prompt decodes
+        as it would alone), progress=True, max_duration_s=MAX_DURATION_S."""
         return self.generate_full(prompts, duration_s, **kwargs).waves
 
     def generate_full(self, prompts: Sequence[str], duration_s: float, **kwargs) -> Generation:
@@ -186,12 +202,16 @@ class MusicLM:
         return math.ceil(seconds * self.semantic_rate - 1e-9), math.ceil(seconds * self.acoustic_rate - 1e-9)
 
     def _run(self, mulan_at: Callable[[float], np.ndarray], duration_s: float, *, prompts,
-             temperatures=(1.0, 0.95, 0.4), top_k: int = 0, top_p: float = 1.0, guidance_scale: float = 1.0,
-             num_samples: int = 1, seed: int | Sequence[int] = 0,
+             temperatures=None, top_k: int | None = None, top_p: float | None = None,
+             guidance_scale: float | None = None, num_samples: int = 1, seed: int | Sequence[int] = 0,
              progress: bool = True, rerank: bool = True, known: dict | None = None,
-             boundaries: tuple = ()) -> Generation:
-        if not duration_s > 0:
-            raise ValueError(f"duration_s must be > 0, got {duration_s}")
+             boundaries: tuple = (), max_duration_s: float = MAX_DURATION_S) -> Generation:
+        duration_s = check_duration(duration_s, max_duration_s)
+        d = self.sampling
+        temperatures = d["temperatures"] if temperatures is None else temperatures
+        top_k = d["top_k"] if top_k is None else top_k
+        top_p = d["top_p"] if top_p is None else top_p
+        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
         if len(temperatures) != 3 or min(temperatures) < 0:
             raise ValueError(f"temperatures must be 3 values >= 0 (semantic, coarse, fine), got {temperatures}")
         if not isinstance(num_samples, int) or num_samples < 1:

@@ -89,6 +89,9 @@ def test_outputs_rows_tokens_and_seed_independent_of_chunking(lm, tmp_path):
     # the same out_dir with other settings is refused
     with pytest.raises(ValueError, match="other settings"):
         _run(lm, prompts, tmp_path / "c2", chunk_size=2, seed=2)
+    # ... but not a changed --batch_size: outputs do not depend on it, so a job may resume smaller
+    resumed, _ = _run(lm, prompts, tmp_path / "c2", chunk_size=2, seed=1, batch_size=3)
+    assert (resumed["done"], resumed["skipped"]) == (0, 5)
 
 
 def test_crash_then_rerun_produces_every_prompt_once(lm, tmp_path):
@@ -193,6 +196,30 @@ def test_cli_failures_exit_code_and_errors(lm, tmp_path, monkeypatch, capsys):
         assert cli.main(args) == 2
         err = capsys.readouterr().err
         assert err.startswith("musiclm-jax: error: ") and match in err and len(err.strip().splitlines()) == 1
+
+
+def test_jobs_without_a_valid_prompt_fail_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    def no_model(seed=0):
+        raise AssertionError("the model was loaded before the job was checked")
+
+    monkeypatch.setattr(pipeline, "tiny_random", no_model)
+    empty = _write_prompts(tmp_path / "empty.jsonl", ["", "  "])
+    bad = _write_prompts(tmp_path / "bad.jsonl", ['{"prompt": ', '{"prompt": "x", "duration_s": 1e7}'])
+    good = _write_prompts(tmp_path / "good.jsonl", ['"fine one"'])
+    base = ["infer", "--out_dir", str(tmp_path / "o"), "--random_init", "--tiny", "--num_shards", "1",
+            "--shard_index", "0"]
+    for argv, match in (([*base, "--prompts", empty], "holds no valid prompt (2 lines, 0 malformed"),
+                        ([*base, "--prompts", bad], "holds no valid prompt (2 lines, 2 malformed; line 1: not JSON"),
+                        ([*base, "--prompts", good, "--duration", "0"], "--duration must be"),
+                        ([*base, "--prompts", good, "--duration", "1e9"], "over the limit"),
+                        ([*base, "--prompts", good, "--top_k", "-1"], "--top_k >= 0")):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("musiclm-jax: error: ") and match in err and len(err.strip().splitlines()) == 1
+    prompts, malformed, _ = infer_commands.read_prompts(bad, duration_s=1.0, base_seed=0)
+    assert not prompts and "over the limit of 600 s" in malformed[1]["error"]
+    prompts, malformed, _ = infer_commands.read_prompts(bad, duration_s=1.0, base_seed=0, max_duration_s=1e8)
+    assert [p.duration_s for p in prompts] == [1e7]  # the limit can be lifted
 
 
 def test_batches_group_by_duration():

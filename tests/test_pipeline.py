@@ -151,8 +151,64 @@ def test_generate_cli_writes_wav_and_png(lm, tmp_path, monkeypatch, capsys):
     wave, rate = sf.read(tmp_path / "001.wav")
     assert rate == 8000 and wave.shape == (2400,) and (tmp_path / "001.png").exists()
     assert summary["untrained"] and summary["outputs"][0]["seconds"] == 0.3
-    for bad, match in ((["--random_init"], "--tiny"), ([], "--model_dir"), (["--prompt", "b", "--random_init",
-                                                                            "--tiny"], "--out_dir")):
+    from musiclm_jax import resources
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(resources, "SHIPPED_MUSICLM", tmp_path / "no-weights")  # an install without weights
+    for bad, match in ((["--random_init"], "--tiny"), ([], "no shipped weights.*--model_dir"),
+                       (["--prompt", "b", "--random_init", "--tiny"], "--out_dir")):
         args = parser.parse_args(["generate", "--prompt", "a", "--duration", "0.1", *bad])
         with pytest.raises(ValueError, match=match):
             args.func(args)
+
+
+def test_generate_checks_the_request_before_loading_the_model(tmp_path, monkeypatch):
+    import argparse
+
+    from musiclm_jax import generate_commands
+
+    def no_load(args):
+        raise AssertionError("the model was loaded before the request was checked")
+
+    monkeypatch.setattr(generate_commands, "load_model", no_load)
+    parser = argparse.ArgumentParser()
+    generate_commands.register(parser.add_subparsers(dest="command"))
+    (tmp_path / "dir").mkdir()
+    cases = [(["--out", str(tmp_path / "dir")], "is a directory: pass a file name ending in .wav"),
+             (["--out", str(tmp_path / "song")], "does not end in .wav"),
+             (["--duration", "1e9"], r"over the limit of 600 s.*--max_duration"),
+             (["--duration", "0"], "must be a number of seconds > 0"),
+             (["--prompt", "caf\udce9"], "is not UTF-8 text"),
+             (["--prompt", "  "], "is empty"),
+             (["--top_p", "0"], "0 < --top_p <= 1")]
+    for extra, match in cases:
+        argv = ["generate", "--duration", "1", "--out", str(tmp_path / "a.wav"), *extra]
+        if "--prompt" not in extra:
+            argv += ["--prompt", "a calm piano waltz"]
+        args = parser.parse_args(argv)
+        with pytest.raises(ValueError, match=match):
+            args.func(args)
+    # --max_duration lifts the limit: this request passes every check and reaches the model
+    args = parser.parse_args(["generate", "--prompt", "a", "--duration", "1e4", "--max_duration", "1e5",
+                              "--out", str(tmp_path / "long.wav")])
+    with pytest.raises(AssertionError, match="was loaded"):
+        args.func(args)
+
+
+def test_sampling_defaults_are_the_models_own(lm):
+    import argparse
+
+    from musiclm_jax import generate_commands
+
+    assert lm.sampling == pipeline.SAMPLING_DEFAULTS
+    parser = argparse.ArgumentParser()
+    generate_commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["generate", "--prompt", "a", "--top_k", "5"])
+    model = argparse.Namespace(sampling={**pipeline.SAMPLING_DEFAULTS, "guidance_scale": 3.0})
+    assert generate_commands.sampling_kwargs(args, model) == {
+        "temperatures": (1.0, 0.95, 0.4), "top_k": 5, "top_p": 1.0, "guidance_scale": 3.0, "num_samples": 1}
+    assert generate_commands.sampling_kwargs(args) == {"top_k": 5, "num_samples": 1}
+    with pytest.raises(ValueError, match="unknown sampling setting"):
+        pipeline.MusicLM(mulan=lm.mulan, codec=lm.codec, semantic_lm=lm.models["semantic"],
+                         coarse_lm=lm.models["coarse"], fine_lm=lm.models["fine"], sizes=lm.sizes,
+                         semantic_rate=lm.semantic_rate, sampling={"guidance": 3})

@@ -1,0 +1,22 @@
+"""Decoding defaults and request limits shared by the pipeline and the CLI (no heavy imports: the CLI's --help
+must not load jax)."""
+from __future__ import annotations
+
+import math
+
+# Decoding settings a model uses unless told otherwise; musiclm.json's "sampling" holds a trained model's own.
+SAMPLING_DEFAULTS = {"temperatures": (1.0, 0.95, 0.4), "top_k": 0, "top_p": 1.0, "guidance_scale": 1.0}
+# Longest audio one call may ask for: generation runs window after window, so a typo such as 1e9 s would run for
+# thousands of hours. Pass max_duration_s= (the CLI: --max_duration) to go further.
+MAX_DURATION_S = 600.0
+
+
+def check_duration(duration_s, max_duration_s: float = MAX_DURATION_S, what: str = "duration_s") -> float:
+    """Returns `duration_s` as a float, or raises one ValueError saying what to change."""
+    if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)) or not math.isfinite(duration_s) \
+            or duration_s <= 0:
+        raise ValueError(f"{what} must be a number of seconds > 0, got {duration_s!r}")
+    if duration_s > max_duration_s:
+        raise ValueError(f"{what} {duration_s:g} s is over the limit of {max_duration_s:g} s (decoding time grows "
+                         f"with it); raise the limit with --max_duration / max_duration_s= if you mean it")
+    return float(duration_s)
