@@ -1,5 +1,5 @@
-"""Codec speed on this machine: encode/decode real-time factor (seconds of audio per wall second) for the tiny and
-paper configs, side by side with the `encodec` package's SEANet + RVQ at the same strides/channels (PyTorch, random
+"""Codec speed on this machine: encode/decode real-time factor (seconds of audio per wall second) for the tiny,
+the frame-rate (`gin/models/codec_vocos.gin`: STFT encoder + Vocos decoder) and the paper configs, side by side with the `encodec` package's SEANet + RVQ at the same strides/channels (PyTorch, random
 weights, run in the Python 3.11 peer venv), and training steps/s of the tiny config (reconstruction phase and GAN
 phase). Writes benchmarks/results/codec.json.
 
@@ -127,6 +127,21 @@ def run_peer(python: str, configs: list[dict], threads: int) -> dict:
     return {"skipped": f"peer failed: {proc.stderr.strip()[-400:]}"}
 
 
+def vocos_config():
+    """The CodecConfig of gin/models/codec_vocos.gin (parsed without touching other gin state)."""
+    import gin
+
+    from musiclm_jax.codec.model import CodecConfig
+    from musiclm_jax.train import gin_utils
+
+    gin.clear_config()
+    try:
+        gin_utils.parse_config(["models/codec_vocos.gin"], [])
+        return CodecConfig()
+    finally:
+        gin.clear_config()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peer_python", default="/tmp/codec-peer-venv/bin/python")
@@ -142,7 +157,9 @@ def main() -> None:
     tiny = CodecConfig()
     paper = CodecConfig(sample_rate=24000, channels=32, strides=(3, 4, 5, 8), embed_dim=512, num_levels=12,
                         codebook_size=1024)  # gin/models/codec_paper.gin
-    cases = [("tiny", tiny, 1, 4.0), ("paper", paper, 1, 2.0)]
+    vocos = vocos_config()
+    cases = [("tiny", tiny, 1, 4.0), ("vocos", vocos, 1, 4.0), ("paper", paper, 1, 2.0)]
+    peer_cases = [c for c in cases if c[0] != "vocos"]  # encodec has no frame-rate / iSTFT decoder
     threads = os.cpu_count() or 1
     results = {"device": jax.devices()[0].device_kind, "cpu_threads": threads, "rtf": "seconds of audio per "
                "wall second (higher is faster; >1 is faster than real time)", "jax": {}, "ratio_jax_over_peer": {}}
@@ -151,10 +168,10 @@ def main() -> None:
         print(name, "jax", json.dumps(results["jax"][name]), flush=True)
     peer_cfgs = [dict(name=name, batch=batch, seconds=seconds, repeats=repeats, sample_rate=c.sample_rate,
                       channels=c.channels, strides=list(c.strides), embed_dim=c.embed_dim, num_levels=c.num_levels,
-                      codebook_size=c.codebook_size) for name, c, batch, seconds in cases]
+                      codebook_size=c.codebook_size) for name, c, batch, seconds in peer_cases]
     results["encodec_peer"] = run_peer(args.peer_python, peer_cfgs, threads)
     print("encodec peer", json.dumps(results["encodec_peer"]), flush=True)
-    for name, *_ in cases:
+    for name, *_ in peer_cases:
         peer = results["encodec_peer"].get(name)
         if peer:
             results["ratio_jax_over_peer"][name] = {
@@ -162,6 +179,8 @@ def main() -> None:
     if not args.no_train:
         results["train_tiny"] = train_speed(tiny, batch=8, num_samples=8000, steps=5 if args.quick else 10)
         print("train tiny", json.dumps(results["train_tiny"]), flush=True)
+        results["train_vocos"] = train_speed(vocos, batch=8, num_samples=16000, steps=5 if args.quick else 10)
+        print("train vocos", json.dumps(results["train_vocos"]), flush=True)
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
         json.dump(results, f, indent=1)

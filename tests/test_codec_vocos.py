@@ -65,8 +65,11 @@ def test_istft_head_fits_a_known_signal():
     assert last < 0.05 * energy < first, (first, last, energy)
 
 
-def test_vocos_codec_is_causal_and_chunking_is_exact():
-    model = build_generator(MICRO)
+@pytest.mark.parametrize("phase", ["direct", "cumulative"])
+def test_vocos_codec_is_causal_and_chunking_is_exact(phase):
+    import dataclasses
+
+    model = build_generator(dataclasses.replace(MICRO, vocos_phase=phase))
     wave = _noise(HOP * 30)
     codes = model.encode(wave)
     assert codes.shape == (2, 30, 3) and codes.dtype == jnp.int32
@@ -94,6 +97,8 @@ def test_config_rejects_bad_vocos_settings():
         CodecConfig(decoder="vocos", vocos_lookahead=4)
     with pytest.raises(ValueError, match="decoder"):
         CodecConfig(decoder="hifigan")
+    with pytest.raises(ValueError, match="vocos_phase"):
+        CodecConfig(decoder="vocos", vocos_phase="random")
 
 
 def test_vocos_gin_config_bitrate():

@@ -57,6 +57,7 @@ class CodecFamily(Family):
     commitment_weight: float = 1.0
     mel_scales: tuple[int, ...] | None = None  # None: 2^6..2^11 windows not longer than the clip
     mel_bins: int = 64  # mel bands per scale (at most n_fft / 4): more bands resolve pitch on the long windows
+    stft_weight: float = 0.0  # weight of a linear-frequency log-magnitude STFT loss (windows 512..2048); 0 = off
     quantizer_dropout: float = 1.0  # probability an example trains with a random number of levels
     disc_start_step: int = 1000
     # optimizers (one per group)
@@ -105,6 +106,10 @@ class CodecFamily(Family):
             m = merge({"generator": gen_params, "discriminator": params["discriminator"]}, rest)
             recon, vq, _ = m["generator"](wave, mask)
             mel = losses.multiscale_mel_loss(wave, recon, sr, scales, n_mels=self.mel_bins)
+            spec = jnp.zeros(())
+            if self.stft_weight:
+                spec = losses.multiscale_stft_loss(
+                    wave, recon, tuple(s for s in (512, 1024, 2048) if s <= wave.shape[-1]) or (wave.shape[-1],))
 
             def adversarial(recon):
                 fake, real = m["discriminator"](recon), m["discriminator"](wave)
@@ -113,10 +118,11 @@ class CodecFamily(Family):
                 return adv, feat
 
             adv, feat = jax.lax.cond(adv_on, adversarial, lambda _: (jnp.zeros(()), jnp.zeros(())), recon)
-            loss = (self.reconstruction_weight * mel + self.commitment_weight * vq.commit_loss
-                    + self.adversarial_weight * adv + self.feature_weight * feat)
-            return loss, (recon, vq, dict(mel_loss=mel, commit_loss=vq.commit_loss, gen_adv_loss=adv,
-                                          feature_loss=feat))
+            loss = (self.reconstruction_weight * (mel + self.stft_weight * spec)
+                    + self.commitment_weight * vq.commit_loss + self.adversarial_weight * adv
+                    + self.feature_weight * feat)
+            return loss, (recon, vq, dict(mel_loss=mel, stft_loss=spec, commit_loss=vq.commit_loss,
+                                          gen_adv_loss=adv, feature_loss=feat))
 
         (g_loss, (recon, vq, metrics)), g_grads = jax.value_and_grad(gen_loss, has_aux=True)(params["generator"])
         recon = jax.lax.stop_gradient(recon)

@@ -279,8 +279,8 @@ def istft(spec: jax.Array, n_fft: int, hop: int, lookahead: int) -> jax.Array:
     Frame t's window (Hann, length n_fft = k * hop) covers output blocks ``t - lookahead .. t - lookahead + k - 1``
     (block j = samples ``[j * hop, (j + 1) * hop)``), so block j is made from frames
     ``j - (k - 1 - lookahead) .. j + lookahead``: `lookahead` frames of the future (0 = causal; k - 1 = block j
-    uses frames j .. j + k - 1, every one of whose causal codes has already heard block j). Output is divided by the steady-state sum of squared windows
-    (the standard normalisation): exact inversion of an STFT with the same window and framing, except the blocks
+    uses frames j .. j + k - 1, every one of whose causal codes has already heard block j). Output is divided by the
+    steady-state sum of squared windows (the standard normalisation): exact inversion of an STFT with the same window and framing, except the blocks
     at the edges that miss some frames (they fade). Overlap-add is k shifted adds of ``[B, T, hop]`` pieces.
     """
     from musiclm_jax.audio.features import hann_window
@@ -319,26 +319,48 @@ def stft_frames(wave: jax.Array, n_fft: int, hop: int, lookahead: int) -> jax.Ar
 
 class ISTFTHead(nnx.Module):
     """``[B, T, dim] -> [B, T * hop]``: a linear layer predicts per-frame log-magnitude and phase of an n_fft STFT;
-    the waveform is their inverse STFT (Vocos). Magnitude = exp(log-magnitude), capped (Vocos caps at 100)."""
+    the waveform is their inverse STFT (Vocos). Magnitude = exp(log-magnitude), capped (Vocos caps at 100).
 
-    def __init__(self, dim: int, n_fft: int, hop: int, lookahead: int, *, rngs: nnx.Rngs):
-        self.n_fft, self.hop, self.lookahead = n_fft, hop, lookahead
+    Phase, `phase` = "direct": the layer's output is the phase of each frame (Vocos). Trained on magnitude losses
+    alone, a decoder whose input is steady for a held note then outputs the same frame again and again, and an
+    overlap-add of identical frames is periodic in the hop: a comb at multiples of the frame rate. "cumulative"
+    (a phase vocoder): the layer predicts each bin's phase advance per frame as its nominal advance
+    ``2 pi k hop / n_fft`` plus a deviation in ``(-pi, pi)``, and the phase is the running sum over frames, so a
+    steady input gives a steady sinusoid at any frequency, not only at multiples of the frame rate. The running sum
+    reaches back to the first frame: `chunked_decode` runs the backbone in chunks and this head once.
+    """
+
+    def __init__(self, dim: int, n_fft: int, hop: int, lookahead: int, *, phase: str = "direct", rngs: nnx.Rngs):
+        if phase not in ("direct", "cumulative"):
+            raise ValueError(f"ISTFTHead phase must be 'direct' or 'cumulative', got {phase!r}")
+        self.n_fft, self.hop, self.lookahead, self.phase = n_fft, hop, lookahead, phase
         self.proj = _dense(dim, 2 * (n_fft // 2 + 1), rngs)
+        if phase == "cumulative":  # start with no deviation: every bin a steady sinusoid at its centre frequency
+            bins = n_fft // 2 + 1
+            self.proj.kernel[...] = self.proj.kernel[...].at[:, bins:].set(0.0)
+
+    def spectrum(self, x: jax.Array) -> jax.Array:
+        logmag, p = jnp.split(self.proj(x), 2, axis=-1)
+        mag = jnp.minimum(jnp.exp(logmag), 1e2)
+        if self.phase == "cumulative":
+            k_frames = self.n_fft // self.hop  # nominal advance of bin k per frame: 2 pi k / k_frames
+            t = jnp.arange(x.shape[1], dtype=jnp.int32)[:, None]
+            k = jnp.arange(self.n_fft // 2 + 1, dtype=jnp.int32)[None, :]
+            nominal = (2 * jnp.pi / k_frames) * ((k * t) % k_frames).astype(x.dtype)
+            p = nominal + jnp.cumsum(jnp.pi * jnp.tanh(p), axis=1)
+        return jax.lax.complex(mag * jnp.cos(p), mag * jnp.sin(p))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        logmag, phase = jnp.split(self.proj(x), 2, axis=-1)
-        mag = jnp.minimum(jnp.exp(logmag), 1e2)
-        spec = jax.lax.complex(mag * jnp.cos(phase), mag * jnp.sin(phase))
-        return istft(spec, self.n_fft, self.hop, self.lookahead)
+        return istft(self.spectrum(x), self.n_fft, self.hop, self.lookahead)
 
 
 class VocosDecoder(nnx.Module):
     """``[B, T, embed_dim] -> [B, T * hop]``: ConvNeXt backbone at the frame rate, then the inverse-STFT head."""
 
     def __init__(self, embed_dim: int, dim: int, mlp: int, num_layers: int, n_fft: int, hop: int, lookahead: int,
-                 *, rngs: nnx.Rngs):
+                 *, phase: str = "direct", rngs: nnx.Rngs):
         self.backbone = ConvNeXtBackbone(embed_dim, dim, mlp, num_layers, rngs=rngs)
-        self.head = ISTFTHead(dim, n_fft, hop, lookahead, rngs=rngs)
+        self.head = ISTFTHead(dim, n_fft, hop, lookahead, phase=phase, rngs=rngs)
 
     def __call__(self, z: jax.Array) -> jax.Array:
         return self.head(self.backbone(z))

@@ -46,6 +46,7 @@ class CodecConfig:
     vocos_mlp: int = 768
     vocos_layers: int = 8
     vocos_lookahead: int = 3  # frames of future tokens one output block reads (0 .. n_fft / hop - 1)
+    vocos_phase: str = "direct"  # "direct" (Vocos) or "cumulative" (phase-vocoder advance; see layers.ISTFTHead)
     # discriminators
     wave_scales: int = 2
     wave_channels: int = 8
@@ -67,10 +68,13 @@ class CodecConfig:
         if self.decoder not in ("soundstream", "vocos"):
             raise ValueError(f"CodecConfig.decoder must be 'soundstream' or 'vocos', got {self.decoder!r}")
         hop = math.prod(self.strides)
-        used = (["encoder_n_fft"] if self.encoder == "stft" else []) + (["vocos_n_fft"] if self.decoder == "vocos" else [])
+        used = ((["encoder_n_fft"] if self.encoder == "stft" else [])
+                + (["vocos_n_fft"] if self.decoder == "vocos" else []))
         for name in used:
             if getattr(self, name) % hop or getattr(self, name) < hop:
                 raise ValueError(f"CodecConfig.{name} ({getattr(self, name)}) must be a multiple of the hop ({hop})")
+        if self.vocos_phase not in ("direct", "cumulative"):
+            raise ValueError(f"CodecConfig.vocos_phase must be 'direct' or 'cumulative', got {self.vocos_phase!r}")
         if self.decoder == "vocos" and not 0 <= self.vocos_lookahead < self.vocos_n_fft // hop:
             raise ValueError(f"CodecConfig.vocos_lookahead must be in 0..{self.vocos_n_fft // hop - 1}")
 
@@ -110,7 +114,7 @@ class SoundStreamModel(nnx.Module):
                                     dead_threshold=c.dead_threshold, kmeans_iters=c.kmeans_iters, rngs=rngs)
         if c.decoder == "vocos":
             self.decoder = VocosDecoder(c.embed_dim, c.vocos_dim, c.vocos_mlp, c.vocos_layers, c.vocos_n_fft,
-                                        c.hop_length, c.vocos_lookahead, rngs=rngs)
+                                        c.hop_length, c.vocos_lookahead, phase=c.vocos_phase, rngs=rngs)
         else:
             self.decoder = Decoder(c.channels, c.strides, c.embed_dim, c.dilations, rngs=rngs)
 
@@ -199,6 +203,17 @@ def _decode_jit(graphdef, state, codes):
     return nnx.merge(graphdef, state).decode(codes)
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
+def _backbone_jit(graphdef, state, codes):
+    model = nnx.merge(graphdef, state)
+    return model.decoder.backbone(model.quantizer.decode(codes))
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _head_jit(graphdef, state, feats):
+    return nnx.merge(graphdef, state).decoder.head(feats)
+
+
 def jit_encode(model: SoundStreamModel, wave: jax.Array, num_levels: int | None = None) -> jax.Array:
     """`model.encode`, compiled once per (model structure, input shape, num_levels)."""
     graphdef, state = nnx.split(model)
@@ -233,6 +248,14 @@ def chunked_decode(model: SoundStreamModel, codes: jax.Array, chunk_frames: int)
     """Decodes ``[B, T, n]`` chunk by chunk with `decoder_context` frames of left context (and `decoder_lookahead`
     frames of right context, for the Vocos head's overlap-add); equals `model.decode`."""
     hop, ctx, ahead = model.config.hop_length, model.decoder_context, model.decoder_lookahead
+    if model.config.decoder == "vocos" and model.config.vocos_phase == "cumulative":
+        # The head's phase is a running sum from the first frame: stream the backbone (causal, exact with its
+        # context), then run the cheap per-frame head and overlap-add once over the whole sequence.
+        feats = []
+        for start in range(0, codes.shape[1], chunk_frames):
+            left = max(0, start - ctx)
+            feats.append(_backbone_jit(*nnx.split(model), codes[:, left:start + chunk_frames])[:, start - left:])
+        return _head_jit(*nnx.split(model), jnp.concatenate(feats, axis=1))
     out = []
     for start in range(0, codes.shape[1], chunk_frames):
         left = max(0, start - ctx)
