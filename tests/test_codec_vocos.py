@@ -17,7 +17,7 @@ SR, HOP = 16000, 320
 # The vocos gin file's structure at test size (small widths and depths keep compile time down).
 MICRO = CodecConfig(encoder="stft", decoder="vocos", embed_dim=16, num_levels=3, codebook_size=32, encoder_dim=32,
                     encoder_mlp=64, encoder_layers=1, vocos_dim=32, vocos_mlp=64, vocos_layers=2,
-                    wave_scales=1, wave_depth=2, stft_multipliers=(1, 2))
+                    vocos_phase="cumulative", wave_scales=1, wave_depth=2, stft_multipliers=(1, 2))
 
 
 def _noise(n, batch=2, seed=0):
@@ -85,7 +85,7 @@ def test_vocos_codec_is_causal_and_chunking_is_exact(phase):
                                np.asarray(out)[:, :(20 - look) * HOP], atol=1e-6)
     assert np.abs(np.asarray(model.decode(changed)) - np.asarray(out))[:, (20 - look) * HOP:20 * HOP].max() > 0
     # Streaming equals whole-file, for chunk sizes shorter and longer than the context.
-    for chunk in (4, 11):
+    for chunk in (7,):  # shorter than the context; 30 frames = 4 chunks + a partial one
         np.testing.assert_array_equal(np.asarray(chunked_encode(model, wave, chunk)), np.asarray(codes))
         np.testing.assert_allclose(np.asarray(chunked_decode(model, codes, chunk)), np.asarray(out), atol=1e-5)
 
@@ -150,7 +150,7 @@ def test_musical_scores_against_truth():
 
 
 # --- a short training run of the Vocos config: trains, exports, decodes the same ----------------------------------
-STEPS = 40
+STEPS = 30
 
 
 @pytest.fixture(scope="module")
