@@ -45,6 +45,8 @@ PLAN = [
     (r"data build --dataset audio_captions", "run"),
     (r"codec train .*--steps 2000", ("shrink", [(r"--steps 2000", "--steps 2")])),
     (r"codec (reconstruct|encode|decode|eval) --model_dir=/tmp/codec_tiny", "run"),
+    (r"--num_scores 1000|codec_vocos|out/codec_runs/vocos_long",
+     ("skip", "the frame-rate codec's hour-long CPU run and 64-clip eval; tests/test_codec_vocos.py runs them at test size")),
     (r"semantic train --gin_file=gin/experiments/w2v_bert_tiny_synthetic.gin", ("shrink", [(r"--steps 300", "--steps 2")])),
     (r"semantic (fit-kmeans|tokenize|eval) --model_dir=/tmp/w2v_tiny", "run"),
     (r"semantic probe --model_dir out/quickstart/semantic",
