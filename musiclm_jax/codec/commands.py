@@ -65,7 +65,7 @@ def register(subparsers) -> None:
     v.add_argument("--opus_kbps", default="", help="extra Opus bitrates for reference, e.g. 12,24 (with --opus)")
     v.add_argument("--no_music", action="store_true",
                    help="skip the musical columns (tempo / key accuracy vs the clips' truth, frame-rate comb)")
-    v.add_argument("--out", default=None, help="JSON results (default MODEL_DIR/codec_eval.json)")
+    v.add_argument("--out", default=None, help="JSON results (default out/eval/<model folder name>/codec_eval.json)")
     v.set_defaults(func=evaluate)
 
 
@@ -212,7 +212,10 @@ def evaluate(args: argparse.Namespace) -> dict:
         kbps = [r["kbps"] for r in results["soundstream"]] + extra_kbps
         results["opus"] = ev.opus_curve(waves, codec.sample_rate, kbps, truths=truths, frame_rate=codec.frame_rate,
                                         real_comb=real_comb)
-    out = args.out or os.path.join(args.model_dir, "codec_eval.json")
+    from musiclm_jax.eval import default_output
+
+    out = args.out or default_output(args.model_dir, "codec_eval.json")  # never into the model dir (e.g. weights/)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
     print(ev.markdown_table(results))
