@@ -86,7 +86,8 @@ class MusicLM:
                 raise ValueError(f"the {name} LM has vocab_size {model.cfg.vocab_size} but its layout needs "
                                  f"{self.layouts[name].num_ids} ids: build it with vocab_size="
                                  f"{self.layouts[name].vocab_size}")
-        if codec.num_levels != sizes.codec_levels or codec.config.codebook_size != sizes.codec_codes:
+        # A codec with more levels than the layout is used at its first `codec_levels` (a lower bitrate).
+        if codec.num_levels < sizes.codec_levels or codec.config.codebook_size != sizes.codec_codes:
             raise ValueError(f"the codec has {codec.num_levels} x {codec.config.codebook_size} codes but the token "
                              f"sizes say {sizes.codec_levels} x {sizes.codec_codes}: fix TokenSizes")
         if mulan.cfg.rvq_levels != sizes.mulan_levels or mulan.cfg.rvq_codebook_size != sizes.mulan_codes:
@@ -185,12 +186,41 @@ class MusicLM:
             raise ValueError(f"the audio prompt ({seconds:.2f} s) is already as long as duration_s={duration_s}")
         n_sem, n_ac = self._frames(seconds)
         semantic = self.semantic_tokenizer.tokens(audio, sample_rate)[:, :n_sem]
-        codes = self.codec.encode(audio, sample_rate)[:, :n_ac]
+        codes = self.codec.encode(audio, sample_rate, num_levels=self.sizes.codec_levels)[:, :n_ac]
         n_sem, n_ac = min(n_sem, semantic.shape[1]), min(n_ac, codes.shape[1])
         known = {"semantic": semantic[:, :n_sem], "coarse": codes[:, :n_ac, :self.sizes.coarse_levels],
                  "fine": codes[:, :n_ac, self.sizes.coarse_levels:]}
         mulan = self._text_tokens(prompts)
         return self._run(lambda t: mulan, duration_s, prompts=list(prompts), known=known, **kwargs).waves
+
+    def generate_from_tokens(self, mulan_tokens, duration_s: float, *, semantic=None, coarse=None,
+                             prompts: Sequence[str] | None = None, **kwargs) -> Generation:
+        """Generation from given tokens instead of text: MuLan conditioning tokens [batch, Qm] (e.g. a clip's
+        `mulan.tokens_from_audio`, as in training), and optionally the whole semantic tokens [batch, Ts] and/or
+        coarse codes [batch, Ta, coarse_levels] of `duration_s` (then those stages are not sampled: what the
+        stage-by-stage diagnosis, `musiclm-jax eval chain`, uses). `prompts` only names rows for MuLan re-ranking
+        (num_samples > 1). kwargs as `generate`."""
+        mulan = np.asarray(mulan_tokens, np.int32)
+        if mulan.ndim != 2 or mulan.shape[1] != self.sizes.mulan_levels:
+            raise ValueError(f"mulan_tokens must be [batch, {self.sizes.mulan_levels}], got {mulan.shape}")
+        known = {}
+        n_sem, n_ac = self._frames(check_duration(duration_s, kwargs.get("max_duration_s", MAX_DURATION_S)))
+        for name, value, frames, tail in (("semantic", semantic, n_sem, ()),
+                                          ("coarse", coarse, n_ac, (self.sizes.coarse_levels,))):
+            if value is None:
+                continue
+            value = np.asarray(value, np.int32)
+            if value.shape[0] != mulan.shape[0] or value.shape[2:] != tail or value.shape[1] < frames:
+                raise ValueError(f"{name} tokens must be [{mulan.shape[0]}, >= {frames}{', ' if tail else ''}"
+                                 f"{', '.join(map(str, tail))}] for {duration_s} s, got {value.shape}")
+            known[name] = value[:, :frames]
+        if "coarse" in known and "semantic" not in known:
+            raise ValueError("coarse tokens need the semantic tokens too (the coarse stage is conditioned on them)")
+        if prompts is not None and len(prompts) != mulan.shape[0]:
+            raise ValueError(f"{len(prompts)} prompts for {mulan.shape[0]} rows of mulan_tokens")
+        kwargs.setdefault("rerank", prompts is not None)   # without captions there is nothing to re-rank against
+        names = list(prompts) if prompts is not None else [f"clip {i}" for i in range(mulan.shape[0])]
+        return self._run(lambda t: mulan, duration_s, prompts=names, known=known, **kwargs)
 
     # -- internals ------------------------------------------------------------------------------------------------
     def _text_tokens(self, prompts) -> np.ndarray:

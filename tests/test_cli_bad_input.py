@@ -224,9 +224,12 @@ def test_eval_commands_do_not_write_into_the_model_directory(tmp_path, monkeypat
     monkeypatch.setattr(mdata, "synthcaps_clips", lambda **kw: [{"audio": np.zeros(10), "caption": "c"}])
     monkeypatch.setattr(mev, "evaluate_mulan", lambda m, clips: {"n": len(clips)})
     monkeypatch.setattr(mev, "markdown_table", lambda results: "table")
+    monkeypatch.setattr(mev, "text_separation", lambda embed, tokens=None: {"tempo_cosine": 0.5})
     rc, out, err = _run(capsys, ["mulan", "eval", "--model_dir", str(mulan_dir), "--no_baselines"])
     assert rc == 0, err
-    assert json.loads((tmp_path / "out" / "eval" / "mulan" / "eval_test.json").read_text()) == {"mulan": {"n": 1}}
+    assert json.loads((tmp_path / "out" / "eval" / "mulan" / "eval_test.json").read_text()) == {
+        "mulan": {"n": 1}, "text_separation": {"tempo_cosine": 0.5}}
+    assert "tempo_cosine 0.500" in out
     assert os.listdir(mulan_dir) == []
 
 

@@ -213,3 +213,20 @@ def test_tiny_gin_uses_pretrained_minilm():
     family, total, audio, text = _params_of_gin("gin/models/mulan_tiny.gin")
     assert family.config.text.pretrained == "minilm" and family.config.text.hidden == 384
     assert audio < 1e6 and family.config.freeze_text_tower
+
+
+def test_text_separation_reports_tempo_and_key_cosines_and_token_distinctness():
+    from musiclm_jax.mulan import evaluate as mev
+
+    def embed(texts):   # a text side that hears the BPM number and nothing else
+        return np.stack([[1.0, float(next(w for w in t.split() if w.isdigit())) / 100.0] for t in texts])
+
+    def tokens(texts):
+        return np.stack([[int(next(w for w in t.split() if w.isdigit())) // 50] for t in texts])
+
+    res = mev.text_separation(embed, tokens)
+    assert res["key_cosine"] == pytest.approx(1.0)               # keys are invisible to it
+    assert res["tempo_cosine"] < res["tempo_130_vs_160"] < 1.0     # tempi are not
+    assert res["key_tokens_distinct"] == 0.0 and 0.0 < res["tempo_tokens_distinct"] < 1.0
+    assert set(mev.text_separation(embed)) == {"tempo_cosine", "tempo_130_vs_160", "key_cosine",
+                                               "genre_instrument_cosine"}

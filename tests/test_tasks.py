@@ -142,6 +142,26 @@ def test_fingerprint_mismatch_and_wrong_layout_refused(env):
         _read("tp_fine")
 
 
+def test_a_layout_with_fewer_codec_levels_reads_the_cache_prefix(env):
+    import dataclasses
+
+    three = dataclasses.replace(TINY, codec_levels=3)      # the tiny codec has 4 levels: keep levels 0-2
+    five = dataclasses.replace(TINY, codec_levels=5)
+    registry.register_stage_tasks("tq", TFDS_NAME, sizes=three, tfds_data_dir=env["tfds_dir"], crop_seconds=CROPS)
+    registry.register_stage_tasks("t5", TFDS_NAME, sizes=five, tfds_data_dir=env["tfds_dir"], crop_seconds=CROPS)
+    for name in ("tq_fine", "t5_fine"):
+        shutil.copytree(os.path.join(env["cache_dir"], "tt_fine"), os.path.join(env["cache_dir"], name))
+    full = {int(e["crop_start_seconds"] * 1000): e for e in _read("tt_fine", seed=1)}
+    got = _read("tq_fine", seed=1)
+    assert got
+    for ex in got:
+        want = StageLayout("fine", TINY).targets_to_codes(full[int(ex["crop_start_seconds"] * 1000)]["targets"][None])
+        codes = StageLayout("fine", three).targets_to_codes(ex["targets"][None])
+        np.testing.assert_array_equal(codes, want[..., :1])   # fine level 0 of 1 = codec level 2
+    with pytest.raises(ValueError, match="codec levels 4 vs 5"):
+        _read("t5_fine")
+
+
 def test_feature_converter_and_trainer_dataset_resume(env):
     it = data.stage_task_dataset(split="train", batch_size=2, seed=0, task="tt_semantic", inputs_length=4,
                                  targets_length=80, task_modules=())

@@ -7,7 +7,8 @@ mode, lead instrument, genre), diversity and memorization, with baselines and ce
     evaluate.py   Evaluator: pairs items with references, scores one system with every metric its inputs allow
     baselines.py  real audio, codec round trip, nearest-training-clip retrieval, random training clip
     report.py     JSON + Markdown table + PNG plots
-    commands.py   `musiclm-jax eval` (and `eval export-synthcaps`, `eval fit-probe`)
+    chain.py      the stage-by-stage diagnosis: real -> codec -> fine -> acoustic -> audio tokens -> text
+    commands.py   `musiclm-jax eval` (and `eval export-synthcaps`, `eval fit-probe`, `eval chain`)
 """
 import os as _os
 

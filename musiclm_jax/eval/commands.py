@@ -61,6 +61,23 @@ def register(subparsers) -> None:
     x.add_argument("--limit", type=int, default=None)
     x.set_defaults(func=export_synthcaps)
 
+    c = sub.add_parser("chain", help="stage-by-stage diagnosis: real, codec, fine, acoustic, audio-token and text rows",
+                       description=__import__("musiclm_jax.eval.chain", fromlist=["x"]).__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--model_dir", default=None, help="MusicLM.from_pretrained directory (default: the shipped one)")
+    c.add_argument("--reference_dir", required=True, help="real clips with truth (`eval export-synthcaps` output)")
+    c.add_argument("--rows", nargs="+", default=None, metavar="ROW", help="rows to run (default all, in order)")
+    c.add_argument("--limit", type=int, default=None, help="use the first N reference clips")
+    c.add_argument("--duration", type=float, default=8.0, help="seconds per clip (references are cut to it)")
+    c.add_argument("--batch_size", type=int, default=8)
+    c.add_argument("--guidance_scale", type=float, default=None, help="of the text_guided row (default: the model's)")
+    c.add_argument("--backend", action="append", default=None, help="embedding backend(s) for FAD (default mel)")
+    c.add_argument("--probe", action="append", default=[], help="probe .npz from `eval fit-probe` (repeatable)")
+    c.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95 %% intervals")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out_dir", default=None, help="default out/eval/<model folder>/chain")
+    c.set_defaults(func=chain)
+
     p = sub.add_parser("fit-probe", help="fit instrument / genre probes on real audio embeddings (.npz)")
     p.add_argument("--reference_dir", required=True, help="folder with prompts.jsonl carrying the truth labels")
     p.add_argument("--backend", default="mel")
@@ -136,6 +153,38 @@ def fit_probe(args: argparse.Namespace) -> dict:
     if skipped:
         print(f"skipped {len(skipped)} item(s): " + "; ".join(f"{n} ({r})" for n, r in skipped.items))
     return res
+
+
+def chain(args: argparse.Namespace) -> dict:
+    from musiclm_jax.eval import chain as chain_lib
+    from musiclm_jax.eval import default_output, metrics
+    from musiclm_jax.eval.backends import get_backend
+    from musiclm_jax.eval.data import load_items
+    from musiclm_jax.pipeline import MusicLM
+    from musiclm_jax.resources import shipped_musiclm_dir
+
+    rows = chain_lib.check_rows(args.rows or list(chain_lib.ROWS))
+    if args.duration <= 0 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        raise ValueError("--duration must be > 0, --batch_size and --limit >= 1")
+    probes = [metrics.Probe.load(os.path.expanduser(p)) for p in args.probe]
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    refs, skipped = load_items(_prompts_in(args.reference_dir, "--reference_dir"))
+    refs = refs[:args.limit] if args.limit else refs
+    if not refs:
+        raise ValueError(f"no usable reference clips in {args.reference_dir}")
+    model_dir = os.path.expanduser(args.model_dir) if args.model_dir else shipped_musiclm_dir()
+    out_dir = args.out_dir or default_output(model_dir, "chain")
+    model = MusicLM.from_pretrained(model_dir)
+    backends = {spec: get_backend(spec) for spec in args.backend or ["mel"]}
+    report = chain_lib.diagnose(model, refs, out_dir, backends=backends, probes=probes, rows=rows,
+                                duration_s=args.duration, batch_size=args.batch_size, seed=args.seed,
+                                guidance_scale=args.guidance_scale, bootstrap=args.bootstrap, skipped=skipped)
+    with open(os.path.join(out_dir, "chain.md")) as f:
+        print(f.read())
+    if len(skipped):
+        print(f"skipped {len(skipped)} clip(s): " + "; ".join(f"{n} ({r})" for n, r in skipped.items))
+    print(f"wrote {out_dir}/chain.json, chain.md and one folder of wavs per generated row")
+    return report
 
 
 def evaluate(args: argparse.Namespace) -> dict:

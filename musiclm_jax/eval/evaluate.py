@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -41,11 +41,13 @@ class Evaluator:
 
     backends: {spec: Backend}. probes: list of `metrics.Probe` (their backend spec names the embedding they read).
     mulan: a `MuLan` for MCC. train_tokens: training semantic-token sequences for memorization.
+    bootstrap: resamples for 95 % intervals (details["intervals"]: {metric: [lo, hi]}) of the per-item metrics,
+    FAD and MCC; 0 for none.
     """
 
     def __init__(self, references: Sequence[Item], backends: dict, *, mulan=None, probes: Sequence = (),
                  train_tokens: Sequence[np.ndarray] | None = None, mem_window: int = 125,
-                 mem_threshold: float = 0.5, fad_sizes: Sequence[int] = (), seed: int = 0):
+                 mem_threshold: float = 0.5, fad_sizes: Sequence[int] = (), seed: int = 0, bootstrap: int = 0):
         self.refs = list(references)
         self.backends = dict(backends)
         self.mulan = mulan
@@ -59,7 +61,7 @@ class Evaluator:
             self.names[spec] = name if name not in self.names.values() else f"{name}{len(self.names)}"
         self.train_tokens = train_tokens
         self.mem_window, self.mem_threshold = mem_window, mem_threshold
-        self.fad_sizes, self.seed = tuple(fad_sizes), seed
+        self.fad_sizes, self.seed, self.bootstrap = tuple(fad_sizes), seed, int(bootstrap)
         self._ref_path = {_real(r.path): i for i, r in enumerate(self.refs)}
         self._ref_id = {r.id: i for i, r in enumerate(self.refs) if r.id}
         self._ref_prompt = {}
@@ -73,7 +75,8 @@ class Evaluator:
         key = (kind, _real(item.path) if item.path and os.path.exists(item.path) else id(item.wave),
                len(item.wave), item.sample_rate)
         if key not in self._estimates:
-            fn = M.estimate_tempo if kind == "tempo" else M.estimate_key
+            fn = {"tempo": M.estimate_tempo, "key": M.estimate_key, "tonal": M.tonal_clarity,
+                  "pulse": M.pulse_clarity}[kind]
             self._estimates[key] = fn(item.wave, item.sample_rate)
         return self._estimates[key]
 
@@ -103,6 +106,8 @@ class Evaluator:
         items = list(items)
         out: dict = {"n": len(items)}
         details: dict = {}
+        hits: dict[str, list] = {}          # metric -> per-item values whose mean is the metric (for intervals)
+        spread: dict[str, Callable] = {}    # metric -> statistic over resampled item indices (FAD, MCC)
         pairs = [self.pair(it) for it in items]
         paired = [(i, j) for i, j in enumerate(pairs) if j is not None]
         out["n_paired"] = len(paired)
@@ -120,6 +125,7 @@ class Evaluator:
                     out[fad_key] = M.fad(ref[perm[:half]], ref[perm[half:]])
                 elif len(emb) >= 2 and len(ref) >= 2:
                     out[fad_key] = M.fad(emb, ref)
+                    spread[fad_key] = lambda idx, emb=emb, ref=ref: M.fad(emb[idx], ref)
                     if self.fad_sizes:
                         details[f"fad_at_sizes_{bname}"] = M.fad_at_sizes(emb, ref, self.fad_sizes, seed=self.seed)
                     if len(emb) >= 6:
@@ -142,22 +148,39 @@ class Evaluator:
                 labels = [self.truth(it).get(probe.attribute) for it in items]
                 res = M.probe_accuracy(probe, emb, labels) if len(emb) else {"acc": None, "n": 0}
                 out[f"{probe.attribute}_acc"] = res["acc"]
+                keep = [i for i, l in enumerate(labels) if l not in (None, "")]
+                if keep:
+                    pred = probe.predict(np.asarray(emb)[keep])
+                    hits[f"{probe.attribute}_acc"] = [p == str(labels[i]) for p, i in zip(pred, keep)]
                 details[f"{probe.attribute}_probe"] = res
         if self.mulan is not None and items:
             audio = np.stack([self.mulan.embed_audio(it.wave, it.sample_rate) for it in items])
-            out["mcc"] = M.mcc(self.mulan.embed_text([it.prompt for it in items]), audio)
+            text = self.mulan.embed_text([it.prompt for it in items])
+            out["mcc"] = M.mcc(text, audio)
+            spread["mcc"] = lambda idx: M.mcc(text[idx], audio[idx])
+        if items:
+            for kind in ("tonal", "pulse"):
+                vals = [self._estimate(kind, it) for it in items]
+                out[f"{kind}_clarity"] = float(np.mean(vals))
+                hits[f"{kind}_clarity"] = vals
         truths = [self.truth(it) for it in items]
         if any("bpm" in t for t in truths):
             idx = [i for i, t in enumerate(truths) if "bpm" in t]
             est = [self._estimate("tempo", items[i]) for i in idx]
             res = M.tempo_adherence(est, [truths[i]["bpm"] for i in idx])
             out["tempo_acc"], out["tempo_acc_octave"] = res["tempo_acc"], res["tempo_acc_octave"]
+            valid = [(e, truths[i]["bpm"]) for e, i in zip(est, idx) if truths[i]["bpm"] and truths[i]["bpm"] > 0]
+            hits["tempo_acc"] = [M.tempo_correct(e, t) for e, t in valid]
+            hits["tempo_acc_octave"] = [M.tempo_correct(e, t, octave=True) for e, t in valid]
             details["tempo"] = dict(res, estimates=[round(e, 2) for e in est])
         if any("mode" in t for t in truths):
             idx = [i for i, t in enumerate(truths) if "mode" in t]
             est = [self._estimate("key", items[i]) for i in idx]
             res = M.key_adherence(est, [(truths[i].get("key"), truths[i]["mode"]) for i in idx])
             out["key_acc"], out["mode_acc"], out["key_mirex"] = res["key_acc"], res["mode_acc"], res["key_mirex"]
+            per = [M.key_adherence([e], [(truths[i].get("key"), truths[i]["mode"])]) for e, i in zip(est, idx)]
+            for metric in ("key_acc", "mode_acc"):
+                hits[metric] = [p[metric] for p in per if p[metric] is not None]
             details["key"] = dict(res, estimates=[" ".join(e) for e in est])
         if self.train_tokens is not None:
             gen = [it.tokens for it in items if it.tokens is not None]
@@ -166,4 +189,20 @@ class Evaluator:
                 ap = M.approximate_matches(gen, self.train_tokens, self.mem_window, self.mem_threshold)
                 out["mem_exact"], out["mem_approx"] = ex["exact_match_rate"], ap["approx_match_rate"]
                 details["memorization"] = {"exact": ex, "approximate": ap}
+        if self.bootstrap:
+            details["intervals"] = self.intervals(hits, spread, len(items))
         return {"metrics": out, "details": details}
+
+    def intervals(self, hits: dict, spread: dict, n: int) -> dict:
+        """{metric: [lo, hi]}: 95 % bootstrap intervals over items (FAD and MCC recomputed per resample, at most
+        200 resamples: each costs a matrix square root)."""
+        res = {}
+        for metric, vals in hits.items():
+            ci = M.bootstrap_interval(np.asarray(vals, np.float64), num=self.bootstrap, seed=self.seed)
+            if ci is not None:
+                res[metric] = [round(ci[0], 4), round(ci[1], 4)]
+        for metric, stat in spread.items():
+            ci = M.bootstrap_interval(np.arange(n), stat, num=min(self.bootstrap, 200), seed=self.seed)
+            if ci is not None:
+                res[metric] = [round(ci[0], 4), round(ci[1], 4)]
+        return res

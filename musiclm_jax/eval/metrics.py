@@ -274,6 +274,63 @@ def key_adherence(estimates: Sequence[tuple[str, str]], truths: Sequence[tuple[s
             "n": len(key_hits), "n_mode": len(mode_hits)}
 
 
+# --- is it music: tonal and pulse clarity ---------------------------------------------------------------------------
+
+def tonal_clarity(wave: np.ndarray, sample_rate: int) -> float:
+    """Best correlation of the clip's chroma histogram with the 24 rotated Krumhansl-Kessler key profiles, in
+    [-1, 1]: high for music in a key, low for noise or a drone. 0.0 for silent audio."""
+    from musiclm_jax.data.synthcaps import theory
+
+    h = chroma_histogram(wave, sample_rate).astype(np.float64)
+    if not np.isfinite(h).all() or h.sum() <= 0 or np.ptp(h) == 0:
+        return 0.0
+    return float(max(np.corrcoef(h, np.roll(prof, t))[0, 1]
+                     for prof in (theory.KK_MAJOR, theory.KK_MINOR) for t in range(12)))
+
+
+def pulse_clarity(wave: np.ndarray, sample_rate: int, hop_length: int = 256, min_bpm: float = 40.0,
+                  max_bpm: float = 240.0) -> float:
+    """Peak of the onset envelope's autocorrelation (normalised by lag 0) over the lags of `min_bpm`..`max_bpm`:
+    near 1 for a steady beat, near 0 for audio without one. 0.0 for silent or too-short audio."""
+    import librosa
+
+    wave = np.asarray(wave, np.float32)
+    if wave.size == 0 or float(np.max(np.abs(wave))) < 1e-6:
+        return 0.0
+    env = librosa.onset.onset_strength(y=wave, sr=int(sample_rate), hop_length=hop_length).astype(np.float64)
+    env = env - env.mean()
+    fps = sample_rate / hop_length
+    lo, hi = int(np.floor(fps * 60.0 / max_bpm)), int(np.ceil(fps * 60.0 / min_bpm))
+    if env.size <= hi or not np.any(env):
+        return 0.0
+    ac = np.correlate(env, env, mode="full")[env.size - 1:]
+    if ac[0] <= 0:
+        return 0.0
+    # Unbiased: each lag averages over the overlapping part only, so long lags are not penalised.
+    ac = ac / (env.size - np.arange(env.size)) / (ac[0] / env.size)
+    return float(np.clip(ac[lo:hi + 1].max(), 0.0, 1.0))
+
+
+# --- bootstrap intervals ------------------------------------------------------------------------------------------
+
+def bootstrap_interval(values: Sequence[float] | np.ndarray, statistic: Callable[[np.ndarray], float] | None = None,
+                       num: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of `statistic` (default the mean) over items resampled with replacement.
+    `values` is a sequence of per-item values, or of item indices when `statistic` reads its own arrays.
+    None for fewer than two items."""
+    values = np.asarray(values)
+    if len(values) < 2:
+        return None
+    stat = statistic or (lambda v: float(np.mean(v)))
+    rng = np.random.default_rng(seed)
+    draws = np.array([stat(values[rng.integers(0, len(values), len(values))]) for _ in range(num)], np.float64)
+    draws = draws[np.isfinite(draws)]
+    if not draws.size:
+        return None
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(draws, a)), float(np.quantile(draws, 1.0 - a))
+
+
 # --- attribute probes (lead instrument, genre) ---------------------------------------------------------------------
 
 class Probe:

@@ -95,6 +95,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise ValueError(f"synthcaps/{args.synthcaps} split {args.split!r} is empty")
     mulan = MuLan.from_checkpoint(args.model_dir)
     results = {"mulan": ev.evaluate_mulan(mulan, clips)}
+    separation = ev.text_separation(mulan.embed_text, mulan.tokens_from_text if getattr(mulan, "quantizer", None) is not None else None)
     if not args.no_baselines:
         train_clips = synthcaps_clips(split="train", config=args.synthcaps, data_dir=data_dir, limit=args.limit)
         results["random"] = ev.random_baseline(clips, mulan.cfg.embed_dim)
@@ -103,12 +104,14 @@ def evaluate(args: argparse.Namespace) -> dict:
     if os.path.exists(report_path):
         with open(report_path) as f:
             results["quantizer"] = json.load(f)
+    results["text_separation"] = separation
     out = args.out or default_output(args.model_dir, f"eval_{args.split}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
     print(f"synthcaps/{args.synthcaps} {args.split}: {len(clips)} clips")
-    print(ev.markdown_table({k: v for k, v in results.items() if k != "quantizer"}))
+    print(ev.markdown_table({k: v for k, v in results.items() if k not in ("quantizer", "text_separation")}))
+    print("text separation (mean cosines; lower separates): " + ", ".join(f"{k} {v:.3f}" for k, v in separation.items()))
     if "quantizer" in results:
         q = results["quantizer"]
         print(f"quantization: cosine lost {q['audio']['cosine_lost']:.4f} (audio), "

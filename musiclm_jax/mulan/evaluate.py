@@ -70,6 +70,38 @@ def evaluate_embeddings(audio_emb: np.ndarray, text_emb: np.ndarray, clips: list
             "zero_shot": zero_shot(audio_emb, clips, embed_text)}
 
 
+# The text-side check of the tempo / key issue: sentences in a wording unlike SynthCaps' templates that differ only in
+# tempo, only in key, or in genre and instrument. A text tower that can condition tempo and key must tell them apart.
+SEPARATION_SENTENCE = "An energetic {genre} groove with {instrument} lead at {bpm} BPM in {key}."
+SEPARATION_TEMPI = (70, 100, 130, 160)
+SEPARATION_KEYS = ("C major", "F# minor", "Eb major", "A minor")
+
+
+def text_separation(embed_text: Callable[[list[str]], np.ndarray], tokens_from_text=None) -> dict:
+    """Mean pairwise cosine of text embeddings across tempi (same genre and key), across keys (same tempo), and of
+    a different genre + instrument; with `tokens_from_text`, the fraction of tempo / key pairs whose conditioning
+    tokens differ. Lower cosines and more distinct tokens: the text side can say tempo and key."""
+    def mean_offdiag(e):
+        e = _unit(e)
+        c = e @ e.T
+        return float(c[~np.eye(len(c), dtype=bool)].mean())
+
+    base = dict(genre="rock", instrument="electric guitar")
+    tempo = [SEPARATION_SENTENCE.format(bpm=b, key="A minor", **base) for b in SEPARATION_TEMPI]
+    keys = [SEPARATION_SENTENCE.format(bpm=120, key=k, **base) for k in SEPARATION_KEYS]
+    other = SEPARATION_SENTENCE.format(genre="jazz", instrument="flute", bpm=130, key="A minor")
+    e_t, e_k, e_o = _unit(embed_text(tempo)), _unit(embed_text(keys)), _unit(embed_text([other]))
+    out = {"tempo_cosine": mean_offdiag(e_t), "tempo_130_vs_160": float(e_t[2] @ e_t[3]),
+           "key_cosine": mean_offdiag(e_k), "genre_instrument_cosine": float(e_t[2] @ e_o[0])}
+    if tokens_from_text is not None:
+        def distinct(texts):
+            t = np.asarray(tokens_from_text(texts))
+            pairs = [(i, j) for i in range(len(t)) for j in range(i + 1, len(t))]
+            return float(np.mean([not np.array_equal(t[i], t[j]) for i, j in pairs]))
+        out["tempo_tokens_distinct"], out["key_tokens_distinct"] = distinct(tempo), distinct(keys)
+    return out
+
+
 def evaluate_mulan(mulan, clips: list[dict]) -> dict:
     audio = np.stack([mulan.embed_audio(c["audio"], c["sample_rate"]) for c in clips])
     text = mulan.embed_text([c["caption"] for c in clips])

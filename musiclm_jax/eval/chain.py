@@ -1,0 +1,203 @@
+"""The stage-by-stage diagnosis (`musiclm-jax eval chain`): where between the caption and the waveform adherence is lost.
+
+On real clips with known truth (a folder from `eval export-synthcaps`), each row replaces one more of the clip's own
+tokens by the model's samples, so the first row that drops a metric names the stage that loses it:
+
+    real         the clip itself (the ceiling; FAD: split halves of the references)
+    codec        codec round trip (at the model's levels: TokenSizes.codec_levels)
+    fine         fine stage sampled from the clip's own coarse codes
+    acoustic     coarse + fine sampled from the clip's semantic tokens and MuLan audio tokens
+    audio        the whole chain from the clip's MuLan audio tokens (what the stage LMs were trained on)
+    text         the whole chain from the caption's MuLan text tokens, guidance 1
+    text_guided  the same with the model's guidance (or --guidance_scale)
+
+Every row is scored by the eval suite (`Evaluator`: tempo, key, mode, probes, MCC, FAD, tonal and pulse clarity)
+with bootstrap intervals; its wavs and a prompts.jsonl stay in OUT_DIR/<row>/ for `musiclm-jax eval` or listening.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+
+from musiclm_jax.eval.data import PROMPTS_FILE, Item
+
+log = logging.getLogger("musiclm_jax.eval")
+
+ROWS = {
+    "real": "real audio",
+    "codec": "codec round trip",
+    "fine": "fine stage from the clip's coarse codes",
+    "acoustic": "coarse + fine from the clip's semantic + MuLan-audio tokens",
+    "audio": "whole chain from the clip's MuLan-audio tokens",
+    "text": "whole chain from the caption's MuLan-text tokens (guidance 1)",
+    "text_guided": "whole chain from the caption's MuLan-text tokens (guidance {g:g})",
+}
+# Columns of the table: metric key of `Evaluator.evaluate` -> header.
+COLUMNS = {"tempo_acc_octave": "tempo", "key_acc": "key", "mode_acc": "mode", "instrument_acc": "instrument",
+           "mcc": "MCC", "fad_mel": "FAD mel", "fad_musicnn": "FAD musicnn", "tonal_clarity": "tonal clarity",
+           "pulse_clarity": "pulse clarity"}
+
+
+def check_rows(rows: Sequence[str]) -> list[str]:
+    bad = [r for r in rows if r not in ROWS]
+    if bad or not rows:
+        raise ValueError(f"unknown chain row(s) {bad}: choose from {', '.join(ROWS)}")
+    return [r for r in ROWS if r in rows]   # the chain's order
+
+
+def clip_tokens(model, waves: np.ndarray, sample_rate: int, duration_s: float) -> dict[str, np.ndarray]:
+    """The clip's own tokens, cut to `duration_s`: mulan [b, Qm] (audio), semantic [b, Ts], codes [b, Ta, Q]."""
+    if model.semantic_tokenizer is None:
+        raise ValueError("the chain needs the model's semantic tokenizer (<model_dir>/semantic)")
+    n_sem, n_ac = model._frames(duration_s)
+    mulan = np.stack([model.mulan.tokens_from_audio(w, sample_rate) for w in waves]).astype(np.int32)
+    semantic = model.semantic_tokenizer.tokens(waves, sample_rate)[:, :n_sem]
+    codes = model.codec.encode(waves, sample_rate, num_levels=model.sizes.codec_levels)[:, :n_ac]
+    if semantic.shape[1] < n_sem or codes.shape[1] < n_ac:
+        raise ValueError(f"clips of {waves.shape[1] / sample_rate:.2f} s give {semantic.shape[1]} semantic and "
+                         f"{codes.shape[1]} acoustic frames, fewer than {duration_s} s needs: lower --duration")
+    return {"mulan": mulan, "semantic": semantic, "codes": codes}
+
+
+def row_waves(model, row: str, refs: Sequence[Item], tokens: dict, duration_s: float, *, seed: int,
+              guidance_scale: float | None, progress: bool = False) -> np.ndarray:
+    """Waves [b, samples] of one row for a batch of reference clips (per-clip seeds: batch size does not matter)."""
+    n = round(duration_s * model.sample_rate)
+    if row == "codec":
+        return model.codec.decode(tokens["codes"], num_samples=n)
+    seeds = [seed + i for i in range(len(refs))]
+    opts = dict(seed=seeds, progress=progress)
+    cq = model.sizes.coarse_levels
+    if row == "fine":
+        gen = model.generate_from_tokens(tokens["mulan"], duration_s, semantic=tokens["semantic"],
+                                         coarse=tokens["codes"][..., :cq], **opts)
+    elif row == "acoustic":
+        gen = model.generate_from_tokens(tokens["mulan"], duration_s, semantic=tokens["semantic"], **opts)
+    elif row == "audio":
+        gen = model.generate_from_tokens(tokens["mulan"], duration_s, **opts)
+    elif row == "text":
+        gen = model.generate_full([r.prompt for r in refs], duration_s, guidance_scale=1.0, **opts)
+    elif row == "text_guided":
+        gen = model.generate_full([r.prompt for r in refs], duration_s, guidance_scale=guidance_scale, **opts)
+    else:
+        raise ValueError(f"row {row!r} has no generation")
+    return gen.waves
+
+
+def _cut(wave: np.ndarray, samples: int) -> np.ndarray:
+    return wave[:samples] if wave.shape[0] >= samples else np.pad(wave, (0, samples - wave.shape[0]))
+
+
+def run_chain(model, refs: Sequence[Item], out_dir: str, *, rows: Sequence[str] = tuple(ROWS),
+              duration_s: float = 8.0, batch_size: int = 8, seed: int = 0, guidance_scale: float | None = None,
+              progress: bool = False) -> tuple[dict[str, list[Item]], dict]:
+    """Writes OUT_DIR/<row>/<id>.wav + prompts.jsonl for every generated row; returns ({row: items}, timings).
+    References shorter than `duration_s` are skipped by the caller (see `usable_references`)."""
+    from musiclm_jax.audio.io import resample, write_wav
+
+    rows = check_rows(rows)
+    sr = model.sample_rate
+    g = model.sampling["guidance_scale"] if guidance_scale is None else float(guidance_scale)
+    n = round(duration_s * sr)
+    systems: dict[str, list[Item]] = {r: [] for r in rows}
+    timings = {r: 0.0 for r in rows}
+    for start in range(0, len(refs), batch_size):
+        batch = list(refs[start:start + batch_size])
+        waves = np.stack([_cut(resample(r.wave, r.sample_rate, sr) if r.sample_rate != sr else r.wave, n)
+                          for r in batch]).astype(np.float32)
+        tokens = None
+        for row in rows:
+            if row == "real":
+                systems[row].extend(batch)
+                continue
+            t0 = time.perf_counter()
+            if tokens is None and row != "text" and row != "text_guided":
+                tokens = clip_tokens(model, waves, sr, duration_s)
+            out = row_waves(model, row, batch, tokens or {}, duration_s, seed=seed + start, guidance_scale=g,
+                            progress=progress)
+            timings[row] += time.perf_counter() - t0
+            folder = os.path.join(out_dir, row)
+            os.makedirs(folder, exist_ok=True)
+            for ref, wave in zip(batch, out):
+                name = ref.id or f"clip{len(systems[row]):04d}"
+                path = write_wav(os.path.join(folder, f"{name}.wav"), wave, sr)
+                systems[row].append(Item(prompt=ref.prompt, wave=np.asarray(wave, np.float32), sample_rate=sr,
+                                         id=ref.id, path=path, truth=dict(ref.truth), reference=ref.path))
+        log.info("chain: %d/%d clips", min(start + batch_size, len(refs)), len(refs))
+    for row, items in systems.items():
+        if row == "real":
+            continue
+        with open(os.path.join(out_dir, row, PROMPTS_FILE), "w") as f:
+            for it in items:
+                f.write(json.dumps({"id": it.id, "prompt": it.prompt, "wav": os.path.basename(it.path),
+                                    "reference": it.reference, **it.truth}) + "\n")
+    return systems, timings
+
+
+def usable_references(refs: Sequence[Item], duration_s: float, skipped) -> list[Item]:
+    """References at least `duration_s` long; the others are added to `skipped` by name."""
+    keep = []
+    for r in refs:
+        if r.wave.shape[0] / r.sample_rate + 1e-6 < duration_s:
+            skipped.add(r.id or r.path, f"{r.wave.shape[0] / r.sample_rate:.2f} s is shorter than --duration "
+                                        f"{duration_s:g} s")
+        else:
+            keep.append(r)
+    return keep
+
+
+def table(results: dict, guidance_scale: float) -> str:
+    """Markdown: one row per chain row, each metric as value [95 % interval]."""
+    present = [c for c in COLUMNS if any(results[r]["metrics"].get(c) is not None for r in results)]
+    head = "| row | n | " + " | ".join(COLUMNS[c] for c in present) + " |"
+    lines = [head, "|" + "---|" * (len(present) + 2)]
+    for row, res in results.items():
+        m, iv = res["metrics"], res["details"].get("intervals", {})
+        cells = []
+        for c in present:
+            v = m.get(c)
+            if v is None:
+                cells.append("-")
+                continue
+            ci = iv.get(c)
+            cells.append(f"{v:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v:.2f}")
+        lines.append(f"| {row}: {ROWS[row].format(g=guidance_scale)} | {m['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def diagnose(model, refs: Sequence[Item], out_dir: str, *, backends: dict, probes: Sequence = (),
+             rows: Sequence[str] = tuple(ROWS), duration_s: float = 8.0, batch_size: int = 8, seed: int = 0,
+             guidance_scale: float | None = None, bootstrap: int = 1000, skipped=None, progress: bool = False) -> dict:
+    """Runs and scores the chain; writes OUT_DIR/chain.json and chain.md; returns the JSON."""
+    from musiclm_jax.eval.data import Skipped
+    from musiclm_jax.eval.evaluate import Evaluator
+
+    skipped = skipped if skipped is not None else Skipped()
+    refs = usable_references(refs, duration_s, skipped)
+    if not refs:
+        raise ValueError(f"no reference clip is {duration_s:g} s or longer: lower --duration")
+    os.makedirs(out_dir, exist_ok=True)
+    g = model.sampling["guidance_scale"] if guidance_scale is None else float(guidance_scale)
+    n = round(duration_s * model.sample_rate)
+    cut_refs = [Item(prompt=r.prompt, wave=_cut(r.wave, round(duration_s * r.sample_rate)), sample_rate=r.sample_rate,
+                     id=r.id, path=r.path, truth=dict(r.truth)) for r in refs]
+    systems, timings = run_chain(model, cut_refs, out_dir, rows=rows, duration_s=duration_s, batch_size=batch_size,
+                                 seed=seed, guidance_scale=g, progress=progress)
+    ev = Evaluator(cut_refs, backends, mulan=model.mulan, probes=probes, seed=seed, bootstrap=bootstrap)
+    results = {row: ev.evaluate(row, items, split_half_fad=row == "real") for row, items in systems.items()}
+    report = {"rows": {r: {"description": ROWS[r].format(g=g), **results[r]} for r in results},
+              "seconds": {r: round(t, 1) for r, t in timings.items()}, "clips": len(refs), "duration_s": duration_s,
+              "samples": n, "guidance_scale": g, "seed": seed, "backends": list(backends),
+              "probes": [p.attribute + ":" + p.backend for p in probes], "skipped": skipped.to_json()}
+    with open(os.path.join(out_dir, "chain.json"), "w") as f:
+        json.dump(report, f, indent=1, default=float)
+    md = table(results, g)
+    with open(os.path.join(out_dir, "chain.md"), "w") as f:
+        f.write(f"Stage-by-stage diagnosis: {len(refs)} clips of {duration_s:g} s, 95 % bootstrap intervals.\n\n"
+                + md + "\n")
+    return report
