@@ -41,8 +41,11 @@ def export(work_dir: str, out_dir: str, *, sizes: st.TokenSizes = st.QUICKSTART,
             cfg = load_config(os.path.join(work_dir, part))
             if cfg.freeze_text_tower and cfg.text.pretrained:
                 drop = [MULAN_TEXT_TOWER]
-        report["parts"][part] = export_inference(os.path.join(work_dir, part), os.path.join(out_dir, part), drop=drop)
-    windows = windows or {"semantic_s": 4.0, "coarse_s": 2.0, "fine_s": 1.0, "prefix_fraction": 0.5}
+        dst = os.path.join(out_dir, part)
+        if os.path.islink(dst):   # e.g. the shipped codec, a link to weights/codec_vocos: replaced by a real copy
+            os.unlink(dst)
+        report["parts"][part] = export_inference(os.path.join(work_dir, part), dst, drop=drop)
+    windows = windows or {"semantic_s": 6.0, "coarse_s": 2.0, "fine_s": 2.0, "prefix_fraction": 0.5}  # the training crops
     sampling = sampling or {"temperatures": [1.0, 0.95, 0.4], "top_k": 0, "top_p": 1.0, "guidance_scale": 3.0}
     manifest = {"sizes": dataclasses.asdict(sizes), "semantic_rate": semantic_rate, "windows": windows,
                 "sampling": sampling}

@@ -3,12 +3,13 @@
 Steps, in order, each a subprocess of the existing commands (so each starts with clean gin state and frees its
 memory), each logged to `<work_dir>/logs/<step>.log`:
 
-    data       render SynthCaps `small` with 300 scores of 5 s clips (~600 clips in two timbres)
+    data       render SynthCaps `tiny` with 1,000 scores of 8 s clips (2,000 clips in two timbres; ~20 min)
     mulan      tiny MuLan (frozen pretrained MiniLM text tower, small audio ResNet) + its RVQ (4 x 16)
     semantic   tiny w2v-BERT, then k-means (64 clusters) on its features
-    codec      tiny SoundStream (16 kHz, 50 Hz, 4 x 64 codes)
+    codec      the frame-rate codec (STFT encoder + Vocos decoder, 8 x 1024 codes at 50 Hz; about an hour)
     tokenize   the SynthCaps corpus through the Beam token cache with the three trained tokenizers
-    stage_semantic / stage_coarse / stage_fine   the three stage LMs on their cached SeqIO tasks
+    stage_semantic / stage_coarse / stage_fine   the three stage LMs (d=192, 6 layers) on their cached SeqIO
+               tasks, on the codec's first 4 levels (2 coarse + 2 fine)
     export     one `MusicLM.from_pretrained` directory: inference-only checkpoints (no optimizer state; the
                frozen MiniLM text tower is left out and read from its package at load time) + musiclm.json
 
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import time
 
-SYNTHCAPS_CONFIG = "small_5s_n300"   # tasks/musiclm_tasks.py QUICKSTART_TFDS names the same corpus
+SYNTHCAPS_CONFIG = "tiny_8s_n1000"   # tasks/musiclm_tasks.py QUICKSTART_TFDS names the same corpus
 STEPS = ("data", "mulan", "semantic", "kmeans", "codec", "tokenize", "stage_semantic", "stage_coarse", "stage_fine",
          "export")
 
@@ -36,14 +37,14 @@ STEPS = ("data", "mulan", "semantic", "kmeans", "codec", "tokenize", "stage_sema
 class Recipe:
     """Train steps per part. `full` is the shipped recipe; `smoke` checks the whole chain in minutes."""
 
-    num_scores: int = 300
-    clip_seconds: float = 5.0
-    mulan_steps: int = 400
+    num_scores: int = 1000
+    clip_seconds: float = 8.0
+    mulan_steps: int = 600
     w2v_steps: int = 300
     kmeans_clusters: int = 64
-    codec_steps: int = 800
-    codec_disc_start: int = 100_000   # the discriminators cost ~10x the generator on CPU: reconstruction only
-    stage_steps: tuple[int, int, int] = (800, 800, 800)   # semantic, coarse, fine
+    codec_steps: int = 6051       # of a 7,000-step cosine schedule: the shipped codec stopped at the hour
+    codec_schedule_steps: int = 7000
+    stage_steps: tuple[int, int, int] = (1200, 1000, 800)   # semantic, coarse, fine
 
 
 RECIPES = {"full": Recipe(), "smoke": Recipe(mulan_steps=4, w2v_steps=4, kmeans_clusters=64, codec_steps=4,
@@ -60,7 +61,7 @@ def commands(work_dir: str, out_dir: str, recipe: Recipe) -> dict[str, list[str]
     tfds, data = f"{w}/tfds", f"--data_dir={w}/tfds"
     tokenizers = [f"tasks.preprocessors.tokenizer_spec.{part} = '{w}/{part}'" for part in ("codec", "semantic", "mulan")]
     cmds = {
-        "data": _cli("data", "build", "--dataset", "synthcaps", "--config", "small", "--num_scores",
+        "data": _cli("data", "build", "--dataset", "synthcaps", "--config", "tiny", "--num_scores",
                      str(recipe.num_scores), "--clip_seconds", f"{recipe.clip_seconds:g}", "--data_dir", tfds,
                      "--num_workers", "2"),
         "mulan": _cli("mulan", "train", "--gin_file=gin/experiments/mulan_tiny_synthcaps.gin", f"--model_dir={w}/mulan",
@@ -72,9 +73,9 @@ def commands(work_dir: str, out_dir: str, recipe: Recipe) -> dict[str, list[str]
                          f"--gin_bindings=TRAIN_STEPS = {recipe.w2v_steps}"),
         "kmeans": _cli("semantic", "fit-kmeans", f"--model_dir={w}/semantic", f"--synthcaps={SYNTHCAPS_CONFIG}", data,
                        f"--num_clusters={recipe.kmeans_clusters}", "--max_frames=50000", "--num_steps=100"),
-        "codec": _cli("codec", "train", "--gin_file=gin/experiments/codec_tiny.gin", f"--model_dir={w}/codec",
+        "codec": _cli("codec", "train", "--gin_file=gin/experiments/codec_vocos.gin", f"--model_dir={w}/codec",
                       f"--synthcaps={SYNTHCAPS_CONFIG}", data, f"--steps={recipe.codec_steps}",
-                      f"--gin_bindings=CodecFamily.disc_start_step = {recipe.codec_disc_start}"),
+                      f"--gin_bindings=CodecFamily.total_steps = {recipe.codec_schedule_steps}"),
         "tokenize": _cli("tokenize", "--tasks=synthcaps_quickstart_.*", f"--output_cache_dir={w}/cache",
                          f"--tfds_data_dir={tfds}", "--gin_file=gin/runs/tokenize_quickstart.gin", "--num_workers=1",
                          *[f"--gin_bindings={b}" for b in tokenizers]),

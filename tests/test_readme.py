@@ -73,6 +73,9 @@ PLAN = [
     (r"eval fit-probe", "run"),
     (r"infer --prompts out/eval/ref/infer_prompts\.jsonl", ("shrink", [(r"--duration 5", "--duration 3")])),
     (r"eval --audio_dir out/eval/gen", "run"),
+    (r"eval chain --model_dir weights/musiclm", ("shrink", [(r"--limit 32 --batch_size 16",
+                                                            "--limit 2 --batch_size 2 --duration 1 --rows codec fine text "
+                                                            "--bootstrap 20")])),
     (r"-m musiclm_jax\.train --gin_file=gin/experiments/lm_tiny_synthetic\.gin",
      ("shrink", [(r"$", " --gin.TRAIN_STEPS=2")])),
     (r"^tensorboard ", ("skip", "a long-lived server (its logs are written by the training above)")),

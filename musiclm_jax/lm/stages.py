@@ -67,9 +67,9 @@ class TokenSizes:
 PAPER = TokenSizes()
 TINY = TokenSizes(mulan_levels=2, mulan_codes=8, semantic_codes=16, codec_levels=4, codec_codes=16, coarse_levels=2,
                   vocab_multiple=1)
-# The quickstart's trained tiny tokenizers (gin/experiments/*_quickstart.gin): MuLan RVQ 4 x 16, 64 k-means
-# clusters of tiny w2v-BERT, tiny SoundStream 4 x 64 with 2 coarse levels.
-QUICKSTART = TokenSizes(mulan_levels=4, mulan_codes=16, semantic_codes=64, codec_levels=4, codec_codes=64,
+# The quickstart's trained tokenizers (gin/models/stage_quickstart.gin): MuLan RVQ 4 x 16, 64 k-means clusters of
+# tiny w2v-BERT, the first 4 levels of the frame-rate codec's 8 x 1024, of which 2 coarse.
+QUICKSTART = TokenSizes(mulan_levels=4, mulan_codes=16, semantic_codes=64, codec_levels=4, codec_codes=1024,
                         coarse_levels=2, vocab_multiple=1)
 
 

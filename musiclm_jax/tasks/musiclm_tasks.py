@@ -4,13 +4,13 @@
     synthcaps_24khz_30s_{semantic,coarse,fine}   synthcaps/small_24khz_30s, paper token sizes
     synthcaps_tiny_{semantic,coarse,fine}        synthcaps/tiny_4s_n4 (8 clips of 4 s), TINY sizes, for the tiny
                                                  random tokenizers (`random:0`) in tests and demos
-    synthcaps_quickstart_{semantic,coarse,fine}  synthcaps/small_5s_n300 (`make quickstart`), QUICKSTART sizes
+    synthcaps_quickstart_{semantic,coarse,fine}  synthcaps/tiny_8s_n1000 (`make quickstart`), QUICKSTART sizes
 """
 from musiclm_jax.lm.stages import QUICKSTART, TINY
 from musiclm_jax.tasks.registry import SYNTHCAPS_KEEP, register_defaults, register_stage_tasks
 
 TINY_TFDS = "synthcaps/tiny_4s_n4:1.0.0"
-QUICKSTART_TFDS = "synthcaps/small_5s_n300:1.0.0"
+QUICKSTART_TFDS = "synthcaps/tiny_8s_n1000:1.0.0"
 
 register_defaults()
 register_stage_tasks("synthcaps_tiny", TINY_TFDS, sizes=TINY, keep=SYNTHCAPS_KEEP)
