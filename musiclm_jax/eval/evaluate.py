@@ -41,8 +41,8 @@ class Evaluator:
 
     backends: {spec: Backend}. probes: list of `metrics.Probe` (their backend spec names the embedding they read).
     mulan: a `MuLan` for MCC. train_tokens: training semantic-token sequences for memorization.
-    bootstrap: resamples for 95 % intervals (details["intervals"]: {metric: [lo, hi]}) of the per-item metrics,
-    FAD and MCC; 0 for none.
+    bootstrap: resamples for 95 % intervals (details["intervals"]: {metric: [lo, hi]}) of the per-item metrics and
+    MCC; 0 for none. FAD has none: resampling with replacement duplicates clips, which biases FAD upward.
     """
 
     def __init__(self, references: Sequence[Item], backends: dict, *, mulan=None, probes: Sequence = (),
@@ -125,7 +125,6 @@ class Evaluator:
                     out[fad_key] = M.fad(ref[perm[:half]], ref[perm[half:]])
                 elif len(emb) >= 2 and len(ref) >= 2:
                     out[fad_key] = M.fad(emb, ref)
-                    spread[fad_key] = lambda idx, emb=emb, ref=ref: M.fad(emb[idx], ref)
                     if self.fad_sizes:
                         details[f"fad_at_sizes_{bname}"] = M.fad_at_sizes(emb, ref, self.fad_sizes, seed=self.seed)
                     if len(emb) >= 6:
@@ -194,15 +193,14 @@ class Evaluator:
         return {"metrics": out, "details": details}
 
     def intervals(self, hits: dict, spread: dict, n: int) -> dict:
-        """{metric: [lo, hi]}: 95 % bootstrap intervals over items (FAD and MCC recomputed per resample, at most
-        200 resamples: each costs a matrix square root)."""
+        """{metric: [lo, hi]}: 95 % bootstrap intervals over items (MCC recomputed per resample)."""
         res = {}
         for metric, vals in hits.items():
             ci = M.bootstrap_interval(np.asarray(vals, np.float64), num=self.bootstrap, seed=self.seed)
             if ci is not None:
                 res[metric] = [round(ci[0], 4), round(ci[1], 4)]
         for metric, stat in spread.items():
-            ci = M.bootstrap_interval(np.arange(n), stat, num=min(self.bootstrap, 200), seed=self.seed)
+            ci = M.bootstrap_interval(np.arange(n), stat, num=self.bootstrap, seed=self.seed)
             if ci is not None:
                 res[metric] = [round(ci[0], 4), round(ci[1], 4)]
         return res
