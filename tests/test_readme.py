@@ -155,7 +155,7 @@ def _prepare(work: pathlib.Path) -> None:
     """The files the README assumes a reader has: a song, a folder of music, a prompts file, the shipped weights."""
     (work / "tmp").mkdir(parents=True)
     (work / "home").mkdir()
-    shutil.copytree(ROOT / "weights", work / "weights")  # a copy: no README command may dirty the real weights
+    shutil.copytree(ROOT / "weights", work / "weights", symlinks=True)  # a copy: no README command may dirty the real weights
     rate = 16000
     t = np.arange(int(1.5 * rate)) / rate
     tone = lambda f: (0.3 * np.sin(2 * np.pi * f * t) * np.minimum(1, 20 * t)).astype(np.float32)  # noqa: E731
