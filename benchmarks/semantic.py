@@ -38,7 +38,7 @@ def matmul_flops(dtype, n: int = 2048) -> float:
 def main() -> None:
     from musiclm_jax.semantic import w2v_bert as wb
     from musiclm_jax.semantic.family import W2vBertFamily
-    from musiclm_jax.semantic.kmeans import assign
+    from musiclm_jax.quantization.kmeans import assign
     from musiclm_jax.train import partitioning
     from musiclm_jax.train.trainer import Trainer
 

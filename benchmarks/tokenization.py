@@ -48,7 +48,7 @@ def main() -> None:
     if args.quickstart_dir:
         return quickstart_job(args.quickstart_dir, [int(w) for w in args.workers.split(",")])
 
-    from musiclm_jax.data import tokenize as tok_lib
+    from musiclm_jax import tokenizers as tok_lib
     from musiclm_jax.data.synthcaps import builder
 
     for k, v in tok_lib.TokenizerSpec.tiny().to_env().items():
@@ -82,7 +82,7 @@ def main() -> None:
 
 def quickstart_job(work_dir: str, workers: list[int]) -> None:
     """The quickstart's tokenize step (same tasks, gin file and tokenizers) into fresh caches, per worker count."""
-    from musiclm_jax.mulan.data import synthcaps_clips
+    from musiclm_jax.data.synthcaps.clips import synthcaps_clips
     from musiclm_jax.quickstart import SYNTHCAPS_CONFIG
 
     tfds_dir = os.path.join(work_dir, "tfds")

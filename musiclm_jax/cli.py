@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"musiclm-jax: error: {message}", file=sys.stderr)
         return 2
     if isinstance(result, dict) and result.get("preempted"):  # a training stopped by SIGTERM, checkpoint saved
-        from musiclm_jax.train.__main__ import PREEMPTED_EXIT
+        from musiclm_jax.train.launch import PREEMPTED_EXIT
 
         print("musiclm-jax: stopped by SIGTERM before the last step; run the same command again to resume",
               file=sys.stderr)

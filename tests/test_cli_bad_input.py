@@ -213,7 +213,7 @@ def test_eval_commands_do_not_write_into_the_model_directory(tmp_path, monkeypat
     assert json.loads((tmp_path / "out" / "eval" / "semantic" / "semantic_eval.json").read_text()) == {"clips": 1}
     assert os.listdir(model_dir) == ["checkpoint"]
 
-    import musiclm_jax.mulan.data as mdata
+    import musiclm_jax.data.synthcaps.clips as mdata
     from musiclm_jax.mulan.api import MuLan
 
     mulan_dir = tmp_path / "weights" / "mulan"

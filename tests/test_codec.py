@@ -9,7 +9,8 @@ from musiclm_jax.codec import losses
 from musiclm_jax.codec.api import SoundStream, config_from_gin_text
 from musiclm_jax.codec.discriminators import Discriminators
 from musiclm_jax.codec.model import CodecConfig, build_generator, chunked_decode, chunked_encode
-from musiclm_jax.codec.rvq import ResidualVQ, kmeans, usage_and_perplexity
+from musiclm_jax.quantization.kmeans import lloyd as kmeans
+from musiclm_jax.quantization.rvq import ResidualVQ, usage_and_perplexity
 
 # A micro codec: hop 8, so eager CPU tests run in seconds.
 MICRO = CodecConfig(sample_rate=8000, channels=2, strides=(2, 4), embed_dim=8, num_levels=3, codebook_size=16)

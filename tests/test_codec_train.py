@@ -132,7 +132,7 @@ def music_run(tmp_path_factory):
 
     from musiclm_jax.codec.data import WaveBatches
     from musiclm_jax.codec.family import quality_metrics
-    from musiclm_jax.mulan.data import render_clips
+    from musiclm_jax.data.synthcaps.clips import render_clips
 
     clips = render_clips(num_scores=8, clip_seconds=2.0)
     train_waves = [c["audio"] for c in clips if c["split"] == "train"]

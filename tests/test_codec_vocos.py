@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from musiclm_jax.codec import evaluate as ev
+from musiclm_jax.eval import codec as ev
 from musiclm_jax.codec.api import SoundStream
 from musiclm_jax.codec.layers import ISTFTHead, istft, stft_frames
 from musiclm_jax.codec.model import CodecConfig, build_generator, chunked_decode, chunked_encode

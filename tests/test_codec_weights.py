@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from musiclm_jax.codec import evaluate as ev
+from musiclm_jax.eval import codec as ev
 from musiclm_jax.codec.api import SoundStream
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -3,7 +3,8 @@ import jax
 import numpy as np
 import pytest
 
-from musiclm_jax.semantic import kmeans as km
+from musiclm_jax.quantization import fingerprint as fp
+from musiclm_jax.quantization import kmeans as km
 from musiclm_jax.train import partitioning
 
 
@@ -72,7 +73,7 @@ def test_save_load_and_fingerprint(tmp_path):
         km.KMeans.load(str(tmp_path), expected_fingerprint="other")
     with pytest.raises(ValueError, match="fit k-means first"):
         km.KMeans.load(str(tmp_path / "missing"))
-    assert km.params_fingerprint({"a": np.ones(3)}) != km.params_fingerprint({"a": np.zeros(3)})
+    assert fp.params_fingerprint({"a": np.ones(3)}) != fp.params_fingerprint({"a": np.zeros(3)})
 
 
 def test_bad_input():

@@ -9,7 +9,8 @@ import pytest
 from musiclm_jax.mulan import evaluate
 from musiclm_jax.mulan.api import MuLan
 from musiclm_jax.mulan.audio import AudioConfig
-from musiclm_jax.mulan.data import PairBatches, render_clips
+from musiclm_jax.data.synthcaps.clips import render_clips
+from musiclm_jax.mulan.data import PairBatches
 from musiclm_jax.mulan.family import MuLanFamily
 from musiclm_jax.mulan.model import MuLanConfig
 from musiclm_jax.mulan.run import train_mulan

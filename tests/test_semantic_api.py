@@ -13,7 +13,7 @@ from musiclm_jax.semantic import commands, evaluate
 from musiclm_jax.semantic import w2v_bert as wb
 from musiclm_jax.semantic.api import SemanticTokenizer
 from musiclm_jax.semantic.family import W2vBertFamily
-from musiclm_jax.semantic.kmeans import KMeans
+from musiclm_jax.quantization.kmeans import KMeans
 from musiclm_jax.semantic.run import fit_kmeans, train_w2v_bert
 from musiclm_jax.train.partitioning import make_mesh
 

@@ -1,4 +1,4 @@
-"""Linear probes (musiclm_jax/semantic/probe.py, `musiclm-jax semantic probe`): planted labels are found by MFCC
+"""Linear probes (musiclm_jax/eval/semantic_probe.py, `musiclm-jax semantic probe`): planted labels are found by MFCC
 and w2v-BERT features, labels come from SynthCaps fields, splits are stratified and grouped, the CLI writes the
 table, and bad input fails with one clear line."""
 import argparse
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from musiclm_jax.semantic import commands
-from musiclm_jax.semantic import probe as pr
+from musiclm_jax.eval import semantic_probe as pr
 from musiclm_jax.semantic import w2v_bert as wb
 
 SR = 16000
@@ -93,7 +93,7 @@ def test_bad_input_errors():
 def tokenizer():
     """A w2v-BERT tokenizer with an 8-cluster k-means. Built from random parameters rather than a 1-step training
     run, which would double this file's time (checkpoint restore is covered by tests/test_semantic_api.py)."""
-    from musiclm_jax.semantic.kmeans import KMeansConfig, fit
+    from musiclm_jax.quantization.kmeans import KMeansConfig, fit
 
     tok = pr.random_init_tokenizer(TINY, seed=7, chunk_frames=25)
     feats = np.concatenate([tok.features(c["audio"], SR)[0] for c in planted_clips(6)])
@@ -102,7 +102,7 @@ def tokenizer():
 
 
 def test_cli(tokenizer, tmp_path, monkeypatch, capsys):
-    import musiclm_jax.mulan.data as mulan_data
+    import musiclm_jax.data.synthcaps.clips as clips_lib
     from musiclm_jax.semantic.api import SemanticTokenizer
 
     model_dir = str(tmp_path / "model")
@@ -112,7 +112,7 @@ def test_cli(tokenizer, tmp_path, monkeypatch, capsys):
     for clips in splits.values():
         for c in clips:
             c["sample_rate"] = SR
-    monkeypatch.setattr(mulan_data, "synthcaps_clips", lambda split, **kw: splits[split])
+    monkeypatch.setattr(clips_lib, "synthcaps_clips", lambda split, **kw: splits[split])
     parser = argparse.ArgumentParser()
     commands.register(parser.add_subparsers(dest="cmd"))
     base = ["semantic", "probe", "--model_dir", model_dir, "--synthcaps", "fake", "--attributes", "genre,tempo"]

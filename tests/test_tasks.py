@@ -12,7 +12,7 @@ seqio = pytest.importorskip("seqio")
 tfds = pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("apache_beam")
 
-from musiclm_jax.data import tokenize as tok_lib  # noqa: E402
+from musiclm_jax import tokenizers as tok_lib  # noqa: E402
 from musiclm_jax.data.synthcaps import builder  # noqa: E402
 from musiclm_jax.lm.stages import PAD, PAPER, SEP, TINY, StageLayout  # noqa: E402
 from musiclm_jax.tasks import cache, data, preprocessors as pp, registry  # noqa: E402

@@ -6,6 +6,7 @@ failure raises `AudioLoadError` with the file and the reason, so batch jobs can 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import struct
 import sys
@@ -15,7 +16,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-SUPPORTED_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+SUPPORTED_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+_log = logging.getLogger(__name__)
 
 
 class AudioLoadError(ValueError):
@@ -217,3 +219,32 @@ def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int) -> st
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     sf.write(path, wave.T if wave.ndim == 2 else wave, int(sample_rate), subtype="PCM_16")
     return path
+
+
+def list_audio_files(folder: str) -> list[str]:
+    """The audio files under `folder` (recursively, sorted); one-line errors for a missing or empty folder."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"audio folder {folder!r} does not exist: pass a directory of audio files")
+    files = sorted(os.path.join(root, f) for root, _, names in os.walk(folder) for f in names
+                   if f.lower().endswith(SUPPORTED_EXTENSIONS))
+    if not files:
+        raise ValueError(f"no audio files ({', '.join(SUPPORTED_EXTENSIONS)}) under {folder!r}")
+    return files
+
+
+def load_clips(files: list[str], sample_rate: int, min_samples: int = 1) -> tuple[list[np.ndarray], list[str]]:
+    """Loads mono waves at `sample_rate`; returns (waves, names of skipped files) with one log line for the skips."""
+    waves, skipped = [], []
+    for path in files:
+        try:
+            wave, _ = load_audio(path, sample_rate)
+        except AudioLoadError as e:
+            skipped.append(f"{os.path.basename(path)} ({e})")
+            continue
+        if wave.shape[-1] < min_samples or is_silent(wave):
+            skipped.append(f"{os.path.basename(path)} (silent or shorter than {min_samples} samples)")
+            continue
+        waves.append(wave)
+    if skipped:
+        _log.warning("skipped %d of %d audio files: %s", len(skipped), len(files), "; ".join(skipped))
+    return waves, skipped

@@ -70,23 +70,10 @@ def register(subparsers) -> None:
 
 
 def train(args: argparse.Namespace) -> dict:
-    import logging
-
-    from musiclm_jax.train import gin_utils, partitioning
-
-    partitioning.maybe_initialize_distributed()
-    import gin
-
-    import musiclm_jax.codec.data  # noqa: F401  (gin registrations)
     from musiclm_jax.codec.api import CONFIG_FILE
-    from musiclm_jax.codec.model import CodecConfig
-    from musiclm_jax.train.trainer import train as run_train
+    from musiclm_jax.train.launch import done_line, launch, model_dir_of_config
 
     bindings = list(args.gin_bindings)
-    if args.model_dir:
-        bindings.append(f"MODEL_DIR = {args.model_dir!r}")
-    if args.steps:
-        bindings.append(f"TRAIN_STEPS = {int(args.steps)}")
     if args.audio_dir and args.synthcaps:
         raise ValueError("pass either --audio_dir or --synthcaps, not both")
     if args.audio_dir:
@@ -97,19 +84,22 @@ def train(args: argparse.Namespace) -> dict:
                      f"synthcaps_audio.config = {args.synthcaps!r}"]
         if args.data_dir:
             bindings.append(f"synthcaps_audio.data_dir = {os.path.expanduser(args.data_dir)!r}")
-    gin_utils.parse_config(args.gin_file or ["experiments/codec_tiny.gin"], bindings, args.gin_search_path)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model_dir = gin.query_parameter("train.model_dir")
-    model_dir = model_dir if isinstance(model_dir, str) else gin.query_parameter("%MODEL_DIR")
-    if not isinstance(model_dir, str):
-        raise ValueError("no model directory: pass --model_dir DIR")
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:  # the API rebuilds the codec from this
-        f.write(CodecConfig().to_json())
-    summary = run_train()
-    last = summary.get("last_metrics", {})
-    print(f"done: step {summary['step']}, mel loss {last.get('mel_loss', float('nan')):.4f}, "
-          f"skipped steps {summary['skipped_steps']}; model in {model_dir}")
+    written = {}
+
+    def write_config_then_train() -> dict:
+        from musiclm_jax.codec.model import CodecConfig
+        from musiclm_jax.train.trainer import train as run_train
+
+        written["model_dir"] = model_dir = model_dir_of_config()
+        os.makedirs(model_dir, exist_ok=True)
+        with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:  # the API rebuilds the codec from this
+            f.write(CodecConfig().to_json())
+        return run_train()
+
+    summary = launch(write_config_then_train, args.gin_file or ["experiments/codec_tiny.gin"], bindings,
+                     args.gin_search_path, registrations=("musiclm_jax.codec.data",), model_dir=args.model_dir,
+                     steps=int(args.steps) if args.steps else None)
+    print(done_line(summary, "mel_loss", model_dir=written.get("model_dir")))
     return {k: v for k, v in summary.items() if k != "state"}
 
 
@@ -186,7 +176,7 @@ def reconstruct(args: argparse.Namespace) -> dict:
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    from musiclm_jax.codec import evaluate as ev
+    from musiclm_jax.eval import codec as ev
 
     try:
         extra_kbps = [float(k) for k in args.opus_kbps.split(",") if k.strip()]

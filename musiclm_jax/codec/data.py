@@ -13,15 +13,11 @@ import os
 import gin
 import numpy as np
 
+from musiclm_jax.audio.io import list_audio_files, load_clips
+from musiclm_jax.train.data import ResumableBatches, split_id
+
 log = logging.getLogger(__name__)
-_SPLIT_IDS = {"train": 0, "eval": 1, "validation": 1, "test": 2}
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
-
-def _split_id(split: str) -> int:
-    if split not in _SPLIT_IDS:
-        raise ValueError(f"unknown split {split!r}: use one of {sorted(_SPLIT_IDS)}")
-    return _SPLIT_IDS[split]
 
 
 def tone_clip(rng: np.random.Generator, num_samples: int, sample_rate: int) -> np.ndarray:
@@ -41,7 +37,7 @@ def tone_clip(rng: np.random.Generator, num_samples: int, sample_rate: int) -> n
     return (0.5 * out / max(np.abs(out).max(), 1e-6)).astype(np.float32)
 
 
-class ToneBatches:
+class ToneBatches(ResumableBatches):
     """Iterator of ``{"audio": float32 [batch, num_samples]}`` (see module docstring)."""
 
     def __init__(self, *, batch_size: int, num_samples: int, sample_rate: int, seed: int = 0, split: str = "train",
@@ -49,21 +45,10 @@ class ToneBatches:
         if batch_size < 1 or num_samples < 1:
             raise ValueError(f"batch_size and num_samples must be >= 1 (got {batch_size}, {num_samples})")
         self.batch_size, self.num_samples, self.sample_rate = batch_size, num_samples, sample_rate
-        self.key = (seed, _split_id(split), shard_index, num_shards)
-        self.position = 0
+        self.key = (seed, split_id(split), shard_index, num_shards)
 
-    def get_state(self) -> dict:
-        return {"position": self.position}
-
-    def set_state(self, state: dict | None) -> None:
-        self.position = int((state or {}).get("position", 0))
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([*self.key, self.position])
-        self.position += 1
+    def make_batch(self, position: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([*self.key, position])
         return {"audio": np.stack([tone_clip(rng, self.num_samples, self.sample_rate)
                                    for _ in range(self.batch_size)])}
 
@@ -75,60 +60,22 @@ def synthetic_tones(*, split: str = "train", batch_size: int, seed: int = 0, sha
                        split=split, shard_index=shard_index, num_shards=num_shards)
 
 
-def list_audio_files(folder: str) -> list[str]:
-    if not os.path.isdir(folder):
-        raise ValueError(f"audio folder {folder!r} does not exist: pass a directory of audio files")
-    files = sorted(os.path.join(root, f) for root, _, names in os.walk(folder) for f in names
-                   if f.lower().endswith(AUDIO_EXTENSIONS))
-    if not files:
-        raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {folder!r}")
-    return files
-
-
-def load_clips(files: list[str], sample_rate: int, min_samples: int = 1) -> tuple[list[np.ndarray], list[str]]:
-    """Loads mono waves at `sample_rate`; returns (waves, names of skipped files) with one log line for the skips."""
-    from musiclm_jax.audio.io import AudioLoadError, is_silent, load_audio
-
-    waves, skipped = [], []
-    for path in files:
-        try:
-            wave, _ = load_audio(path, sample_rate)
-        except AudioLoadError as e:
-            skipped.append(f"{os.path.basename(path)} ({e})")
-            continue
-        if wave.shape[-1] < min_samples or is_silent(wave):
-            skipped.append(f"{os.path.basename(path)} (silent or shorter than {min_samples} samples)")
-            continue
-        waves.append(wave)
-    if skipped:
-        log.warning("skipped %d of %d audio files: %s", len(skipped), len(files), "; ".join(skipped))
-    return waves, skipped
-
-
-class FolderBatches:
+class FolderBatches(ResumableBatches):
     """Random crops of the folder's files; the split takes every 10th file for eval (file order is sorted)."""
 
     def __init__(self, *, folder: str, batch_size: int, num_samples: int, sample_rate: int, seed: int = 0,
                  split: str = "train", shard_index: int = 0, num_shards: int = 1):
         files = list_audio_files(folder)
-        held_out = _split_id(split) > 0
+        held_out = split_id(split) > 0
         chosen = [f for i, f in enumerate(files) if (i % 10 == 9) == held_out] or files
         self.waves, _ = load_clips(chosen[shard_index::num_shards] or chosen, sample_rate, min_samples=num_samples)
         if not self.waves:
             raise ValueError(f"no usable audio of >= {num_samples} samples under {folder!r} for split {split!r}")
         self.batch_size, self.num_samples = batch_size, num_samples
-        self.key = (seed, _split_id(split), shard_index, num_shards)
-        self.position = 0
+        self.key = (seed, split_id(split), shard_index, num_shards)
 
-    get_state = ToneBatches.get_state
-    set_state = ToneBatches.set_state
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([*self.key, self.position])
-        self.position += 1
+    def make_batch(self, position: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([*self.key, position])
         out = []
         for _ in range(self.batch_size):
             wave = self.waves[rng.integers(len(self.waves))]
@@ -153,8 +100,7 @@ class WaveBatches(FolderBatches):
         if not self.waves:
             raise ValueError(f"no clip has >= {num_samples} samples: lower num_samples")
         self.batch_size, self.num_samples = batch_size, num_samples
-        self.key = (seed, _split_id(split), shard_index, num_shards)
-        self.position = 0
+        self.key = (seed, split_id(split), shard_index, num_shards)
 
 
 @gin.configurable
@@ -163,7 +109,7 @@ def synthcaps_audio(*, split: str = "train", batch_size: int, seed: int = 0, sha
                     sample_rate: int = 16000) -> WaveBatches:
     """Crops of a built SynthCaps TFDS corpus (`musiclm-jax data build --dataset synthcaps`), at `sample_rate`."""
     from musiclm_jax.audio.io import resample
-    from musiclm_jax.mulan.data import synthcaps_clips
+    from musiclm_jax.data.synthcaps.clips import synthcaps_clips
 
     clips = synthcaps_clips(split="validation" if split == "eval" else split, config=config, data_dir=data_dir)
     waves = [resample(c["audio"], c["sample_rate"], sample_rate) for c in clips]

@@ -23,7 +23,7 @@ from flax import nnx
 from musiclm_jax.codec import losses
 from musiclm_jax.codec.discriminators import Discriminators
 from musiclm_jax.codec.model import CodecConfig, SoundStreamModel, default_mel_scales
-from musiclm_jax.codec.rvq import usage_and_perplexity
+from musiclm_jax.quantization.rvq import usage_and_perplexity
 from musiclm_jax.train.optimizers import Optimizer, make_optimizer, make_schedule
 from musiclm_jax.train.trainer import Family, split_rest
 

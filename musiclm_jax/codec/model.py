@@ -15,7 +15,7 @@ from flax import nnx
 from musiclm_jax.codec.discriminators import Discriminators
 from musiclm_jax.codec.layers import (Decoder, Encoder, STFTEncoder, VocosDecoder, decoder_context, encoder_context,
                                       stft_encoder_context, vocos_decoder_context)
-from musiclm_jax.codec.rvq import ResidualVQ, VQOutput
+from musiclm_jax.quantization.rvq import ResidualVQ, VQOutput
 
 
 @gin.configurable

@@ -8,6 +8,8 @@ mode, lead instrument, genre), diversity and memorization, with baselines and ce
     baselines.py  real audio, codec round trip, nearest-training-clip retrieval, random training clip
     report.py     JSON + Markdown table + PNG plots
     chain.py      the stage-by-stage diagnosis: real -> codec -> fine -> acoustic -> audio tokens -> text
+    codec.py      codec quality (`codec eval`): bitrate curve, Opus, tempo/key of round trips, frame-rate comb
+    semantic_probe.py  linear probes of semantic features and tokens (`semantic probe`)
     commands.py   `musiclm-jax eval` (and `eval export-synthcaps`, `eval fit-probe`, `eval chain`)
 """
 import os as _os

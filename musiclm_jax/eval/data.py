@@ -188,7 +188,7 @@ def export_synthcaps(data_dir: str | None, config: str, split: str, out_dir: str
     "reference" is the clip itself, and infer_prompts.jsonl rows {"id", "prompt", "duration_s"} for
     `musiclm-jax infer` (same ids, so its results pair with these clips and inherit their truth)."""
     from musiclm_jax.audio.io import write_wav
-    from musiclm_jax.mulan.data import synthcaps_clips
+    from musiclm_jax.data.synthcaps.clips import synthcaps_clips
 
     clips = synthcaps_clips(split=split, config=config, data_dir=data_dir and os.path.expanduser(data_dir),
                             limit=limit)

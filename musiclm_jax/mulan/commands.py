@@ -8,7 +8,7 @@ import argparse
 import json
 import os
 
-from musiclm_jax.train.steps import add_steps_argument, steps_bindings
+from musiclm_jax.train.steps import add_steps_argument
 
 EXAMPLES = """Examples:
   musiclm-jax data build --dataset synthcaps --config tiny --data_dir ~/tfds
@@ -57,26 +57,16 @@ def register(subparsers) -> None:
 
 
 def train(args: argparse.Namespace) -> dict:
-    import logging
+    from musiclm_jax.train.launch import done_line, launch
 
-    from musiclm_jax.train import gin_utils, partitioning
-
-    if not args.gin_file:
-        raise ValueError("no --gin_file given: pass e.g. --gin_file=gin/experiments/mulan_tiny_synthcaps.gin")
-    partitioning.maybe_initialize_distributed()
-    import musiclm_jax.mulan.data  # noqa: F401  (gin registrations)
-    import musiclm_jax.mulan.run as run
-
-    bindings = list(args.gin_bindings) + steps_bindings(args.steps)
-    if args.model_dir:
-        bindings.append(f"MODEL_DIR = {args.model_dir!r}")
+    bindings = list(args.gin_bindings)
     if args.data_dir:
         bindings.append(f"synthcaps_clips.data_dir = {os.path.expanduser(args.data_dir)!r}")
-    gin_utils.parse_config(args.gin_file, bindings, args.gin_search_path)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = run.train_mulan()
-    last = summary.get("last_metrics", {})
-    print(f"done: step {summary['step']}, loss {last.get('loss', float('nan')):.4f}")
+    if not args.gin_file:
+        raise ValueError("no --gin_file given: pass e.g. --gin_file=gin/experiments/mulan_tiny_synthcaps.gin")
+    summary = launch("musiclm_jax.mulan.run:train_mulan", args.gin_file, bindings, args.gin_search_path,
+                     registrations=("musiclm_jax.mulan.data",), model_dir=args.model_dir, steps=args.steps)
+    print(done_line(summary))
     if "quantizer" in summary:
         q = summary["quantizer"]
         print(f"quantizer: cosine lost {q['audio']['cosine_lost']:.4f} (audio), {q['text']['cosine_lost']:.4f} (text)")
@@ -87,7 +77,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     from musiclm_jax.eval import default_output
     from musiclm_jax.mulan import evaluate as ev
     from musiclm_jax.mulan.api import MuLan
-    from musiclm_jax.mulan.data import synthcaps_clips
+    from musiclm_jax.data.synthcaps.clips import synthcaps_clips
 
     data_dir = os.path.expanduser(args.data_dir) if args.data_dir else None
     clips = synthcaps_clips(split=args.split, config=args.synthcaps, data_dir=data_dir, limit=args.limit)
@@ -143,7 +133,7 @@ def embed(args: argparse.Namespace) -> dict:
     reject_directories(args.audio, "--audio_dir")
     files = list(args.audio)
     if getattr(args, "audio_dir", None):
-        from musiclm_jax.codec.data import list_audio_files
+        from musiclm_jax.audio.io import list_audio_files
 
         files += list_audio_files(os.path.expanduser(args.audio_dir))
     if not args.text and not files:

@@ -1,6 +1,6 @@
 """MuLan conditioning tokens: residual VQ of the embeddings (paper: 12 levels x 1024 codes).
 
-This reuses the codec's `ResidualVQ` (musiclm_jax/codec/rvq.py): here it is fitted once, after contrastive
+This uses the shared `ResidualVQ` (musiclm_jax/quantization/rvq.py, also the codec's bottleneck): here it is fitted once, after contrastive
 training, by level-wise k-means on *audio* embeddings, then applied unchanged to audio and text embeddings
 (the text embedding lands in the same space, so the same codebooks serve both). Saved with orbax next to the model.
 """
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from musiclm_jax.codec.rvq import ResidualVQ, usage_and_perplexity
+from musiclm_jax.quantization.rvq import ResidualVQ, usage_and_perplexity
 
 
 def new_rvq(levels: int, codebook_size: int, dim: int, kmeans_iters: int = 20, seed: int = 0) -> ResidualVQ:

@@ -15,7 +15,8 @@ import numpy as np
 
 from musiclm_jax.mulan import quantizer as rvq_lib
 from musiclm_jax.mulan.api import MuLan, save_config
-from musiclm_jax.mulan.data import PairBatches, synthcaps_clips
+from musiclm_jax.data.synthcaps.clips import synthcaps_clips
+from musiclm_jax.mulan.data import PairBatches
 from musiclm_jax.mulan.family import MuLanFamily
 from musiclm_jax.mulan.text import TextTokenizer
 

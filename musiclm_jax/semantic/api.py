@@ -22,7 +22,8 @@ import numpy as np
 from flax import nnx
 
 from musiclm_jax.audio.io import resample
-from musiclm_jax.semantic.kmeans import KMeans, params_fingerprint
+from musiclm_jax.quantization.fingerprint import params_fingerprint
+from musiclm_jax.quantization.kmeans import KMeans
 from musiclm_jax.semantic.w2v_bert import W2vBert, W2vBertConfig
 
 CONFIG_FILE = "w2v_bert_config.json"

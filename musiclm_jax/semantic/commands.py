@@ -8,7 +8,7 @@ import argparse
 import json
 import os
 
-from musiclm_jax.train.steps import add_steps_argument, steps_bindings
+from musiclm_jax.train.steps import add_steps_argument
 
 EXAMPLES = """Examples:
   musiclm-jax semantic train --gin_file=gin/experiments/w2v_bert_tiny_synthetic.gin --model_dir=/tmp/w2v_tiny --steps 300
@@ -85,25 +85,14 @@ def register(subparsers) -> None:
 
 
 def train(args: argparse.Namespace) -> dict:
-    import logging
-
-    from musiclm_jax.train import gin_utils, partitioning
+    from musiclm_jax.train.launch import done_line, launch
 
     if not args.gin_file:
         raise ValueError("no --gin_file given: pass e.g. --gin_file=gin/experiments/w2v_bert_tiny_synthetic.gin")
-    partitioning.maybe_initialize_distributed()
-    import musiclm_jax.codec.data  # noqa: F401  (gin: the audio dataset functions)
-    import musiclm_jax.semantic.run as run
-
-    bindings = list(args.gin_bindings) + steps_bindings(args.steps)
-    if args.model_dir:
-        bindings.append(f"MODEL_DIR = {args.model_dir!r}")
-    gin_utils.parse_config(args.gin_file, bindings, args.gin_search_path)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = run.train_w2v_bert()
-    last = summary.get("last_metrics", {})
-    print(f"done: step {summary['step']}, loss {last.get('loss', float('nan')):.4f} "
-          f"(contrastive {last.get('contrastive_loss', float('nan')):.4f}, mlm {last.get('mlm_loss', float('nan')):.4f})")
+    summary = launch("musiclm_jax.semantic.run:train_w2v_bert", args.gin_file, args.gin_bindings,
+                     args.gin_search_path, registrations=("musiclm_jax.codec.data",), model_dir=args.model_dir,
+                     steps=args.steps)
+    print(done_line(summary, "loss", "contrastive_loss", "mlm_loss"))
     return summary
 
 
@@ -112,7 +101,7 @@ def load_corpus(args: argparse.Namespace, sample_rate: int = 16000) -> tuple[lis
     if bool(args.audio_dir) == bool(args.synthcaps):
         raise ValueError("give exactly one corpus: --audio_dir FOLDER or --synthcaps CONFIG (with --data_dir)")
     if args.audio_dir:
-        from musiclm_jax.codec.data import list_audio_files, load_clips
+        from musiclm_jax.audio.io import list_audio_files, load_clips
 
         files = list_audio_files(os.path.expanduser(args.audio_dir))[:args.limit]
         waves, skipped = load_clips(files, sample_rate, min_samples=sample_rate // 25)
@@ -124,7 +113,7 @@ def load_corpus(args: argparse.Namespace, sample_rate: int = 16000) -> tuple[lis
         names = [f for f in files if not any(s.startswith(os.path.basename(f) + " ") for s in skipped)]
         return waves, names, [{} for _ in waves]
     from musiclm_jax.audio.io import resample
-    from musiclm_jax.mulan.data import synthcaps_clips
+    from musiclm_jax.data.synthcaps.clips import synthcaps_clips
 
     data_dir = os.path.expanduser(args.data_dir) if args.data_dir else None
     clips = synthcaps_clips(split=args.split, config=args.synthcaps, data_dir=data_dir, limit=args.limit)
@@ -151,7 +140,7 @@ def fit_kmeans(args: argparse.Namespace) -> dict:
 
 def tokenize(args: argparse.Namespace) -> dict:
     from musiclm_jax.audio.io import AudioLoadError, load_audio, reject_directories
-    from musiclm_jax.codec.data import list_audio_files
+    from musiclm_jax.audio.io import list_audio_files
     from musiclm_jax.semantic.api import SemanticTokenizer
 
     reject_directories(args.audio, "--audio_dir")
@@ -209,7 +198,7 @@ def probe(args: argparse.Namespace) -> dict:
     import time
 
     from musiclm_jax.eval import default_output
-    from musiclm_jax.semantic import probe as pr
+    from musiclm_jax.eval import semantic_probe as pr
     from musiclm_jax.semantic.api import SemanticTokenizer
 
     attributes = [a.strip() for a in args.attributes.split(",") if a.strip()]

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from musiclm_jax.semantic.kmeans import cluster_usage
+from musiclm_jax.quantization.kmeans import cluster_usage
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:

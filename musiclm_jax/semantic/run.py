@@ -15,7 +15,7 @@ import numpy as np
 
 from musiclm_jax.semantic.api import KMEANS_DIR, SemanticTokenizer, save_config
 from musiclm_jax.semantic.family import W2vBertFamily
-from musiclm_jax.semantic.kmeans import KMeansConfig, cluster_usage, fit
+from musiclm_jax.quantization.kmeans import KMeansConfig, cluster_usage, fit
 
 log = logging.getLogger(__name__)
 

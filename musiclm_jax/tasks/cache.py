@@ -137,7 +137,7 @@ def cache_tasks(task_names, output_cache_dir: str, *, pipeline_options=("--runne
     import tensorflow as tf
     from seqio import beam_utils
 
-    from musiclm_jax.data import tokenize as tok_lib
+    from musiclm_jax import tokenizers as tok_lib
     from musiclm_jax.tasks import preprocessors as pp
 
     if tfds_data_dir:

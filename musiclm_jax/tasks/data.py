@@ -19,6 +19,7 @@ import seqio
 import tensorflow as tf
 
 from musiclm_jax.lm.stages import PAD
+from musiclm_jax.train.data import ResumableBatches
 
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 
@@ -62,7 +63,7 @@ def feature_converter(pack: bool = False) -> seqio.FeatureConverter:
     return seqio.PrefixLMFeatureConverter(pack=True) if pack else StageLMFeatureConverter()
 
 
-class TaskIterator:
+class TaskIterator(ResumableBatches):
     """Numpy batches of a SeqIO task; state = batches consumed (the pipeline is deterministic given the seed),
     so `set_state` resumes the same stream by skipping that many batches."""
 
@@ -70,20 +71,12 @@ class TaskIterator:
         self._make_ds = make_ds
         self.set_state({"position": position})
 
-    def get_state(self) -> dict:
-        return {"position": self.position}
-
     def set_state(self, state: dict | None) -> None:
-        self.position = int((state or {}).get("position", 0))
+        super().set_state(state)
         self._it = self._make_ds().skip(self.position).as_numpy_iterator()
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = next(self._it)
-        self.position += 1
-        return batch
+    def make_batch(self, position: int) -> dict[str, np.ndarray]:
+        return next(self._it)
 
 
 def shard_info(shard_index: int | None = None, num_shards: int | None = None) -> seqio.ShardInfo:

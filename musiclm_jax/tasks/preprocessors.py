@@ -19,7 +19,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from musiclm_jax.data import tokenize as tok_lib
+from musiclm_jax import tokenizers as tok_lib
 
 log = logging.getLogger("tasks")
 TOKENIZERS_FILE = "tokenizers.json"

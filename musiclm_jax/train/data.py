@@ -2,7 +2,7 @@
 
 The trainer calls a *dataset function* `fn(split=, batch_size=, seed=, shard_index=, num_shards=)` (batch_size is
 this host's share) and gets an iterator of numpy batches with `get_state() -> dict` (JSON-able) and
-`set_state(dict)`. The state is saved in every checkpoint, so a resumed run sees exactly the batches an
+`set_state(dict)`: a `ResumableBatches`, whose state is the number of batches given. The state is saved in every checkpoint, so a resumed run sees exactly the batches an
 uninterrupted run would. A SeqIO task plugs in the same way: wrap its tf.data pipeline in an iterator whose state
 is the number of batches consumed (deterministic pipelines) or a tf.data iterator checkpoint.
 
@@ -15,10 +15,46 @@ import gin
 import numpy as np
 
 KINDS = ("markov", "copy")
-_SPLIT_IDS = {"train": 0, "eval": 1, "validation": 1, "test": 2}
+SPLIT_IDS = {"train": 0, "eval": 1, "validation": 1, "test": 2}
 
 
-class SyntheticTokens:
+def split_id(split: str) -> int:
+    """The number a split seeds its batches with (eval and validation are the same held-out split)."""
+    if split not in SPLIT_IDS:
+        raise ValueError(f"unknown split {split!r}: use one of {sorted(SPLIT_IDS)}")
+    return SPLIT_IDS[split]
+
+
+class ResumableBatches:
+    """Base of every dataset function's iterator: its state is `position`, the number of batches it has given, and
+    batch n depends only on how the iterator was built and n, so `set_state` resumes the same stream.
+
+    A subclass implements `make_batch(position)`; one that cannot jump there (a tf.data pipeline) overrides
+    `set_state` to rebuild and skip."""
+
+    position: int = 0
+
+    def get_state(self) -> dict:
+        return {"position": self.position}
+
+    def set_state(self, state: dict | None) -> None:
+        state = state or {}
+        # "index": what MuLan checkpoints written before this base class call the position.
+        self.position = int(state.get("position", state.get("index", 0)))
+
+    def make_batch(self, position: int) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = self.make_batch(self.position)
+        self.position += 1
+        return batch
+
+
+class SyntheticTokens(ResumableBatches):
     """Iterator of {"targets": int32 [batch, length]} with tokens in [first_token, vocab_size)."""
 
     def __init__(self, *, vocab_size: int, length: int, batch_size: int, kind: str = "markov", seed: int = 0,
@@ -26,8 +62,6 @@ class SyntheticTokens:
                  first_token: int = 1, prefix_length: int = 0):
         if kind not in KINDS:
             raise ValueError(f"unknown synthetic kind {kind!r}: use one of {KINDS}")
-        if split not in _SPLIT_IDS:
-            raise ValueError(f"unknown split {split!r}: use one of {sorted(_SPLIT_IDS)}")
         if vocab_size - first_token < 2 or length < 2 or batch_size < 1:
             raise ValueError(f"synthetic tokens need vocab_size > first_token + 1, length >= 2 and batch_size >= 1 "
                              f"(got vocab_size={vocab_size}, first_token={first_token}, length={length}, "
@@ -36,25 +70,14 @@ class SyntheticTokens:
             raise ValueError(f"prefix_length must be in [0, length), got {prefix_length}")
         self.vocab_size, self.length, self.batch_size, self.kind = vocab_size, length, batch_size, kind
         self.first_token, self.prefix_length = first_token, prefix_length
-        self.key = (seed, _SPLIT_IDS[split], shard_index, num_shards)
-        self.position = 0
+        self.key = (seed, split_id(split), shard_index, num_shards)
         # The chain is the same for every split and shard (it is "the language"); only the samples differ.
         n = vocab_size - first_token
         table_rng = np.random.default_rng([seed, 12345])
         self.successors = table_rng.integers(n, size=(n, max(1, branching)))
 
-    def get_state(self) -> dict:
-        return {"position": self.position}
-
-    def set_state(self, state: dict | None) -> None:
-        self.position = int((state or {}).get("position", 0))
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([*self.key, self.position])
-        self.position += 1
+    def make_batch(self, position: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([*self.key, position])
         n, b, length = self.vocab_size - self.first_token, self.batch_size, self.length
         if self.kind == "markov":
             seq = np.empty((b, length), np.int64)

@@ -1,5 +1,6 @@
 """SynthCaps: captioned music rendered offline from mma grooves and music21 tunes with FluidSynth.
 
 Light to import: `specs` (what to render, splits), `sources` (MIDI), `render` (audio + features), `captions`,
-`demo`. The tensorflow-datasets builder lives in `builder` (importing it registers 'synthcaps').
+`demo`, `clips` (a built config's clips as dicts). The tensorflow-datasets builder lives in `builder` (importing
+it registers 'synthcaps').
 """

@@ -36,7 +36,7 @@ def eval_clips(sample_rate: int, *, audio_dir: str | None = None, synthcaps: str
     ``skipped`` (every file that could not be used, with the reason).
     """
     from musiclm_jax.audio.io import resample
-    from musiclm_jax.codec.data import list_audio_files, load_clips
+    from musiclm_jax.audio.io import list_audio_files, load_clips
 
     if bool(audio_dir) == bool(synthcaps):
         raise ValueError("pass exactly one of --audio_dir DIR or --synthcaps CONFIG")
@@ -48,7 +48,7 @@ def eval_clips(sample_rate: int, *, audio_dir: str | None = None, synthcaps: str
         names = [os.path.basename(f) for f in files if os.path.basename(f) not in bad]
         truths = [{} for _ in waves]
     else:
-        from musiclm_jax.mulan.data import synthcaps_clips
+        from musiclm_jax.data.synthcaps.clips import synthcaps_clips
 
         clips = synthcaps_clips(split="test", config=synthcaps, data_dir=data_dir, limit=limit)
         waves = [resample(c["audio"], c["sample_rate"], sample_rate) for c in clips]
@@ -153,7 +153,7 @@ def bitrate_curve(codec, waves: np.ndarray, batch_size: int = 8, truths: list[di
     `truths`, the musical scores (`musical_scores`) of each round trip."""
     import jax.numpy as jnp
 
-    from musiclm_jax.codec.rvq import usage_and_perplexity
+    from musiclm_jax.quantization.rvq import usage_and_perplexity
 
     codes = np.concatenate([codec.encode(waves[i:i + batch_size], codec.sample_rate)
                             for i in range(0, len(waves), batch_size)])

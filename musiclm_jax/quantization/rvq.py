@@ -1,7 +1,7 @@
 """Residual vector quantizer with EMA codebooks (SoundStream / EnCodec style).
 
 Codebooks are not parameters: they live in `CodebookState` variables (a BatchStat kind, so `nnx.Param` filters and
-optimizers skip them) and change only through `kmeans_init` (first batch) and `ema_update` (every train step, from the
+optimizers skip them) and change only through `kmeans_init` (first batch; Lloyd's k-means of quantization/kmeans.py) and `ema_update` (every train step, from the
 statistics the forward pass returns). Gradients reach the encoder through the straight-through estimator; the
 commitment loss pulls encoder outputs towards their codes.
 """
@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from musiclm_jax.quantization.kmeans import lloyd, nearest
 from musiclm_jax.train.partitioning import with_logical_constraint
 
 
@@ -33,28 +34,6 @@ class VQOutput(NamedTuple):
     codes: jax.Array  # [B, T, Q] int32
     commit_loss: jax.Array  # scalar
     stats: VQStats
-
-
-def _nearest(x: jax.Array, codebook: jax.Array) -> jax.Array:
-    """Index of the nearest code (L2) for each row of ``x [N, D]`` in ``codebook [K, D]``."""
-    dist = (jnp.sum(x * x, -1, keepdims=True) - 2.0 * x @ codebook.T + jnp.sum(codebook * codebook, -1)[None])
-    return jnp.argmin(dist, axis=-1).astype(jnp.int32)
-
-
-def kmeans(x: jax.Array, k: int, iters: int, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Lloyd's k-means on ``x [N, D]``: returns (centers [k, D], counts [k]). Empty clusters keep their centre."""
-    n = x.shape[0]
-    centers = x[jax.random.choice(key, n, (k,), replace=n < k)]
-
-    def step(_, centers):
-        onehot = jax.nn.one_hot(_nearest(x, centers), k, dtype=x.dtype)
-        counts = onehot.sum(0)
-        sums = onehot.T @ x
-        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centers)
-
-    centers = jax.lax.fori_loop(0, iters, step, centers)
-    counts = jax.nn.one_hot(_nearest(x, centers), k, dtype=x.dtype).sum(0)
-    return centers, counts
 
 
 class ResidualVQ(nnx.Module):
@@ -97,7 +76,7 @@ class ResidualVQ(nnx.Module):
         residual, quantized = flat, jnp.zeros_like(flat)
         codes, counts, sums, residuals, commit = [], [], [], [], 0.0
         for level in range(self.num_levels):
-            idx = _nearest(jax.lax.stop_gradient(residual), codebook[level])
+            idx = nearest(jax.lax.stop_gradient(residual), codebook[level])
             q = codebook[level][idx]
             w = active[level][:, None]
             onehot = jax.nn.one_hot(idx, self.codebook_size, dtype=z.dtype) * w
@@ -131,8 +110,8 @@ class ResidualVQ(nnx.Module):
         residual = jax.lax.stop_gradient(z.reshape(-1, z.shape[-1]))
         centers_all, counts_all = [], []
         for level, lkey in enumerate(jax.random.split(key, self.num_levels)):
-            centers, counts = kmeans(residual, self.codebook_size, self.kmeans_iters, lkey)
-            residual = residual - centers[_nearest(residual, centers)]
+            centers, counts = lloyd(residual, self.codebook_size, self.kmeans_iters, lkey)
+            residual = residual - centers[nearest(residual, centers)]
             centers_all.append(centers)
             counts_all.append(counts)
         centers, counts = jnp.stack(centers_all), jnp.stack(counts_all)

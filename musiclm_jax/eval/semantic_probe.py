@@ -160,7 +160,7 @@ def w2v_bert_extractors(tok, name: str, kmeans_fit_waves: Sequence[np.ndarray] |
 
     def get_kmeans():
         if kmeans["model"] is None:
-            from musiclm_jax.semantic.kmeans import KMeansConfig, fit
+            from musiclm_jax.quantization.kmeans import KMeansConfig, fit
 
             feats = np.concatenate(frames(kmeans_fit_waves, sample_rate))
             cfg = KMeansConfig(num_clusters=num_clusters, batch_size=min(4096, len(feats)), num_steps=num_steps,

@@ -19,7 +19,9 @@ import threading
 
 import numpy as np
 
-log = logging.getLogger("musiclm_jax.data.tokenize")
+from musiclm_jax.quantization.fingerprint import array_digest, module_fingerprint
+
+log = logging.getLogger("musiclm_jax.tokenizers")
 
 ENV = {"codec": "MUSICLM_CODEC_DIR", "semantic": "MUSICLM_SEMANTIC_DIR", "mulan": "MUSICLM_MULAN_DIR"}
 RANDOM_PREFIX = "random:"
@@ -59,14 +61,6 @@ def _seed(source: str) -> int | None:
         raise ValueError(f"bad tokenizer source {source!r}: use a checkpoint directory or 'random:<int seed>'")
 
 
-def params_fingerprint(module) -> str:
-    """Content hash of an NNX module's parameters (the same hash the semantic tokenizer records)."""
-    from flax import nnx
-
-    from musiclm_jax.semantic.kmeans import params_fingerprint as tree_fingerprint
-    return tree_fingerprint(nnx.state(module, nnx.Param))
-
-
 # -- the three tokenizers, tiny random or from checkpoints ----------------------------------------------------------
 
 def tiny_codec_config():
@@ -91,7 +85,7 @@ def load_codec(source: str):
     from musiclm_jax.codec.api import SoundStream
     seed = _seed(source)
     codec = SoundStream.random(tiny_codec_config(), seed) if seed is not None else SoundStream.from_checkpoint(source)
-    return codec, params_fingerprint(codec.model)
+    return codec, module_fingerprint(codec.model)
 
 
 def load_semantic(source: str):
@@ -100,7 +94,7 @@ def load_semantic(source: str):
 
     from musiclm_jax.semantic import w2v_bert as wb
     from musiclm_jax.semantic.api import SemanticTokenizer
-    from musiclm_jax.semantic.kmeans import KMeans
+    from musiclm_jax.quantization.kmeans import KMeans
     seed = _seed(source)
     if seed is None:
         tok = SemanticTokenizer.from_checkpoint(source)
@@ -108,11 +102,11 @@ def load_semantic(source: str):
         cfg = wb.preset("tiny", num_contrastive_layers=1, num_mlm_layers=1, embed_dim=16, mlp_dim=32)
         model = wb.W2vBert(cfg, nnx.Rngs(seed))
         centers = np.random.default_rng(seed).normal(size=(16, cfg.embed_dim)).astype(np.float32)
-        fp = params_fingerprint(model)
+        fp = module_fingerprint(model)
         tok = SemanticTokenizer(model, KMeans(centers, fingerprint=fp), fp, chunk_frames=125, chunk_batch=2)
     if tok.kmeans is None:
         raise ValueError(f"semantic tokenizer {source} has no k-means: run `musiclm-jax semantic fit-kmeans`")
-    return tok, f"{tok.fingerprint}-{tok.kmeans.fingerprint or 'kmeans'}-{_digest(tok.kmeans.centers)}"
+    return tok, f"{tok.fingerprint}-{tok.kmeans.fingerprint or 'kmeans'}-{_cache_digest(tok.kmeans.centers)}"
 
 
 def load_mulan(source: str):
@@ -131,12 +125,11 @@ def load_mulan(source: str):
                       rvq_lib.new_rvq(cfg.rvq_levels, cfg.rvq_codebook_size, cfg.embed_dim, seed=seed), batch_size=8)
     if mulan.quantizer is None:
         raise ValueError(f"MuLan {source} has no quantizer: run `musiclm-jax mulan fit-quantizer` first")
-    return mulan, f"{params_fingerprint(mulan.model)}-{_digest(mulan.quantizer.codebook[...])}"
+    return mulan, f"{module_fingerprint(mulan.model)}-{_cache_digest(mulan.quantizer.codebook[...])}"
 
 
-def _digest(a) -> str:
-    import hashlib
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(a, np.float32)).tobytes()).hexdigest()[:8]
+def _cache_digest(a) -> str:
+    return array_digest(a, chars=8, include_shape=False)
 
 
 class Tokenizers:

@@ -1,4 +1,6 @@
-"""Mini-batch k-means in JAX: k-means++ init, deterministic by seed, batches sharded over a device mesh.
+"""k-means in JAX, the one implementation of the project: the shared distance and assignment, Lloyd's iterations
+inside jit (`lloyd`: the residual VQ initialises its codebooks with it), and mini-batch k-means (`fit`: k-means++ init,
+deterministic by seed, batches sharded over a device mesh) on host data.
 
 The semantic tokens are the nearest-centroid ids of w2v-BERT features (paper: 1024 clusters of layer-7 features).
 Fitting follows Sculley (2010) with per-cluster learning rates 1/count, i.e. each centre is the running mean of
@@ -15,7 +17,6 @@ fingerprint of the w2v-BERT checkpoint whose features it clustered, so tokens al
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 
@@ -23,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
+
+from musiclm_jax.quantization.fingerprint import array_digest
 
 CENTERS_FILE = "centers.npy"
 META_FILE = "kmeans.json"
@@ -42,12 +45,15 @@ class KMeansConfig:
                 raise ValueError(f"KMeansConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
-def sq_distances(x: jax.Array, centers: jax.Array) -> jax.Array:
-    """Squared Euclidean distances [N, K] via ||x||^2 - 2 x.c + ||c||^2 (clamped at 0)."""
+def _raw_sq_distances(x: jax.Array, centers: jax.Array) -> jax.Array:
     x = x.astype(jnp.float32)
     centers = centers.astype(jnp.float32)
-    d = (jnp.sum(x * x, -1, keepdims=True) - 2.0 * x @ centers.T + jnp.sum(centers * centers, -1)[None])
-    return jnp.maximum(d, 0.0)
+    return jnp.sum(x * x, -1, keepdims=True) - 2.0 * x @ centers.T + jnp.sum(centers * centers, -1)[None]
+
+
+def sq_distances(x: jax.Array, centers: jax.Array) -> jax.Array:
+    """Squared Euclidean distances [N, K] via ||x||^2 - 2 x.c + ||c||^2 (clamped at 0)."""
+    return jnp.maximum(_raw_sq_distances(x, centers), 0.0)
 
 
 def assign(x: jax.Array, centers: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -55,6 +61,28 @@ def assign(x: jax.Array, centers: jax.Array) -> tuple[jax.Array, jax.Array]:
     d = sq_distances(x, centers)
     ids = jnp.argmin(d, -1).astype(jnp.int32)
     return ids, jnp.take_along_axis(d, ids[:, None], -1)[:, 0]
+
+
+def nearest(x: jax.Array, centers: jax.Array) -> jax.Array:
+    """Nearest centre id [N] (int32) of each row of `x` [N, D]; unclamped, so rounding never makes a tie."""
+    return jnp.argmin(_raw_sq_distances(x, centers), -1).astype(jnp.int32)
+
+
+def lloyd(x: jax.Array, k: int, iters: int, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Lloyd's k-means on ``x [N, D]`` from `k` random points, jittable: (centers [k, D], counts [k]). Empty
+    clusters keep their centre."""
+    n = x.shape[0]
+    centers = x[jax.random.choice(key, n, (k,), replace=n < k)]
+
+    def step(_, centers):
+        onehot = jax.nn.one_hot(nearest(x, centers), k, dtype=x.dtype)
+        counts = onehot.sum(0)
+        sums = onehot.T @ x
+        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centers)
+
+    centers = jax.lax.fori_loop(0, iters, step, centers)
+    counts = jax.nn.one_hot(nearest(x, centers), k, dtype=x.dtype).sum(0)
+    return centers, counts
 
 
 @jax.jit
@@ -116,7 +144,7 @@ class KMeans:
     """A fitted k-means model: `centers` [K, D] float32 and where it came from."""
 
     centers: np.ndarray
-    fingerprint: str = ""         # of the feature extractor's checkpoint (see `params_fingerprint`)
+    fingerprint: str = ""         # of the feature extractor's checkpoint (see `quantization.fingerprint`)
     meta: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -136,7 +164,7 @@ class KMeans:
         os.makedirs(directory, exist_ok=True)
         np.save(os.path.join(directory, CENTERS_FILE), np.asarray(self.centers, np.float32), allow_pickle=False)
         meta = dict(self.meta, num_clusters=self.num_clusters, dim=int(self.centers.shape[1]),
-                    fingerprint=self.fingerprint, centers_sha256=_array_digest(self.centers))
+                    fingerprint=self.fingerprint, centers_sha256=array_digest(self.centers))
         with open(os.path.join(directory, META_FILE), "w") as f:
             json.dump(meta, f, indent=1)
         return directory
@@ -149,7 +177,7 @@ class KMeans:
         with open(path) as f:
             meta = json.load(f)
         centers = np.load(os.path.join(directory, CENTERS_FILE), allow_pickle=False)
-        if _array_digest(centers) != meta.get("centers_sha256"):
+        if array_digest(centers) != meta.get("centers_sha256"):
             raise ValueError(f"{directory}/{CENTERS_FILE} does not match its {META_FILE} (corrupt or edited): refit")
         fingerprint = meta.pop("fingerprint", "")
         if expected_fingerprint and fingerprint and fingerprint != expected_fingerprint:
@@ -161,21 +189,6 @@ class KMeans:
 @jax.jit
 def _predict(x, centers):
     return assign(x, centers)[0]
-
-
-def _array_digest(a: np.ndarray) -> str:
-    a = np.ascontiguousarray(np.asarray(a, np.float32))
-    return hashlib.sha256(a.tobytes() + str(a.shape).encode()).hexdigest()[:16]
-
-
-def params_fingerprint(params) -> str:
-    """A short content hash of a parameter tree (leaf paths, shapes and bytes): names a checkpoint exactly."""
-    h = hashlib.sha256()
-    for path, leaf in jax.tree.leaves_with_path(params):
-        a = np.asarray(jax.device_get(leaf))
-        h.update(jax.tree_util.keystr(path).encode() + str(a.shape).encode() + str(a.dtype).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
 
 
 def _batch_sharding(mesh: jax.sharding.Mesh | None):
