@@ -379,9 +379,7 @@ def gin_bindings(text: str, configurable: str, references: dict | None = None) -
 def load_stage_lm(model_dir: str) -> tr.Transformer:
     """The Transformer of a stage-LM checkpoint (`python -m musiclm_jax.train` with gin/experiments/stage_*)."""
     from musiclm_jax.lm.models import TokenLM
-    from musiclm_jax.train import partitioning
-    from musiclm_jax.train.checkpoints import restore_for_inference
-    from musiclm_jax.train.trainer import Trainer
+    from musiclm_jax.train.loader import load_for_inference
 
     config_path = os.path.join(model_dir, "operative_config.gin")
     if not os.path.exists(config_path):
@@ -394,10 +392,7 @@ def load_stage_lm(model_dir: str) -> tr.Transformer:
         sizes = st.TokenSizes(**gin_bindings(text, "TokenSizes"))
         refs["@stage_vocab_size()"] = st.StageLayout(stage, sizes).vocab_size
     cfg = tr.TransformerConfig(**gin_bindings(text, "TransformerConfig", refs))
-    trainer = Trainer(TokenLM(cfg), partitioning.make_mesh(devices=jax.devices()[:1]))
-    restored, _, _ = restore_for_inference(model_dir, trainer.abstract_target())
-    trainer.ensure_rng_state()
-    return trainer.merge(restored["params"], restored["rest"])["model"]
+    return load_for_inference(TokenLM(cfg), model_dir).models["model"]
 
 
 # -- tiny random parts (tests, `generate --random_init --tiny`) -------------------------------------------------

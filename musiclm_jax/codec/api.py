@@ -91,9 +91,8 @@ class SoundStream:
         the checkpoint.
         """
         from musiclm_jax.codec.family import CodecFamily
-        from musiclm_jax.train import partitioning
-        from musiclm_jax.train.checkpoints import Checkpointer, restore_for_inference
-        from musiclm_jax.train.trainer import Trainer
+        from musiclm_jax.train.checkpoints import Checkpointer
+        from musiclm_jax.train.loader import load_for_inference
 
         if not os.path.isdir(os.path.join(model_dir, "checkpoints")):
             raise ValueError(f"{model_dir!r} holds no checkpoints/: pass the model_dir of `musiclm-jax codec train`")
@@ -111,10 +110,7 @@ class SoundStream:
                                  "pass config= explicitly")
         finally:
             ckpt.close()
-        trainer = Trainer(CodecFamily(config=config), partitioning.make_mesh(devices=jax.devices()[:1]))
-        state, _, _ = restore_for_inference(model_dir, trainer.abstract_target(), step)
-        trainer.ensure_rng_state()
-        return cls(trainer.merge(state["params"], state["rest"])["generator"])
+        return cls(load_for_inference(CodecFamily(config=config), model_dir, step).models["generator"])
 
     def save_config(self, model_dir: str) -> str:
         os.makedirs(model_dir, exist_ok=True)

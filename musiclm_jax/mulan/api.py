@@ -82,9 +82,8 @@ class MuLan:
     def from_checkpoint(cls, model_dir: str, step: int | None = None) -> "MuLan":
         """Loads the latest (or `step`) trainer checkpoint of `model_dir`, and its quantizer when present."""
         from musiclm_jax.mulan.family import GROUP, MuLanFamily
-        from musiclm_jax.train import partitioning
-        from musiclm_jax.train.checkpoints import Checkpointer, overlay, restore_for_inference
-        from musiclm_jax.train.trainer import Trainer
+        from musiclm_jax.train.checkpoints import Checkpointer, overlay
+        from musiclm_jax.train.loader import load_for_inference
 
         if not os.path.isdir(model_dir):
             raise ValueError(f"MuLan model directory {model_dir} does not exist")
@@ -98,14 +97,12 @@ class MuLan:
         # the tower is read from its package again, and everything else from the checkpoint.
         text_cfg = cfg.text if dropped else dataclasses.replace(cfg.text, pretrained=None)
         family = MuLanFamily(dataclasses.replace(cfg, text=text_cfg))
-        trainer = Trainer(family, partitioning.make_mesh(devices=jax.devices()[:1]))
-        state, _, _ = restore_for_inference(model_dir, trainer.abstract_target(), step)
-        trainer.ensure_rng_state()
-        if dropped:
+
+        def with_pretrained_tower(params: dict) -> dict:
             fresh = family.init(nnx.Rngs(0))
-            params = {g: nnx.to_pure_dict(nnx.state(m, nnx.Param)) for g, m in fresh.items()}
-            state = {"params": overlay(params, state["params"]), "rest": state["rest"]}
-        model = trainer.merge(state["params"], state["rest"])[GROUP]
+            return overlay({g: nnx.to_pure_dict(nnx.state(m, nnx.Param)) for g, m in fresh.items()}, params)
+
+        model = load_for_inference(family, model_dir, step, fill_dropped=with_pretrained_tower).models[GROUP]
         model.cfg = cfg
         quantizer = None
         if os.path.isdir(os.path.join(model_dir, QUANTIZER_DIR)):

@@ -89,9 +89,7 @@ class SemanticTokenizer:
                         require_kmeans: bool = True, **kwargs) -> "SemanticTokenizer":
         """Restores the parameters of the latest (or `step`) checkpoint in `model_dir` onto one device."""
         from musiclm_jax.semantic.family import GROUP, W2vBertFamily
-        from musiclm_jax.train import partitioning
-        from musiclm_jax.train.checkpoints import restore_for_inference
-        from musiclm_jax.train.trainer import Trainer
+        from musiclm_jax.train.loader import load_for_inference
 
         if not os.path.isdir(model_dir):
             raise ValueError(f"w2v-BERT model directory {model_dir} does not exist")
@@ -100,11 +98,9 @@ class SemanticTokenizer:
         if require_kmeans and not os.path.isdir(kmeans_dir):
             raise ValueError(f"no k-means in {kmeans_dir}: run `musiclm-jax semantic fit-kmeans --model_dir "
                              f"{model_dir}` first (or pass require_kmeans=False for features only)")
-        trainer = Trainer(W2vBertFamily(config=cfg), partitioning.make_mesh(devices=jax.devices()[:1]))
-        restored, _, _ = restore_for_inference(model_dir, trainer.abstract_target(), step)
-        trainer.ensure_rng_state()
-        model = trainer.merge(restored["params"], restored["rest"])[GROUP]
-        fingerprint = params_fingerprint(restored["params"])
+        loaded = load_for_inference(W2vBertFamily(config=cfg), model_dir, step)
+        model = loaded.models[GROUP]
+        fingerprint = params_fingerprint(loaded.params)
         kmeans = KMeans.load(kmeans_dir, expected_fingerprint=fingerprint) if os.path.isdir(kmeans_dir) else None
         return cls(model, kmeans, fingerprint, **kwargs)
 

@@ -16,8 +16,8 @@ import jax
 import numpy as np
 
 from musiclm_jax.train import partitioning
-from musiclm_jax.train.checkpoints import Checkpointer
-from musiclm_jax.train.trainer import Family, Trainer
+from musiclm_jax.train.loader import load_for_inference
+from musiclm_jax.train.trainer import Family
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +31,12 @@ def infer(family: Family = gin.REQUIRED, *, model_dir: str = gin.REQUIRED, outpu
     """Writes samples to `output_path` (JSONL) and returns {"step", "num_samples", "output_path"}."""
     if not hasattr(family, "predict"):
         raise ValueError(f"family {family.name!r} has no predict(): inference is for token LMs")
-    trainer = Trainer(family, mesh_fn(), rules_fn(), seed=seed)
-    target = trainer.abstract_target()
-    ckpt = Checkpointer(model_dir, async_save=False)
-    restored, step = ckpt.restore_subtrees({"params": target["params"], "rest": target["rest"]})
-    trainer.ensure_rng_state()
+    mesh, rules = mesh_fn(), rules_fn()
+    models, _, _, step = load_for_inference(family, model_dir, mesh=mesh, rules=rules, seed=seed)
     data = dataset(split="eval", batch_size=batch_size, seed=seed, shard_index=0, num_shards=1)
     written = 0
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    with trainer.activate(), open(output_path, "w") as out:
-        models = trainer.merge(restored["params"], restored["rest"])
+    with partitioning.axis_rules(mesh, rules), open(output_path, "w") as out:
         for b in range(num_batches):
             batch = {k: np.asarray(v) for k, v in next(data).items()}
             result = family.predict(models, batch, rng=jax.random.fold_in(jax.random.key(seed), b),
@@ -53,7 +49,6 @@ def infer(family: Family = gin.REQUIRED, *, model_dir: str = gin.REQUIRED, outpu
                                       "prompt": result["prompt"][row].tolist(),
                                       "tokens": tokens[:int(n)].tolist()}) + "\n")
                 written += 1
-    ckpt.close()
     log.info("wrote %d samples from step %d to %s", written, step, output_path)
     return {"step": step, "num_samples": written, "output_path": output_path}
 
