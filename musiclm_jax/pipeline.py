@@ -16,13 +16,11 @@ key (`decoding.sample_keys`, then stage and window), so a prompt's audio does no
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import logging
 import math
 import os
-import re
 import time
 from typing import Callable, Sequence
 
@@ -357,28 +355,10 @@ def _progress(stage: str, total: int, enabled: bool):
 
 
 # -- stage LM checkpoints -----------------------------------------------------------------------------------------
-def gin_bindings(text: str, configurable: str, references: dict | None = None) -> dict:
-    """`Configurable.param = value` bindings of a saved gin config as Python values (macros resolved;
-    `references` maps a reference such as '@stage_vocab_size()' to its value)."""
-    macros = dict(re.findall(r"^([A-Z_][A-Z0-9_]*)\s*=\s*(.+)$", text, re.M))
-    out = {}
-    for name, value in re.findall(rf"^(?:[\w/]*/)?(?:[\w.]+\.)?{configurable}\.(\w+)\s*=\s*(.+)$", text, re.M):
-        value = value.strip()
-        while value.startswith("%") and value[1:] in macros:
-            value = macros[value[1:]].strip()
-        if references and value in references:
-            out[name] = references[value]
-            continue
-        try:
-            out[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise ValueError(f"cannot read {configurable}.{name} = {value!r} from the saved gin config") from None
-    return out
-
-
 def load_stage_lm(model_dir: str) -> tr.Transformer:
     """The Transformer of a stage-LM checkpoint (`python -m musiclm_jax.train` with gin/experiments/stage_*)."""
     from musiclm_jax.lm.models import TokenLM
+    from musiclm_jax.train.gin_utils import saved_bindings as gin_bindings
     from musiclm_jax.train.loader import load_for_inference
 
     config_path = os.path.join(model_dir, "operative_config.gin")

@@ -19,6 +19,7 @@ import threading
 
 import numpy as np
 
+from musiclm_jax.audio.io import check_samples
 from musiclm_jax.quantization.fingerprint import array_digest, module_fingerprint
 
 log = logging.getLogger("musiclm_jax.tokenizers")
@@ -176,8 +177,7 @@ class Tokenizers:
         wave = np.asarray(wave, np.float32)
         if wave.ndim != 1 or wave.size == 0:
             raise ValueError(f"a clip must be a non-empty mono waveform [samples], got shape {wave.shape}")
-        if not np.all(np.isfinite(wave)):
-            raise ValueError("clip contains NaN or Inf samples")
+        check_samples(wave, "clip")
         with self._call_lock:
             acoustic = self.codec.encode(wave, sample_rate)[0]
             semantic = self.semantic.tokens(wave, sample_rate)[0]

@@ -162,6 +162,31 @@ def resample(wave: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return soxr.resample(wave.T, sr_in, sr_out).T.astype(np.float32)  # soxr wants [samples, channels]
 
 
+
+def check_samples(wave: np.ndarray, what: str = "wave") -> np.ndarray:
+    """The one check of in-memory audio: one-line errors for an empty wave or NaN/Inf samples; returns `wave`."""
+    if wave.size == 0 or wave.shape[-1] == 0:
+        raise ValueError(f"{what} is empty (0 samples): give at least a few milliseconds of audio")
+    if not np.all(np.isfinite(wave)):
+        raise ValueError(f"{what} contains NaN or Inf samples: clean it (e.g. np.nan_to_num) or skip this file")
+    return wave
+
+
+def as_mono_batch(wave, what: str = "wave", floating_only: bool = False) -> np.ndarray:
+    """[samples], [batch, samples] or [batch, channels, samples] (channels averaged) -> float32 [batch, samples],
+    checked by `check_samples`. `floating_only` refuses integer PCM (whose scale the caller cannot guess)."""
+    wave = np.asarray(wave)
+    if floating_only and not np.issubdtype(wave.dtype, np.floating):
+        raise ValueError(f"{what} must be floating point in [-1, 1], got dtype {wave.dtype}")
+    wave = wave.astype(np.float32)
+    if wave.ndim == 1:
+        wave = wave[None]
+    elif wave.ndim == 3:
+        wave = wave.mean(axis=1)
+    elif wave.ndim != 2:
+        raise ValueError(f"{what} must be [samples], [batch, samples] or [batch, channels, samples]; got {wave.shape}")
+    return check_samples(wave, what)
+
 def rms_dbfs(wave: np.ndarray) -> float:
     """Root-mean-square level in dB relative to full scale (a sine of amplitude 1 is -3 dBFS)."""
     rms = float(np.sqrt(np.mean(np.square(np.asarray(wave, dtype=np.float64))))) if np.size(wave) else 0.0

@@ -7,11 +7,9 @@
 """
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import os
-import re
 
 import jax
 import jax.numpy as jnp
@@ -26,37 +24,17 @@ CONFIG_FILE = "codec_config.json"
 
 def config_from_gin_text(text: str) -> CodecConfig | None:
     """The CodecConfig bindings of a saved gin config (operative config text), without touching gin's global state."""
-    values, lines = {}, text.splitlines()
-    for i, line in enumerate(lines):
-        m = re.match(r"^(?:[\w/]*/)?(?:[\w.]+\.)?CodecConfig\.(\w+)\s*=\s*(.*)$", line)
-        if not m:
-            continue
-        value = m.group(2)
-        for nxt in lines[i + 1:]:  # gin wraps long values onto indented continuation lines
-            if not nxt.startswith((" ", "\t")):
-                break
-            value += " " + nxt.strip()
-        values[m.group(1)] = ast.literal_eval(value.replace("\\", " ").strip())
+    from musiclm_jax.train.gin_utils import saved_bindings
+
+    values = saved_bindings(text, "CodecConfig")
     return CodecConfig(**values) if values else None
 
 
 def _as_batch(wave, sample_rate: int, target_rate: int, allow_resample: bool) -> np.ndarray:
     """Validates and normalises input audio to float32 ``[batch, samples]`` at `target_rate`."""
-    from musiclm_jax.audio.io import resample
+    from musiclm_jax.audio.io import as_mono_batch, resample
 
-    wave = np.asarray(wave)
-    if not np.issubdtype(wave.dtype, np.floating):
-        raise ValueError(f"wave must be floating point in [-1, 1], got dtype {wave.dtype}")
-    if wave.ndim == 1:
-        wave = wave[None]
-    elif wave.ndim == 3:  # [batch, channels, samples]: mix down to mono
-        wave = wave.mean(axis=1)
-    elif wave.ndim != 2:
-        raise ValueError(f"wave must be [samples], [batch, samples] or [batch, channels, samples]; got {wave.shape}")
-    if wave.shape[-1] == 0:
-        raise ValueError("wave is empty (0 samples)")
-    if not np.all(np.isfinite(wave)):
-        raise ValueError("wave contains NaN or Inf samples: clean the input (e.g. np.nan_to_num) before encoding")
+    wave = as_mono_batch(wave, floating_only=True)
     if sample_rate != target_rate:
         if not allow_resample:
             raise ValueError(f"wave is at {sample_rate} Hz but the codec runs at {target_rate} Hz: resample it "

@@ -400,7 +400,7 @@ class MusicnnBackend:
 
     # -- inputs
     def _waves(self, waves, sample_rate: int) -> list[np.ndarray]:
-        from musiclm_jax.audio.io import resample, to_mono
+        from musiclm_jax.audio.io import check_samples, resample, to_mono
 
         if isinstance(waves, np.ndarray) and waves.ndim == 2:
             waves = list(waves)
@@ -410,9 +410,7 @@ class MusicnnBackend:
             raise ValueError(f"waves must be [samples], [n, samples] or a list of waves, got shape {waves.shape}")
         out = []
         for i, w in enumerate(waves):
-            w = to_mono(np.asarray(w, np.float32))
-            if w.size == 0 or not np.all(np.isfinite(w)):
-                raise ValueError(f"wave {i} is empty or contains NaN / Inf samples")
+            w = check_samples(to_mono(np.asarray(w, np.float32)), f"wave {i}")
             out.append(resample(w, int(sample_rate), SAMPLE_RATE))
         return out
 

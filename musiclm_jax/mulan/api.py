@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from musiclm_jax.audio import resample
+from musiclm_jax.audio.io import check_samples, resample
 from musiclm_jax.mulan import quantizer as rvq_lib
 from musiclm_jax.mulan.audio import AudioConfig, audio_windows
 from musiclm_jax.mulan.model import MuLanConfig, MuLanModel
@@ -128,8 +128,7 @@ class MuLan:
         wave = np.asarray(wave, np.float32)
         if wave.ndim == 2:
             wave = wave.mean(0) if wave.shape[0] < wave.shape[1] else wave.mean(1)
-        if not np.all(np.isfinite(wave)):
-            raise ValueError("waveform contains NaN or Inf samples: fix or skip this file")
+        check_samples(wave, "waveform")
         wave = resample(wave, int(sample_rate), self.cfg.audio.sample_rate)
         windows = audio_windows(wave, self.cfg.audio)
         out = [np.asarray(_embed_windows(self.model, jnp.asarray(windows[i:i + self.batch_size])))

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from musiclm_jax.audio.io import resample
+from musiclm_jax.audio.io import as_mono_batch, resample
 from musiclm_jax.quantization.fingerprint import params_fingerprint
 from musiclm_jax.quantization.kmeans import KMeans
 from musiclm_jax.semantic.w2v_bert import W2vBert, W2vBertConfig
@@ -55,18 +55,7 @@ def _features(model: W2vBert, waves: jax.Array, layer: int) -> jax.Array:
 
 def prepare_waves(wave, sample_rate: int, target_rate: int) -> np.ndarray:
     """-> float32 [batch, samples] mono at `target_rate`; rejects NaN/Inf and empty input with a clear error."""
-    wave = np.asarray(wave, np.float32)
-    if wave.ndim == 1:
-        wave = wave[None]
-    elif wave.ndim == 3:  # [batch, channels, samples]
-        wave = wave.mean(1)
-    elif wave.ndim != 2:
-        raise ValueError(f"wave must be [samples], [batch, samples] or [batch, channels, samples], got shape "
-                         f"{wave.shape}")
-    if wave.shape[-1] == 0:
-        raise ValueError("wave is empty: give at least one frame of audio (640 samples at 16 kHz)")
-    if not np.all(np.isfinite(wave)):
-        raise ValueError("waveform contains NaN or Inf samples: fix or skip this file")
+    wave = as_mono_batch(wave, "waveform")
     return resample(wave, int(sample_rate), target_rate)
 
 
