@@ -43,6 +43,7 @@ PLAN = [
      ("shrink", [(r"--data_dir ~/tfds", "--clip_seconds 4 --num_scores 4 --data_dir ~/tfds")])),
     (r"data build --dataset synthcaps --config tiny --clip_seconds 4 --num_scores 4", "run"),
     (r"data build --dataset audio_captions", "run"),
+    (r"data melody --config tiny --data_dir ~/tfds", "run"),
     (r"codec train .*--steps 2000", ("shrink", [(r"--steps 2000", "--steps 2")])),
     (r"codec (reconstruct|encode|decode|eval) --model_dir=/tmp/codec_tiny", "run"),
     (r"--clip_seconds 8 --num_scores 1000", ("shrink", [(r"--clip_seconds 8 --num_scores 1000",

@@ -34,6 +34,19 @@ def register(subparsers) -> None:
                    help='Beam pipeline flags, e.g. "--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp"')
     b.set_defaults(func=build)
 
+    m = sub.add_parser("melody", help="render SynthCaps lead lines in contrasting sounds (melody-embedder pairs)",
+                       description="Example:\n  musiclm-jax data melody --config tiny_8s_n1000 --data_dir out/quickstart/tfds "
+                                   "--split test --limit 4 --out_dir out/melody",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("--config", required=True, help="a built SynthCaps config")
+    m.add_argument("--data_dir", required=True)
+    m.add_argument("--split", default="test")
+    m.add_argument("--limit", type=int, default=4, help="at most this many clips (those without a lead line skip)")
+    m.add_argument("--transpose", type=int, default=3, help="semitones of the transposed (negative) rendition")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out_dir", required=True, help="wavs <clip>_<timbre>.wav and renditions.jsonl go here")
+    m.set_defaults(func=melody_renditions)
+
 
 def build(args: argparse.Namespace) -> dict:
     """Handler for `data build`; returns a summary (splits, skipped) after printing it."""
@@ -79,3 +92,51 @@ def build(args: argparse.Namespace) -> dict:
     print(f"built {summary['dataset']}/{summary['config']} in {summary['dir']}: splits {summary['splits']}, "
           f"skipped {summary['skipped'] or 'none'}")
     return summary
+
+
+def melody_renditions(args: argparse.Namespace) -> dict:
+    """Handler for `data melody`: each clip's lead line in every timbre, plus one transposed copy."""
+    import json
+    import os
+
+    import numpy as np
+
+    from musiclm_jax.audio.io import write_wav
+    from musiclm_jax.data.synthcaps import melody
+    from musiclm_jax.data.synthcaps.clips import synthcaps_clips
+    from musiclm_jax.data.synthcaps.sources import SourceError
+
+    if args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    clips = synthcaps_clips(split=args.split, config=args.config, data_dir=os.path.expanduser(args.data_dir),
+                            limit=max(8 * args.limit, 16), extra_keys=("lead_notes", "clip_id"))
+    os.makedirs(args.out_dir, exist_ok=True)
+    rows, skipped = [], []
+    for clip in clips:
+        if len(rows) >= args.limit:
+            break
+        name = str(clip.get("clip_id") or f"clip{len(rows) + len(skipped)}").replace("/", "_")
+        notes = melody.notes_of(clip)
+        if not notes:
+            skipped.append(f"{name} (no lead line)")
+            continue
+        seconds = len(clip["audio"]) / clip["sample_rate"]
+        rng = np.random.default_rng([args.seed, len(rows)])
+        files = {}
+        try:
+            for timbre in melody.TIMBRES:
+                files[timbre] = write_wav(os.path.join(args.out_dir, f"{name}_{timbre}.wav"),
+                                          melody.render_melody(notes, timbre, 16000, seconds, rng), 16000)
+            files["transposed"] = write_wav(
+                os.path.join(args.out_dir, f"{name}_transposed{args.transpose:+d}.wav"),
+                melody.render_melody(melody.transpose(notes, args.transpose), "sine", 16000, seconds, rng), 16000)
+        except SourceError as e:
+            skipped.append(f"{name} ({e})")
+            continue
+        rows.append({"clip_id": name, "caption": clip.get("caption", ""), "notes": len(notes), "files": files})
+    with open(os.path.join(args.out_dir, "renditions.jsonl"), "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    print(f"rendered {len(rows)} lead lines in {len(melody.TIMBRES)} timbres + a transposed copy into "
+          f"{args.out_dir}; skipped {len(skipped)}{': ' + '; '.join(skipped) if skipped else ''}")
+    return {"rendered": len(rows), "skipped": skipped}

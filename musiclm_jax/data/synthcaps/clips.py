@@ -17,12 +17,12 @@ ATTRIBUTES = ("genre", "lead_instrument", "bpm", "mode", "key", "mood", "dynamic
 _SPLITS = {"eval": "validation"}
 
 
-def _to_clip(example: dict, sample_rate: int) -> dict:
+def _to_clip(example: dict, sample_rate: int, extra_keys: tuple[str, ...] = ()) -> dict:
     audio = np.asarray(example["audio"])
     if audio.dtype == np.int16:
         audio = audio.astype(np.float32) / 32768.0
     clip = {"audio": audio.astype(np.float32), "sample_rate": int(sample_rate)}
-    for key in ("caption",) + ATTRIBUTES:
+    for key in ("caption",) + ATTRIBUTES + tuple(extra_keys):
         if key in example:
             value = example[key]
             clip[key] = value.decode() if isinstance(value, bytes) else value
@@ -31,8 +31,9 @@ def _to_clip(example: dict, sample_rate: int) -> dict:
 
 @gin.configurable
 def synthcaps_clips(split: str = "train", config: str = "tiny", data_dir: str | None = None,
-                    limit: int | None = None) -> list[dict]:
-    """Clips of a built `synthcaps/<config>` TFDS dataset (build it with `musiclm-jax data build` first)."""
+                    limit: int | None = None, extra_keys: tuple[str, ...] = ()) -> list[dict]:
+    """Clips of a built `synthcaps/<config>` TFDS dataset (build it with `musiclm-jax data build` first), with the
+    example's `extra_keys` too (e.g. "lead_notes", "midi")."""
     import tensorflow_datasets as tfds
 
     import musiclm_jax.data.synthcaps.builder  # noqa: F401  (registers the builder)
@@ -45,7 +46,7 @@ def synthcaps_clips(split: str = "train", config: str = "tiny", data_dir: str | 
     ds = builder.as_dataset(split=_SPLITS.get(split, split))
     if limit:
         ds = ds.take(limit)
-    return [_to_clip(ex, sample_rate) for ex in tfds.as_numpy(ds)]
+    return [_to_clip(ex, sample_rate, extra_keys) for ex in tfds.as_numpy(ds)]
 
 
 def render_clips(num_scores: int = 8, clip_seconds: float = 4.0, sample_rate: int = 16000, seed: int = 0,
