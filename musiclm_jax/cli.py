@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "musiclm_jax.codec.commands",
     "musiclm_jax.semantic.commands",
     "musiclm_jax.mulan.commands",
+    "musiclm_jax.melody.commands",
     "musiclm_jax.generate_commands",
     "musiclm_jax.infer_commands",
     "musiclm_jax.eval.commands",

@@ -16,7 +16,7 @@ LAYERS = [
     {"train"},                                # the one trainer, partitioning, checkpoints, gin
     {"quantization"},                         # k-means, residual VQ, fingerprints
     {"codec", "lm"},                          # model families that depend on no other family
-    {"semantic", "mulan"},
+    {"semantic", "mulan", "melody"},
     {"tokenizers", "pipeline", "export"},     # the three tokenizers together; MusicLM; the exported directory
     {"tasks"},                                # SeqIO tasks and the Beam token cache
     {"eval"},                                 # the evaluation suite and the diagnoses

@@ -273,3 +273,34 @@ def load_clips(files: list[str], sample_rate: int, min_samples: int = 1) -> tupl
     if skipped:
         _log.warning("skipped %d of %d audio files: %s", len(skipped), len(files), "; ".join(skipped))
     return waves, skipped
+
+
+class WindowedAudio:
+    """Mixin of a config with `sample_rate`, `window_seconds` and `stride_seconds` (a model that embeds fixed
+    windows of long audio): the same sizes in samples."""
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_seconds * self.sample_rate))
+
+    @property
+    def stride_samples(self) -> int:
+        return int(round(self.stride_seconds * self.sample_rate))
+
+
+def windows(wave: np.ndarray, window: int, stride: int, what: str = "waveform") -> np.ndarray:
+    """One mono clip [samples] -> windows [n, window] for models that embed fixed windows.
+
+    Audio shorter than a window is zero-padded at the end into one window. Longer audio gives windows every
+    `stride` samples; when the stride does not land on the end, one more window ending exactly at the last sample
+    is added, so every window is full of audio and the tail is not ignored."""
+    wave = np.asarray(wave, np.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"expected a mono {what} [samples], got shape {wave.shape}: mix down first (to_mono)")
+    check_samples(wave, what)
+    if wave.shape[0] <= window:
+        return segment(wave, window, pad=True)
+    out = segment(wave, window, stride, pad=False)
+    if (wave.shape[0] - window) % stride:
+        out = np.concatenate([out, wave[None, -window:]], axis=0)
+    return out

@@ -14,13 +14,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from musiclm_jax.audio import segment
+from musiclm_jax.audio.io import WindowedAudio, windows
 from musiclm_jax.audio.features import log_mel_spectrogram
 from musiclm_jax.train.partitioning import with_logical_constraint
 
 
 @dataclasses.dataclass(frozen=True)
-class AudioConfig:
+class AudioConfig(WindowedAudio):
     sample_rate: int = 16000
     window_seconds: float = 10.0   # the tower's input; longer audio is averaged over windows
     stride_seconds: float = 1.0    # hop between windows of long audio
@@ -33,14 +33,6 @@ class AudioConfig:
     width: int = 64
     block: str = "bottleneck"      # "bottleneck" (ResNet-50 style) or "basic"
     groups: int = 8                # GroupNorm groups (channels must divide)
-
-    @property
-    def window_samples(self) -> int:
-        return int(round(self.window_seconds * self.sample_rate))
-
-    @property
-    def stride_samples(self) -> int:
-        return int(round(self.stride_seconds * self.sample_rate))
 
     @property
     def out_features(self) -> int:
@@ -128,21 +120,6 @@ class AudioEncoder(nnx.Module):
 
 
 def audio_windows(wave: np.ndarray, cfg: AudioConfig) -> np.ndarray:
-    """One clip [samples] (at cfg.sample_rate) -> windows [n, window_samples] whose embeddings are averaged.
-
-    Audio shorter than a window is zero-padded at the end into one window. Longer audio gives windows every
-    `stride_seconds`; when the stride does not land on the end, one more window ending exactly at the last sample
-    is added, so every window is full of audio and the tail is not ignored.
-    """
-    wave = np.asarray(wave, np.float32)
-    if wave.ndim != 1:
-        raise ValueError(f"expected a mono waveform [samples], got shape {wave.shape}: mix down first (to_mono)")
-    if wave.shape[0] == 0:
-        raise ValueError("empty waveform: nothing to embed")
-    w, s = cfg.window_samples, cfg.stride_samples
-    if wave.shape[0] <= w:
-        return segment(wave, w, pad=True)
-    windows = segment(wave, w, s, pad=False)
-    if (wave.shape[0] - w) % s:
-        windows = np.concatenate([windows, wave[None, -w:]], axis=0)
-    return windows
+    """One clip [samples] (at cfg.sample_rate) -> windows [n, window_samples] whose embeddings are averaged
+    (`audio.io.windows`: every `stride_seconds`, a last window ending at the end, short audio zero-padded)."""
+    return windows(wave, cfg.window_samples, cfg.stride_samples)

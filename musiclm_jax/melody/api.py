@@ -1,0 +1,92 @@
+"""A trained melody embedder for inference: window embeddings of any audio, and held-out retrieval.
+
+    mel = Melody.from_checkpoint("out/melody_tiny")
+    emb = mel.embed_windows(wave, sample_rate)      # [n_windows, embed_dim], one per `stride_seconds`
+    report = retrieval(mel, audio_int16, num_timbres)  # same line in another sound among 100 candidates
+
+The architecture comes from the checkpoint's own saved gin config (MelodyConfig bindings); no side file.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from musiclm_jax.audio.io import resample, windows as audio_windows
+from musiclm_jax.melody.model import MelodyConfig, MelodyEmbedder
+
+
+def windows(wave: np.ndarray, cfg: MelodyConfig) -> np.ndarray:
+    """Mono [samples] at cfg.sample_rate -> [n, window_samples], one every `stride_seconds` (`audio.io.windows`)."""
+    return audio_windows(wave, cfg.window_samples, cfg.stride_samples, "melody audio")
+
+
+@nnx.jit
+def _embed(model: MelodyEmbedder, x: jax.Array) -> jax.Array:
+    return model(x)
+
+
+class Melody:
+    def __init__(self, model: MelodyEmbedder, batch_size: int = 16):
+        self.model, self.cfg, self.batch_size = model, model.cfg, batch_size
+
+    @classmethod
+    def from_checkpoint(cls, model_dir: str, step: int | None = None) -> "Melody":
+        from musiclm_jax.melody.family import GROUP, MelodyFamily
+        from musiclm_jax.train.gin_utils import saved_bindings
+        from musiclm_jax.train.loader import load_for_inference
+
+        path = os.path.join(model_dir, "operative_config.gin")
+        if not os.path.exists(path):
+            raise ValueError(f"{model_dir} has no operative_config.gin: pass the model_dir of `musiclm-jax melody train`")
+        with open(path) as f:
+            cfg = MelodyConfig(**saved_bindings(f.read(), "MelodyConfig"))
+        return cls(load_for_inference(MelodyFamily(config=cfg), model_dir, step).models[GROUP])
+
+    def embed_batch(self, windows_: np.ndarray) -> np.ndarray:
+        """[N, window_samples] float32 -> unit embeddings [N, embed_dim] (padded to one compiled batch shape)."""
+        out = []
+        for i in range(0, len(windows_), self.batch_size):
+            chunk = windows_[i:i + self.batch_size]
+            pad = self.batch_size - len(chunk)
+            x = np.pad(chunk, ((0, pad), (0, 0))) if pad else chunk
+            out.append(np.asarray(_embed(self.model, jnp.asarray(x, jnp.float32)))[:len(chunk)])
+        return np.concatenate(out)
+
+    def embed_windows(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        wave = resample(np.asarray(wave, np.float32), int(sample_rate), self.cfg.sample_rate)
+        return self.embed_batch(windows(wave, self.cfg))
+
+
+def retrieval(melody: Melody, audio: np.ndarray, num_timbres: int, num_candidates: int = 100,
+              seed: int = 0) -> dict:
+    """Held-out retrieval on a rendition bank (audio int16 [lines, renditions, samples], renditions = the timbres
+    then the transposed copies). For every line and every ordered pair of timbres (query, candidate), the query's
+    first window is ranked against the candidate-timbre renditions of up to `num_candidates` lines (its own
+    included): top-1 accuracy. `transposition_accuracy`: how often the same line in the other timbre is nearer than
+    the line's own transposed copies. Chance top-1 is 1 / candidates."""
+    cfg = melody.cfg
+    w = cfg.window_samples
+    x = audio[..., :w].astype(np.float32) / 32768.0
+    lines, renditions = x.shape[:2]
+    emb = melody.embed_batch(x.reshape(lines * renditions, w)).reshape(lines, renditions, -1)
+    rng = np.random.default_rng(seed)
+    hits, trans, total = 0, 0, 0
+    for i in range(lines):
+        others = [j for j in range(lines) if j != i]
+        pool = [i] + list(rng.permutation(others)[:max(0, num_candidates - 1)])
+        for q in range(num_timbres):
+            for c in range(num_timbres):
+                if q == c:
+                    continue
+                sims = emb[pool, c] @ emb[i, q]
+                hits += int(np.argmax(sims) == 0)
+                own = float(emb[i, c] @ emb[i, q])
+                trans += int(all(own > float(emb[i, t] @ emb[i, q]) for t in range(num_timbres, renditions)))
+                total += 1
+    n = min(num_candidates, lines)
+    return {"lines": lines, "candidates": n, "queries": total, "top1": hits / total, "chance_top1": 1.0 / n,
+            "transposition_accuracy": trans / total}
