@@ -78,7 +78,7 @@ def test_tiny_embedder_learns_planted_lines(bank, tmp_path, capsys):
     import gin
 
     from musiclm_jax import cli
-    from musiclm_jax.melody.api import Melody, retrieval, windows
+    from musiclm_jax.melody.api import Melody, chroma_embed, retrieval, windows
     from musiclm_jax.melody.data import load_bank
 
     model_dir = tmp_path / "melody"
@@ -98,8 +98,10 @@ def test_tiny_embedder_learns_planted_lines(bank, tmp_path, capsys):
 
     mel = Melody.from_checkpoint(str(model_dir))
     audio, _, meta = load_bank(bank, "train")
-    report = retrieval(mel, audio, len(meta["timbres"]))
+    report = retrieval(mel.embed_batch, audio, len(meta["timbres"]), mel.cfg.window_samples)
     assert report["candidates"] == 4 and report["top1"] > 0.5 and report["transposition_accuracy"] > 0.5, report
+    chroma = retrieval(lambda x: chroma_embed(x, SR), audio, len(meta["timbres"]), mel.cfg.window_samples)
+    assert chroma["top1"] > 0.5 and chroma["transposition_accuracy"] > 0.9, chroma   # the baseline is sound
     emb = mel.embed_windows(audio[0, 0].astype(np.float32) / 32768, SR)
     assert emb.shape == (2, 32) and np.allclose(np.linalg.norm(emb, axis=-1), 1, atol=1e-4)
 

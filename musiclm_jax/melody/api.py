@@ -61,18 +61,31 @@ class Melody:
         return self.embed_batch(windows(wave, self.cfg))
 
 
-def retrieval(melody: Melody, audio: np.ndarray, num_timbres: int, num_candidates: int = 100,
+def chroma_embed(windows_: np.ndarray, sample_rate: int) -> np.ndarray:
+    """The hand-made baseline: each window's chroma sequence (librosa, 12 x frames, every frame L2-normalised),
+    flattened and normalised. Timbre-invariant by construction; transposition moves it."""
+    import librosa
+
+    out = []
+    for w in windows_:
+        c = librosa.feature.chroma_stft(y=np.asarray(w, np.float32), sr=sample_rate, n_fft=2048, hop_length=512)
+        c = c / np.maximum(np.linalg.norm(c, axis=0, keepdims=True), 1e-6)
+        v = c.T.reshape(-1)
+        out.append(v / max(float(np.linalg.norm(v)), 1e-6))
+    return np.stack(out).astype(np.float32)
+
+
+def retrieval(embed, audio: np.ndarray, num_timbres: int, window_samples: int, num_candidates: int = 100,
               seed: int = 0) -> dict:
     """Held-out retrieval on a rendition bank (audio int16 [lines, renditions, samples], renditions = the timbres
-    then the transposed copies). For every line and every ordered pair of timbres (query, candidate), the query's
-    first window is ranked against the candidate-timbre renditions of up to `num_candidates` lines (its own
-    included): top-1 accuracy. `transposition_accuracy`: how often the same line in the other timbre is nearer than
-    the line's own transposed copies. Chance top-1 is 1 / candidates."""
-    cfg = melody.cfg
-    w = cfg.window_samples
-    x = audio[..., :w].astype(np.float32) / 32768.0
+    then the transposed copies) with `embed` ([N, window_samples] float32 -> unit vectors [N, D], e.g.
+    `Melody.embed_batch` or `chroma_embed`). For every line and every ordered pair of timbres (query, candidate),
+    the query's first window is ranked against the candidate-timbre renditions of up to `num_candidates` lines (its
+    own included): top-1 accuracy. `transposition_accuracy`: how often the same line in the other timbre is nearer
+    than the line's own transposed copies. Chance top-1 is 1 / candidates."""
+    x = audio[..., :window_samples].astype(np.float32) / 32768.0
     lines, renditions = x.shape[:2]
-    emb = melody.embed_batch(x.reshape(lines * renditions, w)).reshape(lines, renditions, -1)
+    emb = np.asarray(embed(x.reshape(lines * renditions, window_samples))).reshape(lines, renditions, -1)
     rng = np.random.default_rng(seed)
     hits, trans, total = 0, 0, 0
     for i in range(lines):

@@ -66,16 +66,21 @@ def train(args: argparse.Namespace) -> dict:
 
 def evaluate(args: argparse.Namespace) -> dict:
     from musiclm_jax.eval import default_output
-    from musiclm_jax.melody.api import Melody, retrieval
+    from musiclm_jax.melody.api import Melody, chroma_embed, retrieval
     from musiclm_jax.melody.data import load_bank
 
     audio, _, meta = load_bank(args.bank_dir, args.split)
-    report = retrieval(Melody.from_checkpoint(args.model_dir), audio, len(meta["timbres"]), args.candidates)
+    mel = Melody.from_checkpoint(args.model_dir)
+    timbres, w = len(meta["timbres"]), mel.cfg.window_samples
+    report = retrieval(mel.embed_batch, audio, timbres, w, args.candidates)
+    report["baselines"] = {"chroma": retrieval(lambda x: chroma_embed(x, mel.cfg.sample_rate), audio, timbres, w,
+                                               args.candidates)}
     out = args.out or default_output(args.model_dir, f"melody_{args.split}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(report, f, indent=1)
     print(f"melody retrieval ({args.split}, {report['lines']} lines, {report['candidates']} candidates): top-1 "
           f"{report['top1']:.3f} (chance {report['chance_top1']:.3f}), same line over its transposed copies "
-          f"{report['transposition_accuracy']:.3f}; {out}")
+          f"{report['transposition_accuracy']:.3f}; chroma baseline top-1 {report['baselines']['chroma']['top1']:.3f}, "
+          f"transposition {report['baselines']['chroma']['transposition_accuracy']:.3f}; {out}")
     return report
