@@ -44,7 +44,7 @@ class Recipe:
     kmeans_clusters: int = 64
     codec_steps: int = 6051       # of a 7,000-step cosine schedule: the shipped codec stopped at the hour
     codec_schedule_steps: int = 7000
-    stage_steps: tuple[int, int, int] = (1200, 1000, 800)   # semantic, coarse, fine
+    stage_steps: tuple[int, int, int] = (1200, 3000, 800)   # semantic, coarse, fine (coarse: 1,000 stopped short)
 
 
 RECIPES = {"full": Recipe(), "smoke": Recipe(mulan_steps=4, w2v_steps=4, kmeans_clusters=64, codec_steps=4,

@@ -114,7 +114,7 @@ def load_mulan(source: str):
     """-> (MuLan with a quantizer, fingerprint of model and quantizer)."""
     from flax import nnx
 
-    from musiclm_jax.mulan import quantizer as rvq_lib
+    from musiclm_jax.quantization import embeddings as rvq_lib
     from musiclm_jax.mulan.api import MuLan
     from musiclm_jax.mulan.model import MuLanModel
     seed = _seed(source)

@@ -105,6 +105,16 @@ def test_tiny_embedder_learns_planted_lines(bank, tmp_path, capsys):
     emb = mel.embed_windows(audio[0, 0].astype(np.float32) / 32768, SR)
     assert emb.shape == (2, 32) and np.allclose(np.linalg.norm(emb, axis=-1), 1, atol=1e-4)
 
+    with pytest.raises(ValueError, match="fit-quantizer"):
+        mel.tokens(audio[0, 0].astype(np.float32) / 32768, SR)
+    assert cli.main(["melody", "fit-quantizer", "--model_dir", str(model_dir), "--bank_dir", bank]) == 0
+    mel = Melody.from_checkpoint(str(model_dir))
+    toks = mel.tokens(audio[0, 0].astype(np.float32) / 32768, SR)
+    assert toks.shape == (2, mel.cfg.rvq_levels) and toks.dtype == np.int32
+    assert 0 <= toks.min() and toks.max() < mel.cfg.rvq_codebook_size
+    np.testing.assert_array_equal(Melody.from_checkpoint(str(model_dir)).tokens(audio[0, 0] / 32768, SR), toks)
+    assert mel.token_fingerprint.startswith(mel.fingerprint) and len(mel.fingerprint) == 16
+
     rc = cli.main(["melody", "eval", "--model_dir", str(model_dir), "--bank_dir", bank, "--split", "train",
                    "--out", str(tmp_path / "r.json")])
     assert rc == 0 and json.loads((tmp_path / "r.json").read_text())["top1"] == report["top1"]

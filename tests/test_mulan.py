@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from musiclm_jax.mulan import losses
-from musiclm_jax.mulan import quantizer as rvq_lib
+from musiclm_jax.quantization import embeddings as rvq_lib
 from musiclm_jax.mulan.api import MuLan
 from musiclm_jax.mulan.audio import AudioConfig, audio_windows
 from musiclm_jax.mulan.family import MuLanFamily

@@ -67,6 +67,7 @@ PLAN = [
                                                              (r"--limit 400", "--limit 8 --seconds 2")])),
     (r"melody train --gin_file=gin/experiments/melody_tiny_synthcaps\.gin",
      ("shrink", [(r"--steps 300", "--steps 2")])),
+    (r"melody fit-quantizer --model_dir out/melody_tiny", "run"),
     (r"melody eval --model_dir out/melody_tiny", "run"),
     (r"-m musiclm_jax\.train --gin_file=gin/experiments/stage_coarse_tiny\.gin",
      ("shrink", [(r"TRAIN_STEPS=40", "TRAIN_STEPS=2")])),

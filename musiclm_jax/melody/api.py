@@ -2,7 +2,6 @@
 
     mel = Melody.from_checkpoint("out/melody_tiny")
     emb = mel.embed_windows(wave, sample_rate)      # [n_windows, embed_dim], one per `stride_seconds`
-    report = retrieval(mel, audio_int16, num_timbres)  # same line in another sound among 100 candidates
 
 The architecture comes from the checkpoint's own saved gin config (MelodyConfig bindings); no side file.
 """
@@ -17,6 +16,10 @@ from flax import nnx
 
 from musiclm_jax.audio.io import resample, windows as audio_windows
 from musiclm_jax.melody.model import MelodyConfig, MelodyEmbedder
+from musiclm_jax.quantization import embeddings as rvq_lib
+from musiclm_jax.quantization.fingerprint import array_digest
+
+QUANTIZER_DIR = "quantizer"
 
 
 def windows(wave: np.ndarray, cfg: MelodyConfig) -> np.ndarray:
@@ -30,8 +33,9 @@ def _embed(model: MelodyEmbedder, x: jax.Array) -> jax.Array:
 
 
 class Melody:
-    def __init__(self, model: MelodyEmbedder, batch_size: int = 16):
+    def __init__(self, model: MelodyEmbedder, quantizer=None, fingerprint: str = "", batch_size: int = 16):
         self.model, self.cfg, self.batch_size = model, model.cfg, batch_size
+        self.quantizer, self.fingerprint = quantizer, fingerprint
 
     @classmethod
     def from_checkpoint(cls, model_dir: str, step: int | None = None) -> "Melody":
@@ -42,9 +46,16 @@ class Melody:
         path = os.path.join(model_dir, "operative_config.gin")
         if not os.path.exists(path):
             raise ValueError(f"{model_dir} has no operative_config.gin: pass the model_dir of `musiclm-jax melody train`")
+        from musiclm_jax.quantization.fingerprint import params_fingerprint
+
         with open(path) as f:
             cfg = MelodyConfig(**saved_bindings(f.read(), "MelodyConfig"))
-        return cls(load_for_inference(MelodyFamily(config=cfg), model_dir, step).models[GROUP])
+        loaded = load_for_inference(MelodyFamily(config=cfg), model_dir, step)
+        quantizer = None
+        if os.path.isdir(os.path.join(model_dir, QUANTIZER_DIR)):
+            quantizer = rvq_lib.load_rvq(os.path.join(model_dir, QUANTIZER_DIR), cfg.rvq_levels,
+                                         cfg.rvq_codebook_size, cfg.embed_dim)
+        return cls(loaded.models[GROUP], quantizer, params_fingerprint(loaded.params))
 
     def embed_batch(self, windows_: np.ndarray) -> np.ndarray:
         """[N, window_samples] float32 -> unit embeddings [N, embed_dim] (padded to one compiled batch shape)."""
@@ -59,6 +70,29 @@ class Melody:
     def embed_windows(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
         wave = resample(np.asarray(wave, np.float32), int(sample_rate), self.cfg.sample_rate)
         return self.embed_batch(windows(wave, self.cfg))
+
+    # -- tokens ---------------------------------------------------------------------------------------------------
+    def fit_quantizer(self, embeddings: np.ndarray, seed: int = 0) -> dict:
+        """Fits the RVQ (cfg.rvq_levels x cfg.rvq_codebook_size) on window embeddings [N, D]; returns how much the
+        tokens lose (cosine to the embedding by number of levels, code usage)."""
+        self.quantizer = rvq_lib.fit_rvq(embeddings, self.cfg.rvq_levels, self.cfg.rvq_codebook_size, seed=seed)
+        return rvq_lib.quantization_report(self.quantizer, embeddings)
+
+    def save_quantizer(self, model_dir: str) -> str:
+        return rvq_lib.save_rvq(self._need_quantizer(), os.path.join(model_dir, QUANTIZER_DIR))
+
+    def tokens(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        """One mono clip -> int32 melody tokens [n_windows, rvq_levels] (one row per `stride_seconds`)."""
+        return rvq_lib.encode(self._need_quantizer(), self.embed_windows(wave, sample_rate))
+
+    @property
+    def token_fingerprint(self) -> str:
+        return f"{self.fingerprint}-{array_digest(self._need_quantizer().codebook[...], chars=8)}"
+
+    def _need_quantizer(self):
+        if self.quantizer is None:
+            raise ValueError("this melody embedder has no quantizer: run `musiclm-jax melody fit-quantizer` first")
+        return self.quantizer
 
 
 def chroma_embed(windows_: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -29,6 +29,12 @@ def register(subparsers) -> None:
     add_steps_argument(t)
     t.set_defaults(func=train)
 
+    q = sub.add_parser("fit-quantizer", help="fit the RVQ melody tokens on the embeddings of a bank's renditions")
+    q.add_argument("--model_dir", required=True)
+    q.add_argument("--bank_dir", required=True)
+    q.add_argument("--split", default="train")
+    q.set_defaults(func=fit_quantizer)
+
     e = sub.add_parser("eval", help="held-out retrieval: the same line in another sound among 100 candidates")
     e.add_argument("--model_dir", required=True)
     e.add_argument("--bank_dir", required=True)
@@ -62,6 +68,24 @@ def train(args: argparse.Namespace) -> dict:
                      model_dir=args.model_dir, steps=args.steps)
     print(done_line(summary, "loss", "triplet_accuracy"))
     return {k: v for k, v in summary.items() if k != "state"}
+
+
+def fit_quantizer(args: argparse.Namespace) -> dict:
+    """Every window (at the embedder's stride) of every timbre's rendition in the bank -> RVQ fit -> saved."""
+    import numpy as np
+
+    from musiclm_jax.melody.api import Melody, windows
+    from musiclm_jax.melody.data import load_bank
+
+    audio, _, meta = load_bank(args.bank_dir, args.split)
+    mel = Melody.from_checkpoint(args.model_dir)
+    timbre_audio = audio[:, :len(meta["timbres"])].reshape(-1, audio.shape[-1]).astype(np.float32) / 32768.0
+    emb = mel.embed_batch(np.concatenate([windows(w, mel.cfg) for w in timbre_audio]))
+    report = mel.fit_quantizer(emb)
+    path = mel.save_quantizer(args.model_dir)
+    print(f"melody quantizer {mel.cfg.rvq_levels} x {mel.cfg.rvq_codebook_size} on {len(emb)} window embeddings: "
+          f"cosine lost {report['cosine_lost']:.4f}; saved to {path}")
+    return report
 
 
 def evaluate(args: argparse.Namespace) -> dict:

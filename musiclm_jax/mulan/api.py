@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from musiclm_jax.audio.io import check_samples, resample
-from musiclm_jax.mulan import quantizer as rvq_lib
+from musiclm_jax.quantization import embeddings as rvq_lib
 from musiclm_jax.mulan.audio import AudioConfig, audio_windows
 from musiclm_jax.mulan.model import MuLanConfig, MuLanModel
 from musiclm_jax.mulan.text import TextConfig, TextTokenizer

@@ -13,7 +13,7 @@ from typing import Callable
 import gin
 import numpy as np
 
-from musiclm_jax.mulan import quantizer as rvq_lib
+from musiclm_jax.quantization import embeddings as rvq_lib
 from musiclm_jax.mulan.api import MuLan, save_config
 from musiclm_jax.data.synthcaps.clips import synthcaps_clips
 from musiclm_jax.mulan.data import PairBatches

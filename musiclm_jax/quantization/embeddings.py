@@ -1,9 +1,7 @@
-"""MuLan conditioning tokens: residual VQ of the embeddings (paper: 12 levels x 1024 codes).
-
-This uses the shared `ResidualVQ` (musiclm_jax/quantization/rvq.py, also the codec's bottleneck): here it is fitted once, after contrastive
-training, by level-wise k-means on *audio* embeddings, then applied unchanged to audio and text embeddings
-(the text embedding lands in the same space, so the same codebooks serve both). Saved with orbax next to the model.
-"""
+"""Tokens of embedding vectors: a `ResidualVQ` (rvq.py, also the codec's bottleneck) fitted once, after a model is
+trained, by level-wise k-means on its embeddings [N, D], then applied unchanged (MuLan: fitted on audio embeddings,
+applied to audio and text, which share the space; paper 12 x 1024. Melody: 24 x 512). Saved with orbax next to the
+model."""
 from __future__ import annotations
 
 import os
@@ -79,12 +77,13 @@ def save_rvq(rvq: ResidualVQ, directory: str) -> str:
     return path
 
 
-def load_rvq(directory: str, levels: int, codebook_size: int, dim: int) -> ResidualVQ:
+def load_rvq(directory: str, levels: int, codebook_size: int, dim: int,
+             hint: str = "fit one first (e.g. `musiclm-jax mulan train` does it at the end)") -> ResidualVQ:
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(directory)
     if not os.path.isdir(path):
-        raise ValueError(f"no MuLan quantizer at {path}: fit one (`musiclm-jax mulan train` does it at the end)")
+        raise ValueError(f"no quantizer at {path}: {hint}")
     rvq = new_rvq(levels, codebook_size, dim)
     target = nnx.to_pure_dict(nnx.state(rvq))
     with ocp.StandardCheckpointer() as ckptr:
