@@ -138,3 +138,49 @@ def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_items():
     x = rng.normal(size=50)
     lo, hi = M.bootstrap_interval(np.arange(50), lambda idx: float(np.median(x[idx])), num=200)
     assert lo <= np.median(x) <= hi
+
+
+def test_conditioning_use_measures_swapped_conditioning(lm, tmp_path, capsys):
+    from musiclm_jax.eval import chain as chain_lib
+    from musiclm_jax.eval import commands
+
+    sr = lm.sample_rate
+    waves = np.stack([_tone(c, lm.windows.coarse_s + 0.5, sr=sr, seed=i)
+                      for i, c in enumerate([(261.6,), (329.6, 392.0), (220.0,)])])
+    res = chain_lib.conditioning_use(lm, waves, sr, shift_s=0.0)
+    assert set(chain_lib.CONDITIONING_CASES) <= set(res) and all(np.isfinite(res[c]) for c in chain_lib.CONDITIONING_CASES)
+    # No shift: the shifted cases are the clip's own conditioning, to the last bit.
+    assert res["semantic_shifted_later"] == res["own"] == res["semantic_shifted_earlier"]
+    # Identical clips: another clip's tokens are the clip's own.
+    same = chain_lib.conditioning_use(lm, np.stack([waves[0]] * 2), sr)
+    assert same["semantic_of_another_clip"] == same["own"] == same["mulan_of_another_clip"]
+    assert chain_lib.coarse_nll(lm, *(np.asarray(x) for x in _own(lm, waves))) == pytest.approx(res["own"])
+    # The CLI: --conditioning on a reference folder, no generation.
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    import json
+    import soundfile as sf
+    with open(ref / "prompts.jsonl", "w") as f:
+        for i, w in enumerate(waves):
+            sf.write(str(ref / f"c{i}.wav"), w, sr)
+            f.write(json.dumps({"id": f"c{i}", "prompt": "a tone", "wav": f"c{i}.wav"}) + "\n")
+    import argparse
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["eval", "chain", "--reference_dir", str(ref), "--conditioning", "--out_dir",
+                              str(tmp_path / "out")])
+    args.model_dir = None
+    out = commands._conditioning(lm, __import__("musiclm_jax.eval.data", fromlist=["x"]).load_items(
+        str(ref / "prompts.jsonl"))[0], str(tmp_path / "out"), args)
+    assert json.load(open(tmp_path / "out" / "conditioning.json"))["own"] == out["own"]
+    assert "semantic_of_another_clip" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="at least 2 reference clips"):
+        commands._conditioning(lm, [], str(tmp_path / "x"), args)
+
+
+def _own(lm, waves):
+    from musiclm_jax.eval.chain import clip_tokens
+
+    n_sem, n_ac = lm._frames(lm.windows.coarse_s)
+    tok = clip_tokens(lm, waves, lm.sample_rate, lm.windows.coarse_s)
+    return tok["mulan"], tok["semantic"][:, :n_sem], tok["codes"][:, :n_ac]

@@ -129,6 +129,7 @@ def test_short_training_run_decreases_losses():
 
 
 @pytest.mark.parametrize("name,preset_name", [("w2v_bert_tiny_synthetic", "tiny"), ("w2v_bert_tiny_synthcaps", "tiny"),
+                                              ("w2v_bert_small_synthcaps", "small"),
                                               ("w2v_bert_paper", "paper")])
 def test_gin_experiments_match_presets(name, preset_name):
     import gin

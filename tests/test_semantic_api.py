@@ -95,6 +95,29 @@ def test_provenance(tok, model_dir, tmp_path):
         SemanticTokenizer.from_checkpoint(model_dir, kmeans_dir=str(tmp_path / "none"))
 
 
+def test_chroma_kmeans_travels_with_the_clusters(model_dir, tmp_path):
+    """`fit_kmeans(chroma_weight=)` clusters features + chroma; the weight is saved with the k-means and read back."""
+    import shutil
+
+    d = str(tmp_path / "chroma")
+    shutil.copytree(model_dir, d)
+    fit_kmeans(d, waves(6, 3.0), SR, num_clusters=8, max_frames=1000, batch_size=128, num_steps=10,
+               chroma_weight=1.5)
+    meta = json.load(open(os.path.join(d, "kmeans", "kmeans.json")))
+    assert meta["chroma_weight"] == 1.5 and meta["dim"] == TINY.embed_dim + 12
+    tok = SemanticTokenizer.from_checkpoint(d, chunk_frames=40, chunk_batch=4)
+    assert tok.chroma_weight == 1.5 and tok.describe()["chroma_weight"] == 1.5
+    wave = waves(1, 5.0, seed=1)[0]
+    x = tok.token_features(wave, SR)
+    assert x.shape == (1, 125, TINY.embed_dim + 12)
+    np.testing.assert_allclose(np.linalg.norm(x[0, :, :-12], axis=-1), 1.0, rtol=1e-4)   # unit features
+    assert np.all(np.linalg.norm(x[0, 5:-5, -12:], axis=-1) > 1.4)                       # 1.5 x unit chroma
+    ids = tok.tokens(wave, SR)
+    assert ids.shape == (1, 125) and ids.max() < 8
+    other = SemanticTokenizer(tok.model, tok.kmeans, tok.fingerprint, chunk_frames=97, chunk_batch=2)
+    np.testing.assert_array_equal(ids, other.tokens(wave, SR))
+
+
 def test_evaluate_and_cli(tok, model_dir, tmp_path):
     ws = waves(4, 2.0, seed=4)
     res = evaluate.evaluate_tokenizer(tok, ws, SR, [{"score_id": s} for s in ("a", "a", "b", "b")])

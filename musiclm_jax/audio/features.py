@@ -96,3 +96,22 @@ def log_mel_spectrogram(x: jnp.ndarray, sample_rate: int, n_fft: int = 1024, hop
     """Natural-log mel spectrogram ``log(max(mel, floor))``, ``[..., frames, n_mels]``."""
     mel = mel_spectrogram(x, sample_rate, n_fft, hop_length, n_mels, fmin, fmax, power, win_length, center)
     return jnp.log(jnp.maximum(mel, floor))
+
+
+def chroma_frames(wave: np.ndarray, sample_rate: int, hop_length: int, n_fft: int = 2048,
+                  frames: int | None = None) -> np.ndarray:
+    """STFT chroma (librosa) of a mono wave, every frame L2-normalised (silence -> zeros): float32 [frames, 12].
+
+    Frame i is centred on sample i * hop_length + hop_length // 2, the middle of the i-th hop, so it lines up with
+    models whose frame i covers samples [i * hop, (i + 1) * hop). `frames` cuts or zero-pads to that many."""
+    import librosa
+
+    wave = np.asarray(wave, np.float32)[hop_length // 2:]
+    if len(wave) == 0:
+        wave = np.zeros(1, np.float32)
+    c = librosa.feature.chroma_stft(y=wave, sr=sample_rate, n_fft=n_fft, hop_length=hop_length, norm=None).T
+    c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-6)
+    c[~np.isfinite(c).all(1)] = 0.0
+    if frames is not None:
+        c = np.concatenate([c, np.zeros((max(0, frames - len(c)), 12), c.dtype)])[:frames]
+    return c.astype(np.float32)

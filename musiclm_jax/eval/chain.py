@@ -201,3 +201,53 @@ def diagnose(model, refs: Sequence[Item], out_dir: str, *, backends: dict, probe
         f.write(f"Stage-by-stage diagnosis: {len(refs)} clips of {duration_s:g} s, 95 % bootstrap intervals.\n\n"
                 + md + "\n")
     return report
+
+
+# --- does the coarse stage use its conditioning? -------------------------------------------------------------------
+# Teacher-forced cross-entropy of each clip's own coarse codes under swapped conditioning. A stage that renders its
+# semantic tokens in time gets worse when they are shifted; one that reads them as a bag of words (clip identity,
+# key) only when they come from another clip; one that ignores them, under neither.
+
+CONDITIONING_CASES = ("own", "semantic_shifted_later", "semantic_shifted_earlier", "semantic_of_another_clip",
+                      "semantic_constant", "mulan_of_another_clip")
+
+
+def coarse_nll(model, mulan: np.ndarray, semantic: np.ndarray, codes: np.ndarray) -> float:
+    """Mean teacher-forced NLL (nats per target token) of `codes` [b, Ta, >= Qc] given the conditioning."""
+    import jax
+    import jax.numpy as jnp
+
+    layout, lm = model.layouts["coarse"], model.models["coarse"]
+    inputs, targets = (jnp.asarray(x) for x in layout.build(mulan=mulan, semantic=semantic, acoustic=codes))
+    x = jnp.concatenate([inputs, targets[:, :-1]], axis=1)
+    prefix = jnp.full((x.shape[0],), inputs.shape[1], jnp.int32)
+    logits = lm(x, prefix_len=prefix, deterministic=True)[:, inputs.shape[1] - 1:].astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return float(-jnp.take_along_axis(logp, targets[..., None], axis=-1).mean())
+
+
+def conditioning_use(model, waves: np.ndarray, sample_rate: int, crop_s: float | None = None,
+                     shift_s: float = 0.2) -> dict:
+    """NLL of each case of `CONDITIONING_CASES` on crops of `crop_s` (default: the coarse window) of equal-length
+    `waves` [b, samples] (b >= 2; "another clip" is the next one). Shifts move the semantic tokens `shift_s` later
+    (the crop's first frames repeat) or earlier (cut from a longer crop). Returns {case: nll} and the differences
+    from "own" ("delta_<case>")."""
+    waves = np.asarray(waves, np.float32)
+    if waves.ndim != 2 or len(waves) < 2:
+        raise ValueError(f"conditioning_use needs a batch of at least 2 equal-length clips, got shape {waves.shape}")
+    crop_s = model.windows.coarse_s if crop_s is None else crop_s
+    shift = round(shift_s * model.semantic_rate)
+    n_sem, n_ac = model._frames(crop_s)
+    tok = clip_tokens(model, waves, sample_rate, crop_s + shift / model.semantic_rate)
+    sem, mul, codes = tok["semantic"], tok["mulan"], tok["codes"][:, :n_ac]
+    own = sem[:, :n_sem]
+    cases = {"own": (mul, own),
+             "semantic_shifted_later": (mul, np.concatenate([own[:, :1].repeat(shift, 1), own], 1)[:, :n_sem]),
+             "semantic_shifted_earlier": (mul, sem[:, shift:shift + n_sem]),
+             "semantic_of_another_clip": (mul, np.roll(own, 1, axis=0)),
+             "semantic_constant": (mul, own[:, :1].repeat(n_sem, 1)),
+             "mulan_of_another_clip": (np.roll(mul, 1, axis=0), own)}
+    out = {name: coarse_nll(model, m, s, codes) for name, (m, s) in cases.items()}
+    out.update({f"delta_{k}": v - out["own"] for k, v in list(out.items()) if k != "own"})
+    out.update(clips=int(len(waves)), crop_s=float(crop_s), shift_s=shift / model.semantic_rate)
+    return out

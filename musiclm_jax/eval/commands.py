@@ -76,6 +76,10 @@ def register(subparsers) -> None:
     c.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95 %% intervals")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out_dir", default=None, help="default out/eval/<model folder>/chain")
+    c.add_argument("--conditioning", action="store_true",
+                   help="only measure whether the coarse stage uses its conditioning: teacher-forced NLL of the "
+                   "clips' own codes given their semantic tokens, shifted ones, another clip's, and another "
+                   "clip's MuLan tokens (no generation; writes conditioning.json)")
     c.set_defaults(func=chain)
 
     p = sub.add_parser("fit-probe", help="fit instrument / genre probes on real audio embeddings (.npz)")
@@ -175,6 +179,8 @@ def chain(args: argparse.Namespace) -> dict:
     model_dir = os.path.expanduser(args.model_dir) if args.model_dir else shipped_musiclm_dir()
     out_dir = args.out_dir or default_output(model_dir, "chain")
     model = MusicLM.from_pretrained(model_dir)
+    if args.conditioning:
+        return _conditioning(model, refs, out_dir, args)
     backends = {spec: get_backend(spec) for spec in args.backend or ["mel"]}
     report = chain_lib.diagnose(model, refs, out_dir, backends=backends, probes=probes, rows=rows,
                                 duration_s=args.duration, batch_size=args.batch_size, seed=args.seed,
@@ -185,6 +191,32 @@ def chain(args: argparse.Namespace) -> dict:
         print(f"skipped {len(skipped)} clip(s): " + "; ".join(f"{n} ({r})" for n, r in skipped.items))
     print(f"wrote {out_dir}/chain.json, chain.md and one folder of wavs per generated row")
     return report
+
+
+def _conditioning(model, refs, out_dir: str, args: argparse.Namespace) -> dict:
+    import json
+
+    import numpy as np
+
+    from musiclm_jax.audio.io import resample
+    from musiclm_jax.eval import chain as chain_lib
+
+    sr = model.sample_rate
+    need = round((model.windows.coarse_s + 0.2) * sr)
+    waves = [resample(np.asarray(r.wave, np.float32), r.sample_rate, sr) for r in refs]
+    waves = np.stack([w[:need] for w in waves if len(w) >= need]) if waves else np.zeros((0, need))
+    if len(waves) < 2:
+        raise ValueError(f"--conditioning needs at least 2 reference clips of >= {need / sr:.1f} s")
+    res = chain_lib.conditioning_use(model, waves, sr)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "conditioning.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"coarse stage, teacher-forced NLL (nats/token) of {res['clips']} clips' own codes, {res['crop_s']:g} s crops:")
+    for case in chain_lib.CONDITIONING_CASES:
+        delta = "" if case == "own" else f"  ({res['delta_' + case]:+.3f})"
+        print(f"  {case:26s} {res[case]:.3f}{delta}")
+    print(f"wrote {out_dir}/conditioning.json")
+    return res
 
 
 def evaluate(args: argparse.Namespace) -> dict:

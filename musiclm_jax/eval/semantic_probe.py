@@ -118,10 +118,12 @@ def random_init_tokenizer(cfg, seed: int = 0, **kwargs):
 
 
 class FrameFeatures:
-    """Frame features [T, D] of each wave from a tokenizer, computed once per wave object (cached by id)."""
+    """Frame features [T, D] of each wave from a tokenizer, computed once per wave object (cached by id); with
+    `tokens`, what its k-means clusters (`token_features`: with chroma when the tokenizer adds it)."""
 
-    def __init__(self, tok):
+    def __init__(self, tok, tokens: bool = False):
         self.tok, self._cache = tok, {}
+        self._fn = tok.token_features if tokens else tok.features
 
     def __call__(self, waves: Sequence[np.ndarray], sample_rate: int) -> list[np.ndarray]:
         todo = [w for w in waves if id(w) not in self._cache]
@@ -131,7 +133,7 @@ class FrameFeatures:
         for group in by_len.values():  # equal lengths: one batched call
             for i in range(0, len(group), 64):
                 part = group[i:i + 64]
-                for w, f in zip(part, self.tok.features(np.stack(part), sample_rate)):
+                for w, f in zip(part, self._fn(np.stack(part), sample_rate)):
                     self._cache[id(w)] = (w, f)
         return [self._cache[id(w)][1] for w in waves]
 
@@ -153,6 +155,7 @@ def w2v_bert_extractors(tok, name: str, kmeans_fit_waves: Sequence[np.ndarray] |
     """Pooled features and (when the tokenizer has a k-means, or `kmeans_fit_waves` and `num_clusters` are given:
     one is fitted on their features) the token histogram of tokenizer `tok`; frame features are computed once."""
     frames = FrameFeatures(tok)
+    token_frames = FrameFeatures(tok, tokens=True) if tok.chroma_weight else frames
     out = [Extractor(f"{name} features", lambda waves, sr: pooled(frames(waves, sr)))]
     kmeans = {"model": tok.kmeans}
     if kmeans["model"] is None and not (kmeans_fit_waves and num_clusters):
@@ -162,7 +165,7 @@ def w2v_bert_extractors(tok, name: str, kmeans_fit_waves: Sequence[np.ndarray] |
         if kmeans["model"] is None:
             from musiclm_jax.quantization.kmeans import KMeansConfig, fit
 
-            feats = np.concatenate(frames(kmeans_fit_waves, sample_rate))
+            feats = np.concatenate(token_frames(kmeans_fit_waves, sample_rate))
             cfg = KMeansConfig(num_clusters=num_clusters, batch_size=min(4096, len(feats)), num_steps=num_steps,
                                init_samples=min(len(feats), max(4 * num_clusters, 4096)), seed=seed)
             kmeans["model"] = fit(feats, cfg, fingerprint=tok.fingerprint)
@@ -170,7 +173,7 @@ def w2v_bert_extractors(tok, name: str, kmeans_fit_waves: Sequence[np.ndarray] |
 
     def hist(waves, sr):
         km = get_kmeans()
-        return histogram([km.predict(f) for f in frames(waves, sr)], km.num_clusters)
+        return histogram([km.predict(f) for f in token_frames(waves, sr)], km.num_clusters)
 
     out.append(Extractor(f"{name} token histogram", hist))
     return out
@@ -284,6 +287,119 @@ def probe_table_random(clips: Sequence[dict], extractors: Sequence[Extractor], a
         if not splits[a][1]:
             raise ValueError(f"attribute {a!r}: too few clips for a test part (every class has one score)")
     return _score_rows(_extract(clips, extractors, sample_rate), all_labels, splits, l2)
+
+
+# --- frame probes: what one 25 Hz token says about its own frame ----------------------------------------------------
+# Pooled vectors cannot show rhythm or melody, which is what the coarse stage needs from its semantic tokens. Two
+# time-resolved probes read the token stream itself: the pitch class of each frame (argmax of chroma_cqt, predicted
+# by the majority class of its token in the training clips; chance = the majority pitch class) and onset frames
+# (the clip's top 15 % onset strength, scored by how often the frame's token bigram starts an onset in training;
+# ROC AUC, chance 0.5). Token sources: the tokenizer, a random-init w2v-BERT with its own k-means, and k-means of
+# log-mel frames (a no-learning baseline with the same number of clusters).
+
+ONSET_QUANTILE = 0.85
+
+
+def frame_targets(wave: np.ndarray, sample_rate: int, frame_rate: float, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pitch class [frames] int, onset flag [frames] bool) of a mono wave at `frame_rate`."""
+    import librosa
+
+    hop = int(round(sample_rate / frame_rate))
+    wave = np.asarray(wave, np.float32)
+    chroma = librosa.feature.chroma_cqt(y=wave, sr=sample_rate, hop_length=hop)
+    onset = librosa.onset.onset_strength(y=wave, sr=sample_rate, hop_length=hop)
+    n = min(frames, chroma.shape[1], len(onset))
+    onset = onset[:n]
+    return chroma[:, :n].argmax(0), onset > np.quantile(onset, ONSET_QUANTILE)
+
+
+def pitch_class_accuracy(train_ids, train_pc, test_ids, test_pc, num_tokens: int) -> float:
+    """Accuracy of predicting each test frame's pitch class by its token's majority class in training."""
+    table = np.zeros((num_tokens, 12))
+    np.add.at(table, (np.concatenate(train_ids), np.concatenate(train_pc)), 1)
+    pred = table.argmax(1)
+    return float(np.mean(pred[np.concatenate(test_ids)] == np.concatenate(test_pc)))
+
+
+def roc_auc(scores: np.ndarray, labels_: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN without both classes."""
+    from scipy.stats import rankdata
+
+    labels_ = np.asarray(labels_, bool)
+    pos, neg = int(labels_.sum()), int((~labels_).sum())
+    if not pos or not neg:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[labels_].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def onset_auc(train_ids, train_onsets, test_ids, test_onsets, num_tokens: int) -> float:
+    """ROC AUC of onset frames scored by the training onset rate of the (previous, current) token bigram."""
+    hits, counts = np.zeros((num_tokens, num_tokens)), np.zeros((num_tokens, num_tokens))
+    for ids, on in zip(train_ids, train_onsets):
+        np.add.at(hits, (ids[:-1], ids[1:]), on[1:])
+        np.add.at(counts, (ids[:-1], ids[1:]), 1)
+    prior = np.mean(np.concatenate([o[1:] for o in train_onsets]))
+    rate = (hits + prior) / (counts + 1)
+    scores = np.concatenate([rate[ids[:-1], ids[1:]] for ids in test_ids])
+    return roc_auc(scores, np.concatenate([o[1:] for o in test_onsets]))
+
+
+def logmel_frames(waves: Sequence[np.ndarray], sample_rate: int, frame_rate: float, n_mels: int = 80) -> list:
+    import librosa
+
+    hop = int(round(sample_rate / frame_rate))
+    return [np.log(librosa.feature.melspectrogram(y=np.asarray(w, np.float32), sr=sample_rate, n_fft=1024,
+                                                  hop_length=hop, n_mels=n_mels) + 1e-5).T for w in waves]
+
+
+def _kmeans_ids(train_feats: list, all_feats: list, num_clusters: int, seed: int) -> list:
+    from musiclm_jax.quantization.kmeans import KMeansConfig, fit
+
+    x = np.concatenate(train_feats).astype(np.float32)
+    cfg = KMeansConfig(num_clusters=num_clusters, batch_size=min(4096, len(x)), num_steps=100,
+                       init_samples=min(len(x), max(4 * num_clusters, 4096)), seed=seed)
+    km = fit(x, cfg)
+    return [km.predict(f).astype(np.int64) for f in all_feats]
+
+
+def frame_probe_table(train_waves: Sequence[np.ndarray], test_waves: Sequence[np.ndarray], tok, sample_rate: int = 16000,
+                      random_tok=None, seed: int = 0) -> list[dict]:
+    """Rows {"tokens", "clusters", "pitch_class", "onset_auc"} for the tokenizer `tok` (needs its k-means), the
+    random-init tokenizer `random_tok` (its k-means fitted here on the training waves; give it `tok`'s
+    chroma_weight to see what training adds), log-mel k-means, chance."""
+    if tok.kmeans is None:
+        raise ValueError("frame probes read tokens: fit the k-means first (`musiclm-jax semantic fit-kmeans`)")
+    _check_clips(train_waves, "training")
+    _check_clips(test_waves, "test")
+    waves = [np.asarray(w, np.float32) for w in list(train_waves) + list(test_waves)]
+    n_train, k, rate = len(train_waves), tok.num_tokens, tok.cfg.frame_rate
+    sources = {"trained tokens": [t.astype(np.int64) for t in (tok.tokens(w[None], sample_rate)[0] for w in waves)]}
+    if random_tok is not None:
+        feats = [random_tok.token_features(w[None], sample_rate)[0] for w in waves]
+        sources["random-init tokens"] = _kmeans_ids(feats[:n_train], feats, k, seed)
+    mel = logmel_frames(waves, sample_rate, rate)
+    sources["log-mel k-means"] = _kmeans_ids(mel[:n_train], mel, k, seed)
+    targets = [frame_targets(w, sample_rate, rate, len(ids)) for w, ids in zip(waves, sources["trained tokens"])]
+    pcs, ons = [t[0] for t in targets], [t[1] for t in targets]
+    rows = []
+    for name, ids in sources.items():
+        ids = [i[:len(p)] for i, p in zip(ids, pcs)]
+        rows.append({"tokens": name, "clusters": k,
+                     "pitch_class": pitch_class_accuracy(ids[:n_train], pcs[:n_train], ids[n_train:], pcs[n_train:], k),
+                     "onset_auc": onset_auc(ids[:n_train], ons[:n_train], ids[n_train:], ons[n_train:], k)})
+    test_pc = np.concatenate(pcs[n_train:])
+    majority = np.bincount(np.concatenate(pcs[:n_train]), minlength=12).argmax()
+    rows.append({"tokens": "chance", "clusters": 0, "pitch_class": float(np.mean(test_pc == majority)),
+                 "onset_auc": 0.5})
+    return rows
+
+
+def frame_markdown_table(rows: Sequence[dict]) -> str:
+    lines = ["| tokens | clusters | pitch class of the frame (%) | onset AUC |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['tokens']} | {r['clusters'] or '-'} | {100 * r['pitch_class']:.1f} | {r['onset_auc']:.3f} |")
+    return "\n".join(lines)
 
 
 def markdown_table(rows: Sequence[dict], attributes: Sequence[str] = ATTRIBUTES) -> str:

@@ -98,13 +98,11 @@ class Melody:
 def chroma_embed(windows_: np.ndarray, sample_rate: int) -> np.ndarray:
     """The hand-made baseline: each window's chroma sequence (librosa, 12 x frames, every frame L2-normalised),
     flattened and normalised. Timbre-invariant by construction; transposition moves it."""
-    import librosa
+    from musiclm_jax.audio.features import chroma_frames
 
     out = []
     for w in windows_:
-        c = librosa.feature.chroma_stft(y=np.asarray(w, np.float32), sr=sample_rate, n_fft=2048, hop_length=512)
-        c = c / np.maximum(np.linalg.norm(c, axis=0, keepdims=True), 1e-6)
-        v = c.T.reshape(-1)
+        v = chroma_frames(w, sample_rate, hop_length=512).reshape(-1)
         out.append(v / max(float(np.linalg.norm(v)), 1e-6))
     return np.stack(out).astype(np.float32)
 

@@ -3,12 +3,19 @@
     tok = SemanticTokenizer.from_checkpoint("runs/w2v_bert_tiny")   # needs <dir>/kmeans (fit-kmeans)
     ids = tok.tokens(wave, sample_rate)          # int32 [batch, frames] at 25 Hz; wave [samples] or [batch, samples]
     feats = tok.features(wave, sample_rate)      # float32 [batch, frames, D] (layer cfg.feature_layer)
+    x = tok.token_features(wave, sample_rate)    # what the k-means clusters (features, or features + chroma)
 
 Audio is mixed to mono ([batch, channels, samples] is accepted), resampled to 16 kHz, and processed in chunks of
 `chunk_frames` frames with `context_frames` of real (or zero-padded) audio either side that is computed and
 dropped. With the model's finite receptive field (local attention), this makes the result exactly the whole-clip
 result: tokens do not depend on the chunk size, and a cut of the audio changes only the tokens within one
 receptive field of the cut. Deterministic: no masks, no dropout, fixed shapes (one compile per chunk batch).
+
+`chroma_weight` > 0 (recorded in the k-means, so it travels with the clusters) clusters each frame's features,
+normalised over their D dims to unit length, beside its L2-normalised STFT chroma times the weight. A departure
+from the paper's plain w2v-BERT features, measured by `semantic probe --frames`: the tiny w2v-BERT trained on
+SynthCaps learns onsets but no pitch (its tokens predict a frame's pitch class at chance), and the coarse stage
+cannot render a key its semantic tokens do not carry. 0 (the paper) leaves the features as they are.
 """
 from __future__ import annotations
 
@@ -63,7 +70,8 @@ class SemanticTokenizer:
     """A w2v-BERT feature extractor and its k-means; `fingerprint` names the checkpoint (tokens record it)."""
 
     def __init__(self, model: W2vBert, kmeans: KMeans | None = None, fingerprint: str = "",
-                 chunk_frames: int = 250, chunk_batch: int = 8, layer: int | None = None):
+                 chunk_frames: int = 250, chunk_batch: int = 8, layer: int | None = None,
+                 chroma_weight: float | None = None):
         self.model, self.cfg = model, model.cfg
         self.kmeans, self.fingerprint = kmeans, fingerprint
         self.layer = self.cfg.feature_layer if layer is None else layer
@@ -72,6 +80,11 @@ class SemanticTokenizer:
         self.chunk_frames, self.chunk_batch = chunk_frames, chunk_batch
         rf = self.cfg.receptive_field_frames(self.layer)
         self.context_frames = FULL_ATTENTION_CONTEXT if rf is None else rf
+        if chroma_weight is None:
+            chroma_weight = float(kmeans.meta.get("chroma_weight", 0.0)) if kmeans is not None else 0.0
+        if not np.isfinite(chroma_weight) or chroma_weight < 0:
+            raise ValueError(f"chroma_weight must be a finite number >= 0, got {chroma_weight}")
+        self.chroma_weight = float(chroma_weight)
 
     @classmethod
     def from_checkpoint(cls, model_dir: str, step: int | None = None, kmeans_dir: str | None = None,
@@ -119,11 +132,25 @@ class SemanticTokenizer:
         feats = np.concatenate(out).reshape(b, num_chunks * c, -1)
         return feats[:, :frames]
 
+    def token_features(self, wave, sample_rate: int) -> np.ndarray:
+        """float32 [batch, frames, D (+ 12 with chroma)]: what the k-means clusters (see the module docstring)."""
+        feats = self.features(wave, sample_rate)
+        if not self.chroma_weight:
+            return feats
+        from musiclm_jax.audio.features import chroma_frames
+
+        waves = prepare_waves(wave, sample_rate, self.cfg.sample_rate)
+        feats = feats - feats.mean(-1, keepdims=True)
+        feats = feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-6)
+        chroma = np.stack([chroma_frames(w, self.cfg.sample_rate, self.cfg.samples_per_frame, frames=feats.shape[1])
+                           for w in waves])
+        return np.concatenate([feats, self.chroma_weight * chroma], -1).astype(np.float32)
+
     def tokens(self, wave, sample_rate: int) -> np.ndarray:
         """int32 [batch, frames] semantic token ids in [0, num_clusters)."""
         if self.kmeans is None:
             raise ValueError("this tokenizer has no k-means: run `musiclm-jax semantic fit-kmeans` first")
-        return self.kmeans.predict(self.features(wave, sample_rate)).astype(np.int32)
+        return self.kmeans.predict(self.token_features(wave, sample_rate)).astype(np.int32)
 
     @property
     def num_tokens(self) -> int:
@@ -132,5 +159,5 @@ class SemanticTokenizer:
     def describe(self) -> dict:
         """What a token file should record about its tokenizer."""
         return {"w2v_bert_fingerprint": self.fingerprint, "feature_layer": self.layer,
-                "num_clusters": self.num_tokens, "frame_rate": self.cfg.frame_rate,
+                "num_clusters": self.num_tokens, "frame_rate": self.cfg.frame_rate, "chroma_weight": self.chroma_weight,
                 "kmeans_fingerprint": "" if self.kmeans is None else self.kmeans.fingerprint}

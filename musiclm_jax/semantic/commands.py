@@ -49,6 +49,9 @@ def register(subparsers) -> None:
     k.add_argument("--batch_size", type=int, default=4096)
     k.add_argument("--num_steps", type=int, default=200)
     k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--chroma_weight", type=float, default=0.0,
+                   help="cluster the unit-normalised features beside the frame's chroma times this (0: the paper's "
+                   "plain features; the quickstart uses 1.5, see `semantic probe --frames`)")
     k.set_defaults(func=fit_kmeans)
 
     z = sub.add_parser("tokenize", help="semantic tokens of audio files, as JSON lines")
@@ -79,6 +82,9 @@ def register(subparsers) -> None:
     p.add_argument("--layer", type=int, default=None, help="w2v-BERT feature layer (default: the tokenizer's)")
     p.add_argument("--seed", type=int, default=0, help="random split and random-init parameters")
     p.add_argument("--no_random_init", action="store_true", help="skip the random-init w2v-BERT rows")
+    p.add_argument("--frames", action="store_true",
+                   help="also the time-resolved probes of the token stream: pitch class of each frame and onset "
+                   "frames (ROC AUC), beside random-init and log-mel k-means tokens (needs the k-means)")
     p.add_argument("--out", default=None,
                    help="JSON results (default: out/eval/<model folder name>/semantic_probe_<mode>.json)")
     p.set_defaults(func=probe)
@@ -131,7 +137,8 @@ def fit_kmeans(args: argparse.Namespace) -> dict:
     if not waves:
         raise ValueError("the corpus has no usable audio")
     report = fit(args.model_dir, waves, 16000, num_clusters=args.num_clusters, max_frames=args.max_frames,
-                 batch_size=args.batch_size, num_steps=args.num_steps, seed=args.seed)
+                 batch_size=args.batch_size, num_steps=args.num_steps, seed=args.seed,
+                 chroma_weight=args.chroma_weight)
     print(f"k-means {args.num_clusters} clusters on {report['num_frames']} frames: "
           f"{100 * report['used_fraction']:.0f}% used, normalized entropy {report['normalized_entropy']:.3f}; "
           f"saved to {os.path.join(args.model_dir, 'kmeans')}")
@@ -222,7 +229,7 @@ def probe(args: argparse.Namespace) -> dict:
         print(f"no k-means in {args.model_dir}: no token-histogram rows")
     extractors = pr.w2v_bert_extractors(tok, "trained")
     if not args.no_random_init:
-        rand = pr.random_init_tokenizer(tok.cfg, seed=args.seed, layer=tok.layer)
+        rand = pr.random_init_tokenizer(tok.cfg, seed=args.seed, layer=tok.layer, chroma_weight=tok.chroma_weight)
         extractors += pr.w2v_bert_extractors(rand, "random-init", kmeans_fit_waves=[c["audio"] for c in clips],
                                              num_clusters=tok.num_tokens or None, seed=args.seed)
     extractors.append(pr.mfcc_extractor())
@@ -237,13 +244,28 @@ def probe(args: argparse.Namespace) -> dict:
     table = pr.markdown_table(rows, attributes)
     results = {"split_mode": args.split_mode, "protocol": protocol, "synthcaps": args.synthcaps,
                "model_dir": args.model_dir, "fingerprint": tok.fingerprint, "feature_layer": tok.layer,
-               "num_clusters": tok.num_tokens, "attributes": attributes, "rows": rows, "markdown": table,
-               "seconds": round(time.perf_counter() - start, 1)}
+               "num_clusters": tok.num_tokens, "chroma_weight": tok.chroma_weight, "attributes": attributes,
+               "rows": rows, "markdown": table}
+    if args.frames:
+        if args.split_mode == "heldout":
+            train_w, test_w = [c["audio"] for c in clips], [c["audio"] for c in test]
+        else:  # by score, as the clip probes: both renderings of a score on one side
+            tr, te = pr.stratified_group_split(["all"] * len(clips), [c.get("score_id", i) or i
+                                                                        for i, c in enumerate(clips)], seed=args.seed)
+            train_w, test_w = [clips[i]["audio"] for i in tr], [clips[i]["audio"] for i in te]
+        rand = None if args.no_random_init else pr.random_init_tokenizer(tok.cfg, seed=args.seed, layer=tok.layer,
+                                                                    chroma_weight=tok.chroma_weight)
+        frame_rows = pr.frame_probe_table(train_w, test_w, tok, random_tok=rand, seed=args.seed)
+        results["frame_rows"], results["frame_markdown"] = frame_rows, pr.frame_markdown_table(frame_rows)
+    results["seconds"] = round(time.perf_counter() - start, 1)
     out = args.out or default_output(args.model_dir, f"semantic_probe_{args.split_mode}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
     print(f"linear-probe accuracy (%), {protocol}:\n")
     print(table)
+    if args.frames:
+        print(f"\nframe probes of the token stream ({len(train_w)} clips fit, {len(test_w)} scored):\n")
+        print(results["frame_markdown"])
     print(f"\nwrote {out}")
     return results

@@ -112,10 +112,13 @@ _PRESETS: dict[str, dict[str, Any]] = {
                  dropout_rate=0.0, feature_layer=1, gumbel_temperature=1.0),
     "paper": dict(),
 }
+# Small: the tiny layout, 80 mel bands, d=64 (gin/models/w2v_bert_small.gin).
+_PRESETS["small"] = dict(_PRESETS["tiny"], n_mels=80, subsample_channels=32, embed_dim=64, num_heads=4,
+                              mlp_dim=128, codevector_dim=64, proj_dim=64)
 
 
 def preset(name: str, **overrides) -> W2vBertConfig:
-    """`preset('tiny' | 'paper', **field_overrides)`."""
+    """`preset('tiny' | 'small' | 'paper', **field_overrides)`."""
     if name not in _PRESETS:
         raise ValueError(f"unknown w2v-BERT preset {name!r}: use one of {sorted(_PRESETS)}")
     return W2vBertConfig(**{**_PRESETS[name], **overrides})
