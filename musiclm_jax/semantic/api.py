@@ -12,10 +12,10 @@ result: tokens do not depend on the chunk size, and a cut of the audio changes o
 receptive field of the cut. Deterministic: no masks, no dropout, fixed shapes (one compile per chunk batch).
 
 `chroma_weight` > 0 (recorded in the k-means, so it travels with the clusters) clusters each frame's features,
-normalised over their D dims to unit length, beside its L2-normalised STFT chroma times the weight. A departure
-from the paper's plain w2v-BERT features, measured by `semantic probe --frames`: the tiny w2v-BERT trained on
-SynthCaps learns onsets but no pitch (its tokens predict a frame's pitch class at chance), and the coarse stage
-cannot render a key its semantic tokens do not carry. 0 (the paper) leaves the features as they are.
+centred and normalised over their D dims to unit length, beside its L2-normalised STFT chroma times the weight. A
+departure from the paper's plain w2v-BERT features, measured by `semantic probe --frames`: w2v-BERTs trained on
+SynthCaps here learn onsets at best, never pitch (their tokens name a frame's pitch class at chance), and the
+coarse stage cannot render a key its semantic tokens do not carry. 0 (the paper) leaves the features as they are.
 """
 from __future__ import annotations
 
