@@ -326,7 +326,9 @@ class MusicLM:
             if need > model.cfg.max_len:
                 raise ValueError(f"the {stage} window needs {need} tokens but the LM's max_len is "
                                  f"{model.cfg.max_len}: shorten Windows.{stage}_s or raise max_len")
-            new, _ = decoding.sample(model, jnp.asarray(prompt), max_new_tokens=(end - done) * k,
+            aligned = (jnp.asarray(layout.aligned_ids(inputs, (end - start) * k)) if model.cfg.aligned_inputs
+                       else None)
+            new, _ = decoding.sample(model, jnp.asarray(prompt), max_new_tokens=(end - done) * k, aligned=aligned,
                                      rng=decoding.fold_in(rng, window), temperature=temperature, top_k=top_k,
                                      top_p=top_p, logit_mask_fn=layout.logit_mask(), guidance_scale=guidance_scale,
                                      uncond_prompts=None if uncond is None else jnp.asarray(uncond),
@@ -366,13 +368,16 @@ def load_stage_lm(model_dir: str) -> tr.Transformer:
         raise ValueError(f"{model_dir} has no operative_config.gin: is it the model_dir of a stage-LM training?")
     with open(config_path) as f:
         text = f.read()
-    refs = {}
+    refs, layout = {}, None
     stage = gin_bindings(text, "stage_vocab_size").get("stage")
     if stage is not None:  # a stage experiment: the vocabulary comes from the token layout
-        sizes = st.TokenSizes(**gin_bindings(text, "TokenSizes"))
-        refs["@stage_vocab_size()"] = st.StageLayout(stage, sizes).vocab_size
+        layout = st.StageLayout(stage, st.TokenSizes(**gin_bindings(text, "TokenSizes")))
+        refs["@stage_vocab_size()"] = layout.vocab_size
     cfg = tr.TransformerConfig(**gin_bindings(text, "TransformerConfig", refs))
-    return load_for_inference(TokenLM(cfg), model_dir).models["model"]
+    if cfg.aligned_inputs and layout is None:
+        raise ValueError(f"{model_dir} was trained with aligned conditioning but its config names no stage")
+    family = TokenLM(cfg, aligned=layout if cfg.aligned_inputs else None)
+    return load_for_inference(family, model_dir).models["model"]
 
 
 # -- tiny random parts (tests, `generate --random_init --tiny`) -------------------------------------------------

@@ -213,17 +213,17 @@ CONDITIONING_CASES = ("own", "semantic_shifted_later", "semantic_shifted_earlier
 
 
 def coarse_nll(model, mulan: np.ndarray, semantic: np.ndarray, codes: np.ndarray) -> float:
-    """Mean teacher-forced NLL (nats per target token) of `codes` [b, Ta, >= Qc] given the conditioning."""
-    import jax
+    """Mean teacher-forced NLL (nats per target token) of `codes` [b, Ta, >= Qc] given the conditioning: the
+    training family's own eval (TokenLM.eval), aligned conditioning included when the coarse LM has it."""
     import jax.numpy as jnp
+
+    from musiclm_jax.lm.models import TokenLM
 
     layout, lm = model.layouts["coarse"], model.models["coarse"]
     inputs, targets = (jnp.asarray(x) for x in layout.build(mulan=mulan, semantic=semantic, acoustic=codes))
-    x = jnp.concatenate([inputs, targets[:, :-1]], axis=1)
-    prefix = jnp.full((x.shape[0],), inputs.shape[1], jnp.int32)
-    logits = lm(x, prefix_len=prefix, deterministic=True)[:, inputs.shape[1] - 1:].astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return float(-jnp.take_along_axis(logp, targets[..., None], axis=-1).mean())
+    family = TokenLM(lm.cfg, aligned=layout if lm.cfg.aligned_inputs else None)
+    weight, metrics = family.eval({"model": lm}, {"inputs": inputs, "targets": targets})
+    return float(metrics["loss"] / weight)
 
 
 def conditioning_use(model, waves: np.ndarray, sample_rate: int, crop_s: float | None = None,

@@ -80,6 +80,8 @@ def register(subparsers) -> None:
                    help="only measure whether the coarse stage uses its conditioning: teacher-forced NLL of the "
                    "clips' own codes given their semantic tokens, shifted ones, another clip's, and another "
                    "clip's MuLan tokens (no generation; writes conditioning.json)")
+    c.add_argument("--shift_s", type=float, default=0.2, help="with --conditioning: how far the shifted semantic "
+                   "tokens move (seconds)")
     c.set_defaults(func=chain)
 
     p = sub.add_parser("fit-probe", help="fit instrument / genre probes on real audio embeddings (.npz)")
@@ -202,12 +204,14 @@ def _conditioning(model, refs, out_dir: str, args: argparse.Namespace) -> dict:
     from musiclm_jax.eval import chain as chain_lib
 
     sr = model.sample_rate
-    need = round((model.windows.coarse_s + 0.2) * sr)
+    if args.shift_s < 0:
+        raise ValueError(f"--shift_s must be >= 0 seconds, got {args.shift_s}")
+    need = round((model.windows.coarse_s + args.shift_s) * sr)
     waves = [resample(np.asarray(r.wave, np.float32), r.sample_rate, sr) for r in refs]
     waves = np.stack([w[:need] for w in waves if len(w) >= need]) if waves else np.zeros((0, need))
     if len(waves) < 2:
         raise ValueError(f"--conditioning needs at least 2 reference clips of >= {need / sr:.1f} s")
-    res = chain_lib.conditioning_use(model, waves, sr)
+    res = chain_lib.conditioning_use(model, waves, sr, shift_s=args.shift_s)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "conditioning.json"), "w") as f:
         json.dump(res, f, indent=1)

@@ -94,7 +94,8 @@ def sample(model: nnx.Module, prompts: jax.Array, *, max_new_tokens: int, rng: j
            logit_mask_fn: LogitMaskFn | None = None, guidance_scale: float = 1.0,
            uncond_prompts: jax.Array | None = None, uncond_lengths: jax.Array | None = None,
            num_samples: int = 1, eos_id: int | None = None, pad_id: int = 0,
-           prefix_len: jax.Array | None = None, use_cache: bool = True) -> tuple[jax.Array, jax.Array]:
+           prefix_len: jax.Array | None = None, use_cache: bool = True,
+           aligned: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Samples `max_new_tokens` continuations of right-padded `prompts` [b, P] (every prompt needs >= 1 token).
 
     Returns `(tokens, lengths)`: tokens [b * num_samples, max_new_tokens] int32 (the samples of prompt i are rows
@@ -103,6 +104,8 @@ def sample(model: nnx.Module, prompts: jax.Array, *, max_new_tokens: int, rng: j
     `guidance_scale`. `prefix_len` [b]: bidirectional prefix inside each prompt (see Transformer).
     `rng`: one key, or one key per prompt [b] (see the module docstring: rows then do not depend on each other).
     `use_cache=False` re-runs the full forward every step (the no-cache baseline for benchmarks and tests).
+    `aligned` [b, P + max_new_tokens - 1] (models with `aligned_inputs`): the aligned id of every position of
+    prompt + generated tokens, indexed by position (lm/stages.py `aligned_ids`); the unconditional twins share it.
     The mesh and rules active in `partitioning.axis_rules(...)` at call time shard the batch and cache.
     """
     tokens, lengths, _ = generate(model, prompts, max_new_tokens=max_new_tokens, rng=rng,
@@ -110,13 +113,13 @@ def sample(model: nnx.Module, prompts: jax.Array, *, max_new_tokens: int, rng: j
                                   logit_mask_fn=logit_mask_fn, guidance_scale=guidance_scale,
                                   uncond_prompts=uncond_prompts, uncond_lengths=uncond_lengths,
                                   num_samples=num_samples, eos_id=eos_id, pad_id=pad_id, prefix_len=prefix_len,
-                                  use_cache=use_cache)
+                                  use_cache=use_cache, aligned=aligned)
     return tokens, lengths
 
 
 def generate(model, prompts, *, max_new_tokens, rng, prompt_lengths=None, temperature=1.0, top_k=0, top_p=1.0,
              logit_mask_fn=None, guidance_scale=1.0, uncond_prompts=None, uncond_lengths=None, num_samples=1,
-             eos_id=None, pad_id=0, prefix_len=None, use_cache=True):
+             eos_id=None, pad_id=0, prefix_len=None, use_cache=True, aligned=None):
     """Like `sample`, plus the number of loop steps actually run (for tests and benchmarks)."""
     prompts = jnp.asarray(prompts, jnp.int32)
     if prompts.ndim != 2 or prompts.shape[1] < 1:
@@ -138,6 +141,14 @@ def generate(model, prompts, *, max_new_tokens, rng, prompt_lengths=None, temper
     elif guidance_scale != 1.0:
         raise ValueError("guidance_scale != 1 needs uncond_prompts (the unconditional prompt of every row)")
     prefix = None if prefix_len is None else jnp.broadcast_to(jnp.asarray(prefix_len, jnp.int32), (b,))
+    if model.cfg.aligned_inputs != (aligned is not None):
+        raise ValueError("this LM was trained with time-aligned conditioning: pass aligned= (lm/stages.py "
+                         "aligned_ids)" if aligned is None else "aligned= was passed to an LM trained without it")
+    if aligned is not None:
+        aligned = jnp.asarray(aligned, jnp.int32)
+        if aligned.shape != (b, prompts.shape[1] + max_new_tokens - 1):
+            raise ValueError(f"aligned must be [{b}, {prompts.shape[1] + max_new_tokens - 1}] (prompt width + "
+                             f"max_new_tokens - 1), got {aligned.shape}")
     rng = _keys(rng, b)
     vocab = model.cfg.vocab_size
     for name, tok in (("pad_id", pad_id), ("eos_id", eos_id)):
@@ -146,7 +157,7 @@ def generate(model, prompts, *, max_new_tokens, rng, prompt_lengths=None, temper
 
     graphdef, state = nnx.split(model)
     mesh, rules = partitioning.current()
-    return _generate_jit(graphdef, state, prompts, prompt_lengths, uncond_prompts, uncond_lengths, prefix, rng,
+    return _generate_jit(graphdef, state, prompts, prompt_lengths, uncond_prompts, uncond_lengths, prefix, aligned, rng,
                          jnp.asarray(temperature, jnp.float32), jnp.asarray(guidance_scale, jnp.float32),
                          max_new_tokens=max_new_tokens, top_k=int(top_k), top_p=float(top_p),
                          logit_mask_fn=logit_mask_fn, num_samples=num_samples, eos_id=eos_id, pad_id=pad_id,
@@ -180,21 +191,22 @@ def _keys(rng, b):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "top_p", "logit_mask_fn",
                                              "num_samples", "eos_id", "pad_id", "use_cache", "mesh", "rules"))
-def _generate_jit(graphdef, state, prompts, lengths, uncond, uncond_lengths, prefix, rng, temperature, scale, *,
-                  max_new_tokens, top_k, top_p, logit_mask_fn, num_samples, eos_id, pad_id, use_cache, mesh, rules):
+def _generate_jit(graphdef, state, prompts, lengths, uncond, uncond_lengths, prefix, aligned, rng, temperature,
+                  scale, *, max_new_tokens, top_k, top_p, logit_mask_fn, num_samples, eos_id, pad_id, use_cache, mesh,
+                  rules):
     with partitioning.axis_rules(mesh, rules):
         model = tr.cast_matmul_weights(nnx.merge(graphdef, state))  # a traced copy: the caller's model is untouched
-        return _generate(model, prompts, lengths, uncond, uncond_lengths, prefix, rng, temperature, scale,
+        return _generate(model, prompts, lengths, uncond, uncond_lengths, prefix, aligned, rng, temperature, scale,
                          max_new_tokens=max_new_tokens, top_k=top_k, top_p=top_p, logit_mask_fn=logit_mask_fn,
                          num_samples=num_samples, eos_id=eos_id, pad_id=pad_id, use_cache=use_cache)
 
 
-def _generate(model, prompts, lengths, uncond, uncond_lengths, prefix, rng, temperature, scale, *, max_new_tokens,
-              top_k, top_p, logit_mask_fn, num_samples, eos_id, pad_id, use_cache):
+def _generate(model, prompts, lengths, uncond, uncond_lengths, prefix, aligned, rng, temperature, scale, *,
+              max_new_tokens, top_k, top_p, logit_mask_fn, num_samples, eos_id, pad_id, use_cache):
     guided = uncond is not None
     rows = prompts.shape[0] * num_samples
     rep = lambda x: None if x is None else jnp.repeat(x, num_samples, axis=0)
-    prompts, lengths, prefix = rep(prompts), rep(lengths), rep(prefix)
+    prompts, lengths, prefix, aligned = rep(prompts), rep(lengths), rep(prefix), rep(aligned)
     if rng.ndim:  # one key per prompt -> one per sample row (the guided twins share their row's single draw)
         rng = sample_keys(rng, num_samples)
     if guided:  # one batch: conditional rows first, then their unconditional twins; both left-aligned to one width
@@ -203,11 +215,18 @@ def _generate(model, prompts, lengths, uncond, uncond_lengths, prefix, rng, temp
         prompts = jnp.concatenate([pad(prompts), pad(rep(uncond))])
         lengths = jnp.concatenate([lengths, rep(uncond_lengths)])
         prefix = None if prefix is None else jnp.concatenate([prefix, prefix])
+        aligned = None if aligned is None else jnp.concatenate([aligned, aligned])
     batch_axes = ("batch", "length")
     toks, pos = left_align(prompts, lengths, pad_id)
     toks = partitioning.with_logical_constraint(toks, batch_axes)
     width = toks.shape[1]
     total = width + max_new_tokens - 1  # the last sampled token is never fed back
+
+    def aligned_at(positions):  # aligned ids by position; -1 (none) on the left padding
+        if aligned is None:
+            return None
+        ids = jnp.take_along_axis(aligned, jnp.clip(positions, 0, aligned.shape[1] - 1), axis=1)
+        return jnp.where(positions >= 0, ids, -1)
 
     def next_token(step, logits, done, key):
         logits = logits[:, -1].astype(jnp.float32)
@@ -224,12 +243,12 @@ def _generate(model, prompts, lengths, uncond, uncond_lengths, prefix, rng, temp
 
     if use_cache:
         cache = model.init_cache(toks.shape[0], total)
-        logits, cache = model.extend(toks, cache, positions=pos, prefix_len=prefix)
+        logits, cache = model.extend(toks, cache, positions=pos, prefix_len=prefix, aligned=aligned_at(pos))
         carry_model = cache
     else:  # a fixed [B, total] buffer re-read in full every step (causality by slot hides the unfilled tail)
         buf = jnp.pad(toks, ((0, 0), (0, total - width)), constant_values=pad_id)
         buf_pos = jnp.concatenate([pos, lengths[:, None] + jnp.arange(total - width, dtype=jnp.int32)], axis=1)
-        logits = model(toks, positions=pos, prefix_len=prefix)
+        logits = model(toks, positions=pos, prefix_len=prefix, aligned=aligned_at(pos))
         carry_model = buf
 
     done = jnp.zeros((rows,), bool)
@@ -246,11 +265,12 @@ def _generate(model, prompts, lengths, uncond, uncond_lengths, prefix, rng, temp
         feed = jnp.concatenate([last, last]) if guided else last
         feed_pos = lengths + step - 1  # the fed token is generated token step-1
         if use_cache:
-            logits, carried = model.extend(feed[:, None], carried, positions=feed_pos[:, None], prefix_len=prefix)
+            logits, carried = model.extend(feed[:, None], carried, positions=feed_pos[:, None], prefix_len=prefix,
+                                           aligned=aligned_at(feed_pos[:, None]))
         else:
             slot = width + step - 1
             carried = jax.lax.dynamic_update_slice_in_dim(carried, feed[:, None], slot, axis=1)
-            full = model(carried, positions=buf_pos, prefix_len=prefix)
+            full = model(carried, positions=buf_pos, prefix_len=prefix, aligned=aligned_at(buf_pos))
             logits = jax.lax.dynamic_slice_in_dim(full, slot, 1, axis=1)
         tok, new_done = next_token(step, logits, done, rng)
         out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], step, axis=1)

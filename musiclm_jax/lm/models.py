@@ -28,9 +28,12 @@ class TokenLM(Family):
     name = "token_lm"
 
     def __init__(self, config: tr.TransformerConfig = gin.REQUIRED, z_loss: float = 0.0, bos_id: int = 0,
-                 uncond_prob: float = 0.0, uncond_span: tuple[int, int] = (0, 0), uncond_id: int = 0):
+                 uncond_prob: float = 0.0, uncond_span: tuple[int, int] = (0, 0), uncond_id: int = 0,
+                 aligned=None):
         """`uncond_prob`: classifier-free-guidance dropout; with this probability per example, training replaces
-        positions [uncond_span) of `inputs` by `uncond_id` (the stage layouts: lm/stages.py cond_span, UNCOND)."""
+        positions [uncond_span) of `inputs` by `uncond_id` (the stage layouts: lm/stages.py cond_span, UNCOND).
+        `aligned`: a StageLayout whose `aligned_ids(inputs, num_targets)` gives the time-aligned conditioning ids
+        (with `config.aligned_inputs`; gin: `@stage_aligned()`), or None."""
         if not 0.0 <= uncond_prob < 1.0:
             raise ValueError(f"TokenLM.uncond_prob must be in [0, 1), got {uncond_prob}")
         uncond_span = tuple(int(v) for v in uncond_span)
@@ -44,6 +47,10 @@ class TokenLM(Family):
         if not 0 <= bos_id < config.vocab_size:
             raise ValueError(f"bos_id {bos_id} is outside the vocabulary [0, {config.vocab_size})")
         self.config, self.z_loss, self.bos_id = config, z_loss, bos_id
+        if (aligned is not None) != config.aligned_inputs:
+            raise ValueError("TokenLM.aligned (a StageLayout) and TransformerConfig.aligned_inputs must be set "
+                             "together (gin: ALIGNED = True in a stage experiment)")
+        self.aligned = aligned
 
     def init(self, rngs: nnx.Rngs) -> dict[str, nnx.Module]:
         return {"model": tr.Transformer(self.config, rngs=rngs)}
@@ -74,6 +81,9 @@ class TokenLM(Family):
         """(logits, targets, weights): logits[:, t] predict targets[:, t]."""
         rngs = None if rng is None else nnx.Rngs(dropout=rng)
         if "decoder_target_tokens" in batch:
+            if self.aligned is not None:
+                raise ValueError("time-aligned conditioning reads unpacked batches ('inputs', 'targets'): "
+                                 "train it with packing off")
             p = self._packed(batch)
             logits = model(p["tokens"], segment_ids=p["segment_ids"], bidirectional=p["bidirectional"],
                            deterministic=deterministic, rngs=rngs)
@@ -85,8 +95,13 @@ class TokenLM(Family):
         prefix = self._prefix(batch)
         tokens = jnp.concatenate([prefix, targets[:, :-1]], axis=1)
         prefix_len = jnp.full((targets.shape[0],), prefix.shape[1], jnp.int32) if "inputs" in batch else None
-        logits = model(tokens, prefix_len=prefix_len, deterministic=deterministic, rngs=rngs)
+        aligned = self.aligned_ids(prefix, targets.shape[1])
+        logits = model(tokens, prefix_len=prefix_len, aligned=aligned, deterministic=deterministic, rngs=rngs)
         return logits[:, prefix.shape[1] - 1:], targets, batch.get("weights")
+
+    def aligned_ids(self, inputs, num_targets: int):
+        """The aligned ids of `concat(inputs, targets[:, :num_targets - 1])`, or None without aligned conditioning."""
+        return None if self.aligned is None else self.aligned.aligned_ids(inputs, num_targets)
 
     def _sums(self, logits, targets, weights):
         loss, m = tr.loss_and_metrics(logits, targets, weights, z_loss=self.z_loss)
@@ -102,6 +117,9 @@ class TokenLM(Family):
         start, stop = self.uncond_span
         key = jax.random.fold_in(rng, 0x5EED)
         if "decoder_target_tokens" in batch:
+            if self.aligned is not None:
+                raise ValueError("time-aligned conditioning reads unpacked batches ('inputs', 'targets'): "
+                                 "train it with packing off")
             p = self._packed(batch)
             tokens, seg = p["tokens"], p["segment_ids"]
             per_segment = jax.random.bernoulli(key, self.uncond_prob, (seg.shape[0], seg.shape[1] + 1))
@@ -166,7 +184,8 @@ class TokenLM(Family):
         prefix = self._prefix({**batch, "targets": targets})
         prompts = jnp.concatenate([prefix, targets[:, :prompt_length]], axis=1)
         prefix_len = jnp.full((targets.shape[0],), prefix.shape[1], jnp.int32) if "inputs" in batch else None
+        aligned = self.aligned_ids(prefix, prompt_length + max_new_tokens)
         tokens, lengths = sample(models["model"], prompts, max_new_tokens=max_new_tokens, rng=rng,
                                  temperature=temperature, top_k=top_k, top_p=top_p, num_samples=num_samples,
-                                 eos_id=eos_id, prefix_len=prefix_len)
+                                 eos_id=eos_id, prefix_len=prefix_len, aligned=aligned)
         return {"prompt": np.asarray(prompts), "tokens": np.asarray(tokens), "lengths": np.asarray(lengths)}

@@ -255,6 +255,29 @@ class StageLayout:
         coarse = acoustic[..., :self.sizes.coarse_levels]
         return self.build_inputs(coarse=coarse), self.build_targets(acoustic=acoustic)
 
+    def aligned_ids(self, inputs, num_targets: int):
+        """Time-aligned conditioning of the coarse stage -> int32 [b, P + num_targets - 1], -1 where there is none.
+
+        The model reads `concat(inputs, targets[:, :-1])`; position P - 1 + j predicts target j, and gets the
+        semantic id of target j's time added to its embedding (TransformerConfig.aligned_inputs), so each acoustic
+        frame sees the semantic token it sounds with instead of finding it by attention. `inputs` [b, P] hold
+        M, S, SEP; the Ts semantic tokens and the num_targets / Qc acoustic frames span the same time, so frame f
+        reads semantic token (f * Ts) // Ta."""
+        if self.stage != "coarse":
+            raise ValueError(f"time-aligned conditioning is defined for the coarse stage (semantic tokens over "
+                             f"acoustic frames), not the {self.stage} stage")
+        xp = self._xp(inputs)
+        inputs = xp.asarray(inputs)
+        k, start = self.tokens_per_frame, self.sizes.mulan_levels
+        ts = inputs.shape[1] - 1 - start
+        if inputs.ndim != 2 or ts < 1 or num_targets < 1:
+            raise ValueError(f"coarse stage: aligned_ids needs inputs [b, Qm + Ts + 1] with Ts >= 1 and num_targets "
+                             f">= 1, got inputs {inputs.shape}, num_targets {num_targets}")
+        frames = -(-num_targets // k)
+        idx = start + (np.arange(num_targets) // k * ts) // frames
+        ids = inputs[:, idx].astype(xp.int32)
+        return xp.concatenate([xp.full((inputs.shape[0], inputs.shape[1] - 1), -1, xp.int32), ids], axis=1)
+
     # -- back to raw codes -------------------------------------------------------------------------------------
     def targets_to_codes(self, ids):
         """Generated target ids [b, n] -> raw codes: semantic [b, n]; acoustic [b, n / levels, levels].
@@ -303,3 +326,14 @@ def stage_cond_span(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None) 
 def stage_uncond_prob(stage: str = gin.REQUIRED, prob: float = 0.1) -> float:
     """The conditioning-dropout probability of a stage: `prob`, or 0 for the fine stage (it has no MuLan input)."""
     return 0.0 if stage == "fine" else prob
+
+
+@gin.configurable
+def stage_aligned(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None,
+                  enabled: bool = False) -> StageLayout | None:
+    """`TokenLM.aligned = @stage_aligned()`: the stage's layout when time-aligned conditioning is on, else None."""
+    if not enabled:
+        return None
+    layout = StageLayout(stage, sizes or TokenSizes())
+    layout.aligned_ids(np.zeros((1, layout.sizes.mulan_levels + 2), np.int32), 2)  # raises for other stages
+    return layout

@@ -65,6 +65,9 @@ class TransformerConfig:
     param_dtype: str = "float32"
     max_len: int = 2048             # default KV-cache length
     layer_norm_eps: float = 1e-6
+    # Trained with time-aligned conditioning: every call passes `aligned` ids (see Transformer.__call__), e.g. the
+    # coarse stage's semantic token at each target's time (lm/stages.py StageLayout.aligned_ids).
+    aligned_inputs: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "num_layers", "num_heads", "head_dim", "d_model", "d_ff", "max_len",
@@ -301,9 +304,22 @@ class Transformer(nnx.Module):
             self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
     # -- shared body --------------------------------------------------------------------------------------------
-    def _body(self, tokens, mask, q_pos, k_pos, *, deterministic, rngs=None, cache=None):
+    def _check_aligned(self, aligned, tokens):
+        if self.cfg.aligned_inputs and aligned is None:
+            raise ValueError("this LM was trained with time-aligned conditioning (TransformerConfig.aligned_inputs): "
+                             "pass aligned= ids, e.g. from lm.stages.StageLayout.aligned_ids")
+        if not self.cfg.aligned_inputs and aligned is not None:
+            raise ValueError("aligned= ids were passed to an LM trained without them (TransformerConfig.aligned_inputs "
+                             "is False)")
+        if aligned is not None and aligned.shape != tokens.shape:
+            raise ValueError(f"aligned shape {aligned.shape} must equal tokens shape {tokens.shape}")
+
+    def _body(self, tokens, mask, q_pos, k_pos, *, deterministic, rngs=None, cache=None, aligned=None):
         cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
-        x = jnp.take(self.embed[...].astype(dt), tokens, axis=0)
+        table = self.embed[...].astype(dt)
+        x = jnp.take(table, tokens, axis=0)
+        if aligned is not None:  # the same table: an aligned semantic id reads the embedding its prefix copy reads
+            x = x + jnp.where(aligned[..., None] >= 0, jnp.take(table, jnp.maximum(aligned, 0), axis=0), 0)
         x = with_logical_constraint(x, ("batch", "length", "embed"))
         x = self.dropout(x, deterministic=deterministic, rngs=rngs)
         buckets = relpos_buckets(cfg, q_pos, k_pos)
@@ -355,17 +371,19 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens: jax.Array, *, prefix_len: jax.Array | None = None,
                  segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
-                 bidirectional: jax.Array | None = None, deterministic: bool = True,
-                 rngs: nnx.Rngs | None = None) -> jax.Array:
+                 bidirectional: jax.Array | None = None, aligned: jax.Array | None = None,
+                 deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
         """tokens [b, l] int32 -> logits float32 [b, l, vocab].
 
         `prefix_len` [b]: bidirectional prefix length. `bidirectional` [b, l] bool (instead of prefix_len): the
         tokens of each segment's bidirectional prefix. `segment_ids` [b, l]: packed segments (positions restart in
         each). `positions` [b, l] (instead of segment_ids): explicit positions, -1 for padding never attended
-        (left-padded rows, as the decoder builds them).
+        (left-padded rows, as the decoder builds them). `aligned` [b, l] int (models with
+        `aligned_inputs` only): a second id per token whose embedding is added to the token's, -1 for none.
         """
         if tokens.ndim != 2:
             raise ValueError(f"Transformer expects tokens of shape [batch, length], got {tokens.shape}")
+        self._check_aligned(aligned, tokens)
         for name, arr in (("segment_ids", segment_ids), ("positions", positions), ("bidirectional", bidirectional)):
             if arr is not None and arr.shape != tokens.shape:
                 raise ValueError(f"{name} shape {arr.shape} must equal tokens shape {tokens.shape}")
@@ -383,7 +401,7 @@ class Transformer(nnx.Module):
         else:
             pos = slots[None]
         mask = attention_mask(slots, slots, pos, pos, seg, seg, prefix_len, bidirectional, bidirectional)
-        logits, _ = self._body(tokens, mask, pos, pos, deterministic=deterministic, rngs=rngs)
+        logits, _ = self._body(tokens, mask, pos, pos, deterministic=deterministic, rngs=rngs, aligned=aligned)
         return logits
 
     # -- KV cache -----------------------------------------------------------------------------------------------
@@ -404,19 +422,22 @@ class Transformer(nnx.Module):
                 "index": jnp.zeros((), jnp.int32)}
 
     def extend(self, tokens: jax.Array, cache: dict, *, positions: jax.Array,
-               prefix_len: jax.Array | None = None) -> tuple[jax.Array, dict]:
+               prefix_len: jax.Array | None = None, aligned: jax.Array | None = None) -> tuple[jax.Array, dict]:
         """Appends `tokens` [b, q] at cache slots index..index+q-1 and returns their logits [b, q, vocab].
 
         `positions` [b, q]: each token's position in its row (-1 for left padding, which is then never attended).
-        The caller keeps index + q <= cache length (writes past the end are clipped by XLA, silently).
+        `aligned` [b, q]: as in `__call__`. The caller keeps index + q <= cache length (writes past the end are
+        clipped by XLA, silently).
         """
+        self._check_aligned(aligned, tokens)
         index = cache["index"]
         q = tokens.shape[1]
         k_pos = jax.lax.dynamic_update_slice_in_dim(cache["pos"], positions.astype(jnp.int32), index, axis=1)
         q_slot = index + jnp.arange(q, dtype=jnp.int32)
         k_slot = jnp.arange(k_pos.shape[1], dtype=jnp.int32)
         mask = attention_mask(q_slot, k_slot, positions, k_pos, prefix_len=prefix_len)
-        logits, (new_k, new_v) = self._body(tokens, mask, positions, k_pos, deterministic=True, cache=cache)
+        logits, (new_k, new_v) = self._body(tokens, mask, positions, k_pos, deterministic=True, cache=cache,
+                                            aligned=aligned)
         new_cache = {"k": new_k, "v": new_v, "pos": k_pos,
                      "index": index + q}
         return logits, new_cache

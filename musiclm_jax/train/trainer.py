@@ -174,6 +174,22 @@ class Trainer:
         return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             self.abstract_state, self.state_shardings)
 
+    def warm_start(self, state: dict, model_dir: str) -> dict:
+        """`state` with its params and rest taken from the latest checkpoint of `model_dir` (a training or an exported
+        one, same architecture): fine-tuning starts there, with this run's fresh optimizer state and step 0."""
+        from musiclm_jax.train.checkpoints import restore_for_inference
+
+        abstract = self.abstract_target()
+        try:
+            restored, meta, step = restore_for_inference(model_dir, abstract)
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"cannot warm-start from {model_dir}: {e} (it must hold a checkpoint of the same "
+                             "family and architecture)") from e
+        if meta.get("dropped"):
+            raise ValueError(f"cannot warm-start from {model_dir}: it was exported without {meta['dropped']}")
+        log.info("warm start: params of %s (step %d)", model_dir, step)
+        return {**state, "params": restored["params"], "rest": restored["rest"]}
+
     def ensure_rng_state(self) -> None:
         """RNG streams stored in modules are not trained state; after a restore they are rebuilt from the seed."""
         if self._rng_state is None:
@@ -387,12 +403,14 @@ def train(family: Family = gin.REQUIRED, *, model_dir: str = gin.REQUIRED, datas
           mesh_fn: Callable = partitioning.make_mesh, rules_fn: Callable = partitioning.logical_axis_rules,
           optimizer: Callable[[], Optimizer] = make_optimizer, peak_flops: float | None = None,
           progress: bool = True, tensorboard: bool = True, max_steps_this_run: int | None = None,
-          rng_impl: str = "threefry2x32") -> dict:
+          rng_impl: str = "threefry2x32", init_from: str | None = None) -> dict:
     """Trains `family` to `num_steps` (resuming from `model_dir` when it holds a checkpoint) -> summary dict.
 
     `dataset(split=, batch_size=, seed=, shard_index=, num_shards=)` returns this host's iterator with
     `get_state()` / `set_state()`; `batch_size` is global. `max_steps_this_run` stops early (tests, time slices).
     Metrics go to `<model_dir>/metrics.jsonl` always and to TensorBoard (`<model_dir>/tb`, via clu) if `tensorboard`.
+    `init_from`: a checkpoint dir (training or exported) whose params start a run that has none of its own yet
+    (T5X's initial checkpoint; a resumed run ignores it).
     """
     from tqdm import tqdm
 
@@ -411,6 +429,8 @@ def train(family: Family = gin.REQUIRED, *, model_dir: str = gin.REQUIRED, datas
         log.info("resumed from %s at step %d", model_dir, step)
     else:
         state = trainer.init_state()
+        if init_from:
+            state = trainer.warm_start(state, init_from)
     step = int(jax.device_get(state["step"]))
     log.info("%s: %d parameters, mesh %s", family.name, trainer.num_params(), dict(trainer.mesh.shape))
 
