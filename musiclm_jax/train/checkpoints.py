@@ -59,6 +59,8 @@ class Checkpointer:
         """Starts an (async) save of `state`; returns whether a save was started."""
         meta = {"step": int(step), "family": family, "data_state": data_state, "shapes": tree_signature(state),
                 "gin_config": gin.config_str()}
+        if jax.process_count() > 1:  # only the primary host writes meta: it records every host's data position
+            meta["data_states"] = _gather_json(data_state)
         saved = self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                                 meta=ocp.args.JsonSave(meta)), force=force)
         if saved and jax.process_index() == 0:
@@ -86,7 +88,7 @@ class Checkpointer:
             raise ValueError(f"checkpoint {where} belongs to model family {meta['family']!r}, not {family!r}")
         compare_signatures(meta["shapes"], tree_signature(abstract_state), where)
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-        return restored["state"], meta.get("data_state"), step
+        return restored["state"], host_data_state(meta, where), step
 
     def restore_subtrees(self, abstract: dict, step: int | None = None) -> tuple[dict, int]:
         """Restores only the top-level entries of `abstract` (e.g. {"params": ..., "rest": ...}) for inference,
@@ -108,6 +110,32 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _gather_json(value) -> list:
+    """Every host's `value` (JSON-serialisable), in process order; all hosts must call it."""
+    import json
+
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    lengths = multihost_utils.process_allgather(np.array([raw.size]))
+    padded = np.zeros(int(np.max(lengths)), np.uint8)
+    padded[:raw.size] = raw
+    rows = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(row[:int(n)]).decode()) for row, n in zip(rows, np.ravel(lengths))]
+
+
+def host_data_state(meta: dict, where: str) -> dict | None:
+    """This host's data iterator state from a checkpoint's meta (a single-host checkpoint has one for all)."""
+    states = meta.get("data_states")
+    if states is None:
+        return meta.get("data_state")
+    if len(states) != jax.process_count():
+        raise ValueError(f"checkpoint {where} was written by {len(states)} hosts, this run has "
+                         f"{jax.process_count()}: resume on as many hosts (or restore params only with init_from)")
+    return states[jax.process_index()]
 
 
 def _prune(tree: dict, drop: Sequence[str]) -> dict:

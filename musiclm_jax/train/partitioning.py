@@ -230,6 +230,9 @@ def maybe_initialize_distributed() -> bool:
         kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
                       num_processes=int(env.get("JAX_NUM_PROCESSES", "1")),
                       process_id=int(env.get("JAX_PROCESS_ID", "0")))
+    # CPU processes need a collectives backend for cross-host ops (the SIGTERM vote, global arrays); the flag
+    # touches only the CPU client, so a TPU or GPU pod is unaffected.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     _DISTRIBUTED_STARTED = True
     return True
