@@ -75,8 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from musiclm_jax.train.gin_utils import gin_shorthand
+
     parser = build_parser()
+    shorthand, argv = gin_shorthand(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if shorthand:  # `--gin.KEY=VALUE`, as `python -m musiclm_jax.train` takes it, on any command with gin flags
+        if not hasattr(args, "gin_bindings"):
+            parser.error(f"{args.command} takes no gin bindings ({shorthand[0]!r})")
+        args.gin_bindings = [*args.gin_bindings, *shorthand]
     try:
         result = args.func(args)
     except (ValueError, FileNotFoundError, NotADirectoryError, KeyError) as e:

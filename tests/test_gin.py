@@ -88,3 +88,37 @@ def test_flag_values_and_rule_overrides():
     gin.parse_config("logical_axis_rules.overrides = [('embed', None), ('length', 'model')]")
     rules = dict(partitioning.logical_axis_rules())
     assert rules["embed"] is None and rules["length"] == "model" and rules["mlp"] == "model"
+
+
+def test_entry_point_flags_are_t5x_absl_flags(capsys):
+    from absl import flags, logging as absl_logging
+
+    files, bindings, paths = gin_utils.parse_flags(
+        ["--gin_file", "a.gin", "--gin_file=b.gin", "--gin_bindings=X = 1", "--gin.Y=/tmp/y",
+         "--gin_search_paths=p1,p2", "--gin_search_path=p3", "--verbosity=1"], "test")
+    assert files == ["a.gin", "b.gin"] and bindings == ["X = 1", "Y = '/tmp/y'"] and paths == ["p1", "p2", "p3"]
+    assert flags.FLAGS.verbosity == 1  # absl's own logging flags reach absl
+    gin_utils.parse_flags(["--gin_file=a.gin"], "test")  # parsed afresh: no flag left over from the call before
+    assert absl_logging.get_verbosity() == absl_logging.INFO
+    with pytest.raises(ValueError, match="unknown argument '--bogus=1'"):
+        gin_utils.parse_flags(["--gin_file=a.gin", "--bogus=1"], "test")
+    with pytest.raises(ValueError, match="no --gin_file given"):
+        gin_utils.parse_flags(["--gin.X=1"], "test")
+    with pytest.raises(SystemExit):
+        gin_utils.parse_flags(["--help"], "Train a model family.")
+    out = capsys.readouterr().out
+    assert "--gin_search_paths" in out and "--gin.KEY=VALUE" in out
+
+
+def test_cli_train_commands_take_the_same_gin_flags(monkeypatch):
+    from musiclm_jax import cli
+    from musiclm_jax.train import launch
+
+    seen = {}
+    monkeypatch.setattr(launch, "launch", lambda entry, files, bindings, paths, **kw: seen.update(
+        files=files, bindings=bindings, paths=paths) or {"step": 0})
+    assert cli.main(["codec", "train", "--gin_file=x.gin", "--gin_search_paths=a,b", "--gin_search_path=c",
+                     "--gin.TRAIN_STEPS=3", "--gin_bindings=Z = 2"]) == 0
+    assert seen == {"files": ["x.gin"], "bindings": ["Z = 2", "TRAIN_STEPS = 3"], "paths": ["a", "b", "c"]}
+    with pytest.raises(SystemExit):  # a command without gin flags refuses the shorthand
+        cli.main(["demo", "--gin.X=1"])

@@ -152,8 +152,8 @@ def _run(argv: list[str]) -> int:
     module, rest = argv[2], argv[3:]
     if module == "musiclm_jax.train":
         from musiclm_jax.train.__main__ import main
-    elif module == "musiclm_jax.train.infer":
-        from musiclm_jax.train.infer import main
+    elif module == "musiclm_jax.infer":
+        from musiclm_jax.infer import main
     else:
         raise AssertionError(f"no in-process entry for python -m {module}: add it to tests/test_readme.py")
     return main(rest)

@@ -431,3 +431,24 @@ def test_packed_features_train_token_lm_through_the_trainer(env):
         state, metrics = trainer.train_step(state, b)
         losses.append(float(metrics["loss"]))
     assert np.isfinite(losses).all() and int(metrics["skipped_steps"]) == 0, losses
+
+
+def test_beam_workers_get_the_jobs_tokenizers_and_refuse_others(env, monkeypatch):
+    spec = tok_lib.TokenizerSpec.tiny()
+    fingerprints = tok_lib.Tokenizers.get(spec).fingerprints()
+    # The fixture's cache job ran its worker setup (seqio's setup_fn) in this process: the driver's record is known.
+    assert pp._JOB_FINGERPRINTS[json.dumps(spec.to_env(), sort_keys=True)] == fingerprints
+    for var in tok_lib.ENV.values():  # a Dataflow worker starts with neither gin nor the driver's environment
+        monkeypatch.delenv(var)
+    monkeypatch.setattr(pp, "_JOB_FINGERPRINTS", {})
+    pp.configure_worker(spec.to_env(), fingerprints)
+    assert pp.tokenizer_spec() == spec
+    kw = dict(split="train", batch_size=1, seed=0, inputs_length=4, targets_length=128, task_modules=(),
+              shuffle=False, repeat=False, use_cached=False)
+    task = _whole_clip_semantic(env, "tz", copy_cache=False)
+    assert _keys(data.stage_task_dataset(**kw, task=task))
+    # A worker whose checkpoint under the same path is another one (a stale local copy) stops the job.
+    pp.configure_worker(spec.to_env(), {**fingerprints, "codec": "0123456789abcdef"})
+    with pytest.raises(ValueError, match="this worker's tokenizers are not the job's .*codec: worker .* vs job "
+                                         "0123456789abcdef"):
+        list(data.stage_task_dataset(**kw, task=task))

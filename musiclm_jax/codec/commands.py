@@ -8,6 +8,8 @@ import argparse
 import json
 import os
 
+from musiclm_jax.train import gin_utils
+
 EXAMPLES = """Examples:
   musiclm-jax codec train --gin_file=gin/experiments/codec_tiny.gin --model_dir=/tmp/codec_tiny
   musiclm-jax codec reconstruct --model_dir=/tmp/codec_tiny --input song.wav --out_dir /tmp/recon --num_levels 2
@@ -23,10 +25,7 @@ def register(subparsers) -> None:
     sub = codec.add_subparsers(dest="codec_command", required=True, metavar="ACTION")
 
     t = sub.add_parser("train", help="train with the shared trainer (generator + discriminators)")
-    t.add_argument("--gin_file", action="append", default=[],
-                   help="gin file (repeatable); default gin/experiments/codec_tiny.gin")
-    t.add_argument("--gin_bindings", action="append", default=[], help="a binding 'KEY = VALUE' (repeatable)")
-    t.add_argument("--gin_search_path", action="append", default=[])
+    gin_utils.add_gin_arguments(t, "gin file (repeatable); default gin/experiments/codec_tiny.gin")
     t.add_argument("--model_dir", default=None, help="where checkpoints go (binds MODEL_DIR)")
     t.add_argument("--steps", type=int, default=None, help="number of train steps (binds TRAIN_STEPS)")
     t.add_argument("--audio_dir", default=None, help="train on crops of the audio files in this folder")

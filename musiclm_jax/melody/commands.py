@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 
+from musiclm_jax.train import gin_utils
 from musiclm_jax.train.steps import add_steps_argument
 
 
@@ -21,9 +22,7 @@ def register(subparsers) -> None:
     b.set_defaults(func=render_bank)
 
     t = sub.add_parser("train", help="train the embedder on a bank (shared trainer, resumable)")
-    t.add_argument("--gin_file", action="append", default=[])
-    t.add_argument("--gin_bindings", action="append", default=[])
-    t.add_argument("--gin_search_path", action="append", default=[])
+    gin_utils.add_gin_arguments(t, "gin file (repeatable); default gin/experiments/melody_tiny_synthcaps.gin")
     t.add_argument("--model_dir", default=None)
     t.add_argument("--bank_dir", required=True)
     add_steps_argument(t)

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 
+from musiclm_jax.train import gin_utils
 from musiclm_jax.train.steps import add_steps_argument
 
 EXAMPLES = """Examples:
@@ -26,10 +27,7 @@ def register(subparsers) -> None:
     sub = mulan.add_subparsers(dest="mulan_command", required=True, metavar="ACTION")
 
     t = sub.add_parser("train", help="contrastive training with the shared trainer, then the quantizer fit")
-    t.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable), e.g. "
-                   "gin/experiments/mulan_tiny_synthcaps.gin")
-    t.add_argument("--gin_bindings", action="append", default=[], help="a binding 'KEY = VALUE' (repeatable)")
-    t.add_argument("--gin_search_path", action="append", default=[])
+    gin_utils.add_gin_arguments(t, "gin file (repeatable), e.g. gin/experiments/mulan_tiny_synthcaps.gin")
     t.add_argument("--model_dir", default=None, help="where checkpoints go (binds MODEL_DIR)")
     t.add_argument("--data_dir", default=None, help="TFDS data directory holding the built synthcaps")
     add_steps_argument(t)

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 
+from musiclm_jax.train import gin_utils
 from musiclm_jax.train.steps import add_steps_argument
 
 EXAMPLES = """Examples:
@@ -33,10 +34,7 @@ def register(subparsers) -> None:
     sub = sem.add_subparsers(dest="semantic_command", required=True, metavar="ACTION")
 
     t = sub.add_parser("train", help="train w2v-BERT (contrastive + MLM) with the shared trainer")
-    t.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable), e.g. "
-                   "gin/experiments/w2v_bert_tiny_synthetic.gin")
-    t.add_argument("--gin_bindings", action="append", default=[], help="a binding 'KEY = VALUE' (repeatable)")
-    t.add_argument("--gin_search_path", action="append", default=[])
+    gin_utils.add_gin_arguments(t, "gin file (repeatable), e.g. gin/experiments/w2v_bert_tiny_synthetic.gin")
     t.add_argument("--model_dir", default=None, help="where checkpoints go (binds MODEL_DIR)")
     add_steps_argument(t)
     t.set_defaults(func=train)

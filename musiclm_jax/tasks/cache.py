@@ -20,6 +20,7 @@ tokens; reading checks it) and `failed_clips-<split>.txt` (clips that failed to 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -162,8 +163,10 @@ def cache_tasks(task_names, output_cache_dir: str, *, pipeline_options=("--runne
         return {"tasks": {}, "note": "nothing to do"}
 
     spec = pp.tokenizer_spec()
-    os.environ.update(spec.to_env())  # local worker processes inherit the spec, whatever configured it (gin/env)
     record = tok_lib.Tokenizers.get(spec).describe()
+    # Every worker (a local process or a Dataflow VM) is told the job's checkpoints and checks it loads what the
+    # driver fingerprinted: tokenizers.json then says what the workers really ran.
+    setup = functools.partial(pp.configure_worker, spec.to_env(), record["fingerprints"])
     tf.io.gfile.makedirs(output_cache_dir)
     options = beam.options.pipeline_options.PipelineOptions(list(pipeline_options))
     with beam.Pipeline(options=options) as pipeline:
@@ -172,7 +175,7 @@ def cache_tasks(task_names, output_cache_dir: str, *, pipeline_options=("--runne
             for split in first.splits:
                 label = f"{first.name}_{split}"
                 pat = beam_utils.PreprocessTask(first, split, modules_to_import=list(modules_to_import),
-                                                tfds_data_dir=tfds_data_dir)
+                                                tfds_data_dir=tfds_data_dir, setup_fn=setup)
                 num_shards = max(len(pat.shards), min_shards)
                 examples = (pipeline | f"{label}_tokenize" >> pat
                             | f"{label}_shuffle" >> beam.Reshuffle())
@@ -241,9 +244,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min_shards", type=int, default=1, help="minimum output TFRecord shards per split")
     p.add_argument("--overwrite", action="store_true", help="re-tokenize tasks that are already cached")
     p.add_argument("--report", default=None, help="write the job report (JSON) here as well")
-    p.add_argument("--gin_file", action="append", default=[], help="gin file(s), e.g. gin/runs/tokenize_tiny.gin")
-    p.add_argument("--gin_bindings", action="append", default=[],
-                   help="gin binding(s), e.g. \"tokenizer_spec.codec='runs/codec'\"")
+    from musiclm_jax.train import gin_utils
+
+    gin_utils.add_gin_arguments(p, "gin file(s), e.g. gin/runs/tokenize_tiny.gin")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -254,7 +257,7 @@ def run(args: argparse.Namespace) -> dict:
         from musiclm_jax.train import gin_utils
 
         # Not finalized: the tokenizers' modules (imported later, when they are built) still register configurables.
-        gin_utils.parse_config(args.gin_file, args.gin_bindings)
+        gin_utils.parse_config(args.gin_file, args.gin_bindings, args.gin_search_path)
     names = select_tasks([t for t in args.tasks.split(",") if t])
     options = pipeline_options_for(args.num_workers, [o for o in args.pipeline_options.split(",") if o])
     report = cache_tasks(names, args.output_cache_dir, pipeline_options=options, modules_to_import=modules,

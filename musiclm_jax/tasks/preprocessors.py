@@ -41,6 +41,28 @@ def tokenizer_spec(codec: str | None = None, semantic: str | None = None,
     return tok_lib.TokenizerSpec(codec or env.codec, semantic or env.semantic, mulan or env.mulan)
 
 
+# What the cache job's driver recorded, per tokenizer spec: {spec env JSON: fingerprints}. Set on every Beam worker by
+# `configure_worker` (seqio's setup_fn); `tokenize` then refuses to run tokenizers that differ from the driver's.
+_JOB_FINGERPRINTS: dict[str, dict] = {}
+
+
+def configure_worker(spec_env: dict[str, str], fingerprints: dict[str, str]) -> None:
+    """Run by each Beam worker before it builds the tasks: the job's tokenizer checkpoints (a worker on Dataflow or
+    Flink has neither the driver's gin config nor its environment) and the fingerprints the driver recorded."""
+    os.environ.update(spec_env)
+    _JOB_FINGERPRINTS[json.dumps(spec_env, sort_keys=True)] = dict(fingerprints)
+
+
+def check_worker_tokenizers(spec: tok_lib.TokenizerSpec, fingerprints: dict[str, str]) -> None:
+    """Raises when this worker loaded other tokenizers than the cache job's driver did for the same `spec`."""
+    expected = _JOB_FINGERPRINTS.get(json.dumps(spec.to_env(), sort_keys=True))
+    diff = [k for k in expected or {} if fingerprints.get(k) != expected[k]]
+    if diff:
+        raise ValueError(f"this worker's tokenizers are not the job's ({', '.join(f'{k}: worker {fingerprints.get(k)} '
+                         f'vs job {expected[k]}' for k in diff)}): every worker must read the same checkpoints (put "
+                         "them on storage all workers see, e.g. gs://, and point tokenizer_spec there)")
+
+
 def _audio_sample_rate(task_name: str, audio_key: str) -> int:
     source = seqio.get_mixture_or_task(task_name).source
     return int(source.tfds_dataset.builder.info.features[audio_key].sample_rate)
@@ -52,7 +74,9 @@ def tokenize(ds: tf.data.Dataset, *, task_name: str, audio_key: str = "audio",
 
     A clip that fails keeps empty tokens and its error message (counted and named by the cache job)."""
     sample_rate = _audio_sample_rate(task_name, audio_key)
-    toks = tok_lib.Tokenizers.get(tokenizer_spec())
+    spec = tokenizer_spec()
+    toks = tok_lib.Tokenizers.get(spec)
+    check_worker_tokenizers(spec, toks.fingerprints())
 
     def run(audio, clip_id):
         wave = audio.astype(np.float32) / (32768.0 if audio.dtype == np.int16 else 1.0)

@@ -9,5 +9,5 @@ gin_utils     --gin_file / --gin.KEY=VALUE parsing and the %gin.REQUIRED check
 loader        the one inference loader: a family's modules as shapes, restored (no Trainer, no optimizer)
 launch        how every training starts (distributed, gin registrations, configs, logging, entry)
 inference     sampling from a trained token LM to JSONL
-Entry points: `python -m musiclm_jax.train` (train) and `python -m musiclm_jax.train.infer` (sample).
+Entry points: `python -m musiclm_jax.train` (train) and `python -m musiclm_jax.infer` (sample).
 """

@@ -21,22 +21,65 @@ from gin import config as gin_config
 from musiclm_jax.resources import GIN_DIR
 
 
-def parse_flags(argv: Sequence[str], description: str) -> tuple[list[str], list[str], argparse.Namespace]:
-    """`--gin_file=F` (repeatable), `--gin.KEY=VALUE` (repeatable), `--gin_search_path=D` -> (files, bindings)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
-    parser.add_argument("--gin_search_path", action="append", default=[], help="extra folder for gin includes")
+def gin_shorthand(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Splits `--gin.KEY=VALUE` arguments off `argv` -> ('KEY = VALUE' bindings, the other arguments)."""
+    bindings, rest = [], []
+    for arg in argv:
+        if arg.startswith("--gin.") and "=" in arg:
+            key, value = arg[len("--gin."):].split("=", 1)
+            bindings.append(f"{key} = {_as_gin_value(value)}")
+        else:
+            rest.append(arg)
+    return bindings, rest
+
+
+def add_gin_arguments(parser: argparse.ArgumentParser, file_help: str = "gin file (repeatable)") -> None:
+    """The gin flags of every `musiclm-jax ... train` command, named as the `python -m` entry points name them
+    (`--gin.KEY=VALUE` is taken by `musiclm-jax` itself, see `cli.main`)."""
+    parser.add_argument("--gin_file", action="append", default=[], help=file_help)
     parser.add_argument("--gin_bindings", action="append", default=[], help="a binding 'KEY = VALUE' (repeatable)")
-    args, rest = parser.parse_known_args(argv)
-    bindings = list(args.gin_bindings)
-    for arg in rest:
-        if not arg.startswith("--gin.") or "=" not in arg:
-            raise ValueError(f"unknown argument {arg!r}: use --gin_file=FILE, --gin.KEY=VALUE or --gin_bindings")
-        key, value = arg[len("--gin."):].split("=", 1)
-        bindings.append(f"{key} = {_as_gin_value(value)}")
-    if not args.gin_file:
+    parser.add_argument("--gin_search_path", action="append", default=[], help="extra folder for gin includes")
+    parser.add_argument("--gin_search_paths", dest="gin_search_path", action="extend", type=lambda v: v.split(","),
+                        help="comma-separated folders for gin includes (T5X's flag)")
+
+
+def parse_flags(argv: Sequence[str], description: str) -> tuple[list[str], list[str], list[str]]:
+    """The T5X flags of the `python -m` entry points, on absl -> (gin files, bindings, search paths).
+
+    `--gin_file` and `--gin_bindings` (repeatable), `--gin_search_paths` (comma-separated; `--gin_search_path`
+    repeatable), the `--gin.KEY=VALUE` shorthand, and absl's logging flags (`--verbosity`/`-v`, `--log_dir`,
+    `--logtostderr`, ...). Logging goes through absl's handler, at INFO unless `--verbosity` says otherwise.
+    """
+    from absl import flags
+    from absl import logging as absl_logging
+
+    shorthand, rest = gin_shorthand(argv)
+    fv = flags.FlagValues()
+    flags.DEFINE_multi_string("gin_file", [], "gin file (repeatable)", flag_values=fv)
+    flags.DEFINE_multi_string("gin_bindings", [], "a binding 'KEY = VALUE' (repeatable)", flag_values=fv)
+    flags.DEFINE_list("gin_search_paths", [], "comma-separated folders for gin includes", flag_values=fv)
+    flags.DEFINE_multi_string("gin_search_path", [], "a folder for gin includes (repeatable)", flag_values=fv)
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in rest):
+        print(f"{description}\n\n{fv.get_help()}\n  --gin.KEY=VALUE: shorthand for --gin_bindings='KEY = VALUE'")
+        raise SystemExit(0)
+    try:
+        unparsed = fv(["prog", *rest], known_only=True)[1:]
+        flags.FLAGS.unparse_flags()  # parsed again on each call (tests call several entry points in one process)
+        extra = flags.FLAGS(["prog", *unparsed])[1:]
+    except flags.UnrecognizedFlagError as e:
+        arg = next((a for a in rest if a.lstrip("-").split("=")[0] == e.flagname), f"--{e.flagname}")
+        raise ValueError(f"unknown argument {arg!r}: use --gin_file=FILE, --gin.KEY=VALUE, --gin_bindings or "
+                         "absl's logging flags (--verbosity, --log_dir)") from None
+    except flags.Error as e:
+        raise ValueError(f"bad flag: {str(e).splitlines()[0]}") from None
+    if extra:
+        raise ValueError(f"unknown argument {extra[0]!r}: use --gin_file=FILE, --gin.KEY=VALUE or --gin_bindings")
+    if not fv.gin_file:
         raise ValueError("no --gin_file given: pass e.g. --gin_file=gin/experiments/lm_tiny_synthetic.gin")
-    return args.gin_file, bindings, args
+    absl_logging.use_absl_handler()
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.INFO)
+    return list(fv.gin_file), [*fv.gin_bindings, *shorthand], [*fv.gin_search_paths, *fv.gin_search_path]
 
 
 def _as_gin_value(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Sampling from a trained token-LM checkpoint (the library part of `python -m musiclm_jax.train.infer`).
+"""Sampling from a trained token-LM checkpoint (the library part of `python -m musiclm_jax.infer`).
 
 Restores the parameters of the latest checkpoint in `model_dir` onto the configured mesh (any mesh: orbax reshards),
 takes prompts from the dataset (the first `prompt_length` target tokens of each row), samples continuations with
