@@ -129,6 +129,33 @@ def load_mulan(source: str):
     return mulan, f"{module_fingerprint(mulan.model)}-{_cache_digest(mulan.quantizer.codebook[...])}"
 
 
+def local_copy(source: str, root: str | None = None) -> str:
+    """`source` itself, or for a bucket path (gs://..., any tf.io.gfile scheme) a local copy of that directory
+    (made once per process and path, under $TMPDIR/musiclm_tokenizers): the loaders read local files, and a Beam
+    worker on Dataflow sees the tokenizers only on the bucket."""
+    if "://" not in source:
+        return source
+    import hashlib
+    import tempfile
+
+    import tensorflow as tf
+
+    root = root or os.path.join(tempfile.gettempdir(), "musiclm_tokenizers")
+    dst = os.path.join(root, hashlib.sha256(source.encode()).hexdigest()[:16])
+    if os.path.exists(os.path.join(dst, ".complete")):
+        return dst
+    if not tf.io.gfile.isdir(source):
+        raise ValueError(f"tokenizer checkpoint {source} is not a directory this process can read: check the path "
+                         "and this machine's access to the bucket")
+    for folder, _, files in tf.io.gfile.walk(source):
+        rel = os.path.relpath(folder, source) if folder != source else ""
+        os.makedirs(os.path.join(dst, rel), exist_ok=True)
+        for name in files:
+            tf.io.gfile.copy(f"{folder.rstrip('/')}/{name}", os.path.join(dst, rel, name), overwrite=True)
+    open(os.path.join(dst, ".complete"), "w").close()
+    return dst
+
+
 def _cache_digest(a) -> str:
     return array_digest(a, chars=8, include_shape=False)
 
@@ -143,10 +170,11 @@ class Tokenizers:
         from flax import nnx
 
         self.spec = spec
+        local = {part: local_copy(getattr(spec, part)) for part in ENV}  # a bucket's checkpoints: read from a copy
         with nnx.use_eager_sharding(False):  # single-device inference: no mesh needed for the annotated params
-            self.codec, fp_codec = load_codec(spec.codec)
-            self.semantic, fp_semantic = load_semantic(spec.semantic)
-            self.mulan, fp_mulan = load_mulan(spec.mulan)
+            self.codec, fp_codec = load_codec(local["codec"])
+            self.semantic, fp_semantic = load_semantic(local["semantic"])
+            self.mulan, fp_mulan = load_mulan(local["mulan"])
         self._fingerprints = {"codec": fp_codec, "semantic": fp_semantic, "mulan": fp_mulan}
         self._call_lock = threading.Lock()  # tf.data may call from several threads; the jitted models are not reentrant
 

@@ -91,6 +91,8 @@ def test_flag_values_and_rule_overrides():
 
 
 def test_entry_point_flags_are_t5x_absl_flags(capsys):
+    import logging
+
     from absl import flags, logging as absl_logging
 
     files, bindings, paths = gin_utils.parse_flags(
@@ -99,7 +101,8 @@ def test_entry_point_flags_are_t5x_absl_flags(capsys):
     assert files == ["a.gin", "b.gin"] and bindings == ["X = 1", "Y = '/tmp/y'"] and paths == ["p1", "p2", "p3"]
     assert flags.FLAGS.verbosity == 1  # absl's own logging flags reach absl
     gin_utils.parse_flags(["--gin_file=a.gin"], "test")  # parsed afresh: no flag left over from the call before
-    assert absl_logging.get_verbosity() == absl_logging.INFO
+    assert absl_logging.get_verbosity() == absl_logging.WARNING  # orbax's INFO chatter off by default ...
+    assert logging.getLogger("musiclm_jax.train").getEffectiveLevel() == logging.INFO  # ... ours on
     with pytest.raises(ValueError, match="unknown argument '--bogus=1'"):
         gin_utils.parse_flags(["--gin_file=a.gin", "--bogus=1"], "test")
     with pytest.raises(ValueError, match="no --gin_file given"):

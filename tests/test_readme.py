@@ -70,6 +70,8 @@ PLAN = [
     (r"melody eval --model_dir out/melody_tiny", "run"),
     (r"-m musiclm_jax\.train --gin_file=gin/experiments/stage_coarse_tiny\.gin",
      ("shrink", [(r"TRAIN_STEPS=40", "TRAIN_STEPS=2")])),
+    (r"^\.venv/bin/python launch/\w+\.py .*--dry_run$", "run"),  # prints the cloud commands, runs none
+    (r"launch/gpu\.py --local_processes 2 --platform cpu", ("shrink", [(r"TRAIN_STEPS=20", "TRAIN_STEPS=3")])),
     (r"gs://BUCKET", ("skip", "needs a cloud project and bucket (Dataflow / a TPU pod)")),
     (r"generate --prompt .* --model_dir weights/musiclm", ("shrink", [(r"--duration 10", "--duration 1")])),
     (r"generate --prompt .* --random_init --tiny", ("shrink", [(r"--duration 2", "--duration 0.5")])),
@@ -87,7 +89,7 @@ PLAN = [
     (r"-m musiclm_jax\.train --gin_file=gin/experiments/lm_tiny_synthetic\.gin",
      ("shrink", [(r"$", " --gin.TRAIN_STEPS=2")])),
     (r"^tensorboard ", ("skip", "a long-lived server (its logs are written by the training above)")),
-    (r"-m musiclm_jax\.train\.infer ", "run"),
+    (r"-m musiclm_jax\.infer ", "run"),
 ]
 
 
@@ -148,6 +150,11 @@ def _run(argv: list[str]) -> int:
     if argv[0].endswith("musiclm-jax"):
         from musiclm_jax import cli
         return cli.main(argv[1:])
+    if argv[0].endswith("python") and argv[1].startswith("launch/"):  # a launcher: its own interpreter, as a shell's
+        done = subprocess.run([sys.executable, str(ROOT / argv[1]), *argv[2:]], capture_output=True, text=True)
+        sys.stdout.write(done.stdout)
+        sys.stderr.write(done.stderr)
+        return done.returncode
     assert argv[0].endswith("python") and argv[1] == "-m", argv
     module, rest = argv[2], argv[3:]
     if module == "musiclm_jax.train":

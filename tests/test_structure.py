@@ -20,7 +20,7 @@ LAYERS = [
     {"tokenizers", "pipeline", "export"},     # the three tokenizers together; MusicLM; the exported directory
     {"tasks"},                                # SeqIO tasks and the Beam token cache
     {"eval"},                                 # the evaluation suite and the diagnoses
-    {"cli", "generate_commands", "infer_commands", "quickstart", "commands"},
+    {"cli", "generate_commands", "infer_commands", "infer", "quickstart", "commands"},
 ]
 
 

@@ -263,8 +263,10 @@ def run(args: argparse.Namespace) -> dict:
     report = cache_tasks(names, args.output_cache_dir, pipeline_options=options, modules_to_import=modules,
                          overwrite=args.overwrite, min_shards=args.min_shards, tfds_data_dir=args.tfds_data_dir)
     text = json.dumps(report, indent=1)
-    if args.report:
-        with open(args.report, "w") as f:
+    if args.report:  # local or a bucket path
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(args.report, "w") as f:
             f.write(text)
     print(text)
     check_something_tokenized(report)

@@ -17,6 +17,12 @@ from typing import Any, Sequence
 import gin
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+
+def is_remote(path: str) -> bool:
+    """A bucket path (gs://, s3://): what a pod's hosts share; written through epath / orbax, never `open`."""
+    return "://" in str(path)
 
 
 def tree_signature(tree) -> dict[str, list]:
@@ -47,7 +53,7 @@ class Checkpointer:
     def __init__(self, model_dir: str, keep: int = 3, async_save: bool = True):
         if not model_dir:
             raise ValueError("model_dir is empty: set it (gin MODEL_DIR or --gin.MODEL_DIR='\"/path\"')")
-        self.model_dir = os.path.abspath(model_dir)
+        self.model_dir = model_dir if is_remote(model_dir) else os.path.abspath(model_dir)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(os.path.join(self.model_dir, "checkpoints"), options=options,
                                              item_names=("state", "meta"))
@@ -67,8 +73,7 @@ class Checkpointer:
             # config.gin: every binding (re-runnable); operative_config.gin: the ones the run actually used.
             texts = {"config.gin": meta["gin_config"], "operative_config.gin": gin.operative_config_str()}
             for name, text in texts.items():
-                with open(os.path.join(self.model_dir, name), "w") as f:
-                    f.write(text)
+                epath.Path(self.model_dir, name).write_text(text)
         return saved
 
     def read_meta(self, step: int | None = None) -> dict:

@@ -48,7 +48,8 @@ def parse_flags(argv: Sequence[str], description: str) -> tuple[list[str], list[
 
     `--gin_file` and `--gin_bindings` (repeatable), `--gin_search_paths` (comma-separated; `--gin_search_path`
     repeatable), the `--gin.KEY=VALUE` shorthand, and absl's logging flags (`--verbosity`/`-v`, `--log_dir`,
-    `--logtostderr`, ...). Logging goes through absl's handler, at INFO unless `--verbosity` says otherwise.
+    `--logtostderr`, ...). Logging goes through absl's handler: this package's loggers at INFO, other libraries' from
+WARNING, unless `--verbosity` says otherwise.
     """
     from absl import flags
     from absl import logging as absl_logging
@@ -77,8 +78,9 @@ def parse_flags(argv: Sequence[str], description: str) -> tuple[list[str], list[
     if not fv.gin_file:
         raise ValueError("no --gin_file given: pass e.g. --gin_file=gin/experiments/lm_tiny_synthetic.gin")
     absl_logging.use_absl_handler()
-    if not flags.FLAGS["verbosity"].present:
-        absl_logging.set_verbosity(absl_logging.INFO)
+    if not flags.FLAGS["verbosity"].present:  # ours at INFO; libraries' absl chatter (orbax's) only from WARNING
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        logging.getLogger("musiclm_jax").setLevel(logging.INFO)
     return list(fv.gin_file), [*fv.gin_bindings, *shorthand], [*fv.gin_search_paths, *fv.gin_search_path]
 
 

@@ -236,3 +236,28 @@ def maybe_initialize_distributed() -> bool:
     jax.distributed.initialize(**kwargs)
     _DISTRIBUTED_STARTED = True
     return True
+
+
+def accelerator_wheel() -> str | None:
+    """The JAX extra this machine's accelerator needs ('tpu', 'cuda12'), or None for CPU: read from the hardware
+    before JAX is imported (a notebook runtime installs it beside the CPU lock)."""
+    import glob
+    import shutil
+
+    if os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_NAME") or glob.glob("/dev/accel*") \
+            or glob.glob("/dev/vfio/[0-9]*"):
+        return "tpu"
+    if shutil.which("nvidia-smi"):
+        return "cuda12"
+    return None
+
+
+def describe_devices() -> str:
+    """One line: the backend JAX runs on and its devices, e.g. 'TPU: 8 x TPU v2 (1 host)' or 'CPU: 1 x cpu'."""
+    devices = jax.devices()
+    kinds = sorted({d.device_kind for d in devices})
+    line = f"{jax.default_backend().upper()}: {len(devices)} x {', '.join(kinds)} ({jax.process_count()} host"
+    line += "s)" if jax.process_count() > 1 else ")"
+    if jax.default_backend() == "cpu":
+        line += "; no accelerator in this runtime"
+    return line

@@ -414,7 +414,7 @@ def train(family: Family = gin.REQUIRED, *, model_dir: str = gin.REQUIRED, datas
     """
     from tqdm import tqdm
 
-    from musiclm_jax.train.checkpoints import Checkpointer
+    from musiclm_jax.train.checkpoints import Checkpointer, is_remote
 
     trainer = Trainer(family, mesh_fn(), rules_fn(), optimizer, num_microbatches, seed, rng_impl)
     if batch_size % jax.process_count():
@@ -436,7 +436,9 @@ def train(family: Family = gin.REQUIRED, *, model_dir: str = gin.REQUIRED, datas
 
     peak = peak_flops if peak_flops is not None else default_peak_flops()
     writer = _metric_writer(os.path.join(model_dir, "tb"), tensorboard)
-    jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a") if jax.process_index() == 0 else None
+    # metrics.jsonl on a local model dir (a bucket cannot append: there, TensorBoard under tb/ has the metrics).
+    jsonl = (open(os.path.join(model_dir, "metrics.jsonl"), "a")
+             if jax.process_index() == 0 and not is_remote(model_dir) else None)
     last_steps = num_steps if max_steps_this_run is None else min(num_steps, step + max_steps_this_run)
     bar = tqdm(total=num_steps, initial=step, disable=not progress or jax.process_index() > 0, desc=family.name)
     summary: dict[str, Any] = {"start_step": step, "preempted": False}
