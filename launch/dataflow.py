@@ -75,10 +75,5 @@ def build(argv=None):
     return out, args
 
 
-def main(argv=None) -> int:
-    out, args = build(argv)
-    return out.run(args.dry_run)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(plan_lib.main(build))

@@ -29,6 +29,7 @@ def build(argv=None):
     p.add_argument("--repo", default=plan_lib.REMOTE_REPO, help="the checkout on each host (--hosts)")
     p.add_argument("--log_dir", default="logs", help="one log per process, relative to the checkout")
     args = plan_lib.parse(p, argv)
+    args.one_shell = bool(args.local_processes)  # background processes and the final wait share one shell
     if args.hosts and args.local_processes:
         p.error("pass --hosts or --local_processes, not both")
     train = shlex.join(plan_lib.train_argv(args))
@@ -62,10 +63,5 @@ def _env(coordinator: str, n: int, i: int, platform: str) -> str:
     return env + (" JAX_PLATFORMS=cpu" if platform == "cpu" else "")
 
 
-def main(argv=None) -> int:
-    out, args = build(argv)
-    return out.run(args.dry_run, one_shell=bool(args.local_processes))  # background processes + wait: one shell
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(plan_lib.main(build))

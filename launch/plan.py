@@ -50,6 +50,12 @@ class Plan:
         return 0
 
 
+def main(build) -> int:
+    """A launcher's entry point: `build(argv) -> (Plan, args)`, then print or run the plan."""
+    out, args = build(None)
+    return out.run(args.dry_run, one_shell=getattr(args, "one_shell", False))
+
+
 def job_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gin_file", action="append", default=[], help="experiment gin file (repeatable)")
