@@ -186,3 +186,37 @@ def test_sharded_init_on_8_devices_matches_single_device():
 
     out = forward(state, toks, jnp.array([2, 0, 3, 1]))
     np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_changes_memory_not_the_gradients(remat):
+    cfg = tr.preset("tiny", scan_layers=True, dtype="float32")
+    tokens = jax.random.randint(jax.random.key(0), (2, 12), 1, cfg.vocab_size)
+
+    def grads(c):
+        model = tr.Transformer(c, rngs=nnx.Rngs(0))
+
+        def loss(m):
+            return jnp.mean(m(tokens, prefix_len=jnp.array([3, 5])) ** 2)
+
+        return jax.jit(nnx.grad(loss))(model)
+
+    plain = jax.tree.leaves(nnx.state(grads(cfg)))
+    rematted = jax.tree.leaves(nnx.state(grads(tr.preset("tiny", scan_layers=True, dtype="float32", remat=remat))))
+    for a, b in zip(plain, rematted):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # The rematerialised backward pass really recomputes: 'full' redoes the layer's matmuls (more dot_generals
+    # in the gradient's program), 'dots' keeps them and redoes the elementwise work (more exp: softmax, gelu).
+    def backward_ops(c):
+        graphdef, params, rest = nnx.split(tr.Transformer(c, rngs=nnx.Rngs(0)), nnx.Param, ...)
+        loss = lambda p: jnp.mean(nnx.merge(graphdef, p, rest)(tokens) ** 2)  # noqa: E731
+        text = str(jax.make_jaxpr(jax.grad(loss))(params))
+        return text.count("dot_general"), text.count(" exp ")
+
+    (dots_none, exp_none), (dots_remat, exp_remat) = (backward_ops(tr.preset("tiny", scan_layers=True)),
+                                                      backward_ops(tr.preset("tiny", scan_layers=True, remat=remat)))
+    assert dots_remat > dots_none if remat == "full" else exp_remat > exp_none
+    with pytest.raises(ValueError, match="remat needs scan_layers=True"):
+        tr.preset("tiny", remat="full")
+    with pytest.raises(ValueError, match="remat='some'"):
+        tr.preset("tiny", scan_layers=True, remat="some")

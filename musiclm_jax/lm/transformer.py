@@ -60,6 +60,10 @@ class TransformerConfig:
     relpos_bidirectional: bool = True  # needed by the prefix (it attends forward); causal keys use half the table
     shared_relpos: bool = True      # one bias table for all layers (T5) or one per layer
     scan_layers: bool = False       # lax.scan over stacked layers (leading 'layers' param axis): depth-free compiles
+    # Rematerialisation of each scanned layer in training (MaxText's remat policies): 'none' keeps every activation,
+    # 'full' keeps only each layer's input and recomputes the rest in the backward pass, 'dots' keeps the matmul
+    # outputs. Memory for compute: the paper-size model fits a bigger batch. Needs scan_layers.
+    remat: str = "none"
     tie_embeddings: bool = False    # output projection = input embedding^T / sqrt(d_model)
     dtype: str = "bfloat16"         # activations
     param_dtype: str = "float32"
@@ -82,10 +86,18 @@ class TransformerConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"TransformerConfig.{name}={getattr(self, name)!r}: use one of {_DTYPES}")
+        if self.remat not in _REMAT_POLICIES:
+            raise ValueError(f"TransformerConfig.remat={self.remat!r}: use one of {sorted(_REMAT_POLICIES)}")
+        if self.remat != "none" and not self.scan_layers:
+            raise ValueError("TransformerConfig.remat needs scan_layers=True (it wraps the scanned layer)")
         buckets = self.relpos_num_buckets // (2 if self.relpos_bidirectional else 1)
         if buckets < 2 or self.relpos_max_distance <= buckets // 2:
             raise ValueError("TransformerConfig: relpos_max_distance must exceed half the (per-direction) "
                              f"bucket count; got {self.relpos_max_distance} with {self.relpos_num_buckets} buckets")
+
+
+_REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+                   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 # Presets. The vocabulary of `large` covers a coarse-stage layout (12x1024 MuLan + 1024 semantic + 4x1024 acoustic
@@ -369,6 +381,8 @@ class Transformer(nnx.Module):
                                 rngs=None if key is None else nnx.Rngs(dropout=key), kv_cache=layer_kv, index=index)
             return h, (nnx.state(layer, nnx.RngState) if own_streams else None, layer_kv)
 
+        if self.cfg.remat != "none" and cache is None:  # training / teacher forcing (decoding keeps no activations)
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
         x, (rng_state, kv) = jax.lax.scan(body, x, (state, keys, kv))
         if own_streams:
             nnx.update(self.layers, rng_state)
