@@ -3,7 +3,9 @@
     from benchmarks._flops import matmul_peak
     peak = matmul_peak("bfloat16")   # FLOP/s of a square jitted matmul on one device, best of a few runs
 
-Run directly to print fp32 and bf16 peaks: `.venv/bin/python benchmarks/_flops.py`.
+    bw = read_bandwidth()               # bytes/s of one read pass over 256 MiB
+
+Run directly to print fp32 and bf16 peaks and the read bandwidth: `.venv/bin/python benchmarks/_flops.py`.
 """
 from __future__ import annotations
 
@@ -35,6 +37,17 @@ def matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5, device=
     return 2 * n ** 3 / time_fn(fn, a, b, repeats=repeats)
 
 
+def read_bandwidth(num_bytes: int = 1 << 28, repeats: int = 5, device=None) -> float:
+    """Memory read bandwidth (bytes/s): a jitted sum over a float32 array of `num_bytes`, which reads every byte once
+    and writes nothing (a copy would also time allocating and first-touching its output). Cached decoding is this
+    kind of traffic: every weight and the K/V buffer read once per step."""
+    device = device or jax.devices()[0]
+    x = jax.device_put(jnp.ones((max(num_bytes // 4, 1024),), jnp.float32), device)
+    fn = jax.jit(jnp.sum)
+    return x.size * 4 / time_fn(fn, x, repeats=repeats)
+
+
 if __name__ == "__main__":
     for dt in ("float32", "bfloat16"):
         print(f"{dt}: {matmul_peak(dt) / 1e9:.1f} GFLOP/s")
+    print(f"read bandwidth: {read_bandwidth() / 1e9:.1f} GB/s")

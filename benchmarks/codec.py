@@ -127,8 +127,8 @@ def run_peer(python: str, configs: list[dict], threads: int) -> dict:
     return {"skipped": f"peer failed: {proc.stderr.strip()[-400:]}"}
 
 
-def vocos_config():
-    """The CodecConfig of gin/models/codec_vocos.gin (parsed without touching other gin state)."""
+def codec_config(model_gin: str = "models/codec_vocos.gin"):
+    """The CodecConfig a gin model file configures (gin's state is cleared before and after)."""
     import gin
 
     from musiclm_jax.codec.model import CodecConfig
@@ -136,7 +136,7 @@ def vocos_config():
 
     gin.clear_config()
     try:
-        gin_utils.parse_config(["models/codec_vocos.gin"], [])
+        gin_utils.parse_config([model_gin], [])
         return CodecConfig()
     finally:
         gin.clear_config()
@@ -155,9 +155,8 @@ def main() -> None:
 
     repeats = 3 if args.quick else 5
     tiny = CodecConfig()
-    paper = CodecConfig(sample_rate=24000, channels=32, strides=(3, 4, 5, 8), embed_dim=512, num_levels=12,
-                        codebook_size=1024)  # gin/models/codec_paper.gin
-    vocos = vocos_config()
+    paper = codec_config("models/codec_paper.gin")
+    vocos = codec_config("models/codec_vocos.gin")
     cases = [("tiny", tiny, 1, 4.0), ("vocos", vocos, 1, 4.0), ("paper", paper, 1, 2.0)]
     peer_cases = [c for c in cases if c[0] != "vocos"]  # encodec has no frame-rate / iSTFT decoder
     threads = os.cpu_count() or 1

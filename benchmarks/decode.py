@@ -26,11 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from musiclm_jax.lm import decoding, transformer as tr
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from benchmarks._flops import read_bandwidth  # noqa: E402
+from musiclm_jax.lm import decoding, transformer as tr  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 PEERS_PY = ROOT / "peers" / ".venv" / "bin" / "python"
@@ -41,9 +44,37 @@ CONFIGS = {
     # mid: a CPU-sized stage LM; d_ff = 8/3 d_model (gated) so the MLP matches audiolm-pytorch's GEGLU width.
     "mid": tr.TransformerConfig(vocab_size=4096, num_layers=6, num_heads=8, head_dim=64, d_model=512, d_ff=1365,
                                 dropout_rate=0.0, max_len=1024),
+    "quickstart": None,  # the shipped coarse stage LM's architecture (gin/models/stage_quickstart.gin), built lazily
     "base": tr.preset("base", dropout_rate=0.0),
     "large": tr.preset("large", dropout_rate=0.0),
 }
+
+
+def config(name: str) -> tr.TransformerConfig:
+    if CONFIGS[name] is None:
+        from benchmarks.train import family_from_gin
+
+        cfg = family_from_gin("models/stage_quickstart.gin", bindings=["STAGE = 'coarse'"]).config
+        CONFIGS[name] = dataclasses.replace(cfg, dropout_rate=0.0)
+    return CONFIGS[name]
+
+
+def step_bytes(model: tr.Transformer, batch: int, cache_len: int) -> int:
+    """Bytes one cached decode step must at least read: every weight once (the input embedding only for the batch's
+    rows), the whole K/V buffer (attention reads the fixed-size cache) and the key positions."""
+    cfg = model.cfg
+    weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    tables = [model.embed[...]] + ([model.aligned_embed[...]] if model.aligned_embed is not None else [])
+    weights -= sum(t.size * t.dtype.itemsize for t in tables) - batch * cfg.d_model * model.embed[...].dtype.itemsize
+    kv = 2 * cfg.num_layers * batch * cache_len * cfg.num_heads * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
+    return int(weights + kv + batch * cache_len * 4)
+
+
+def roofline(row: dict, bandwidth: float) -> dict:
+    """The memory-bandwidth bound of a cached decode row: tokens/s if each step only moved its bytes at
+    `bandwidth` (bytes/s)."""
+    bound = row["batch"] * bandwidth / row["step_bytes"]
+    return {"roofline_tokens_per_s": bound, "fraction_of_roofline": row["tokens_per_s"] / bound}
 
 
 def time_jax(cfg, batch, prompt_len, new_tokens, use_cache, reps):
@@ -60,7 +91,8 @@ def time_jax(cfg, batch, prompt_len, new_tokens, use_cache, reps):
         run(i + 1)
         times.append(time.perf_counter() - t0)
     best = min(times)
-    return {"seconds": best, "tokens_per_s": batch * new_tokens / best, "first_call_s": compile_s}
+    return {"seconds": best, "tokens_per_s": batch * new_tokens / best, "first_call_s": compile_s,
+            "step_bytes": step_bytes(model, batch, prompt_len + new_tokens)}
 
 
 def peer_cfg(cfg):
@@ -110,7 +142,7 @@ def main():
 
     rows = []
     for name in names:
-        base = CONFIGS[name]
+        base = config(name)
         for batch in batches:
             for cache in modes:
                 common = dict(name=name, batch=batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
@@ -119,6 +151,10 @@ def main():
                     cfg = dataclasses.replace(base, dtype=dtype, max_len=args.prompt_len + args.new_tokens)
                     r = {"impl": f"jax-{dtype}", **common, **time_jax(cfg, batch, args.prompt_len, args.new_tokens,
                                                                        cache, args.reps)}
+                    if cache:  # the roofline's bandwidth: a read pass over a buffer as big as one step's bytes
+                        # (a CPU serves a model that fits its caches faster than DRAM), right after the row
+                        r["read_bandwidth"] = read_bandwidth(max(r["step_bytes"], 1 << 20))
+                        r.update(roofline(r, r["read_bandwidth"]))
                     rows.append(r)
                     print(json.dumps(r), flush=True)
                 if args.no_peers:
@@ -130,6 +166,7 @@ def main():
                     r["impl"] = "torch-" + r["impl"]
                     rows.append(r)
                     print(json.dumps(r), flush=True)
+    dram_bandwidth = read_bandwidth()
     for r in rows:
         if "tokens_per_s" in r:
             r["rtf_coarse"] = r["tokens_per_s"] / COARSE_TOKENS_PER_AUDIO_S
@@ -152,13 +189,14 @@ def main():
                     ratios.append({"name": name, "batch": batch, "impl": impl,
                                    "cache_speedup": tps / by[(name, batch, False)][impl]})
 
-    print(f"\n{'config':6} {'batch':>5} {'cache':>5} {'impl':>15} {'tok/s':>10} {'RTF':>7}")
+    print(f"\n{'config':10} {'batch':>5} {'cache':>5} {'impl':>15} {'tok/s':>10} {'RTF':>7} {'roofline':>9}")
     for r in rows:
         if "tokens_per_s" in r:
-            print(f"{r['name']:6} {r['batch']:5d} {str(r['cache']):>5} {r['impl']:>15} {r['tokens_per_s']:10.1f} "
-                  f"{r['rtf_coarse']:7.2f}")
+            frac = f"{r['fraction_of_roofline']:9.2f}" if "fraction_of_roofline" in r else " " * 9
+            print(f"{r['name']:10} {r['batch']:5d} {str(r['cache']):>5} {r['impl']:>15} {r['tokens_per_s']:10.1f} "
+                  f"{r['rtf_coarse']:7.2f} {frac}")
         else:
-            print(f"{r['name']:6} {r['batch']:5d} {str(r['cache']):>5} {r['impl']:>15} error: {r.get('error')}")
+            print(f"{r['name']:10} {r['batch']:5d} {str(r['cache']):>5} {r['impl']:>15} error: {r.get('error')}")
     for q in ratios:
         print(json.dumps(q))
 
@@ -169,6 +207,7 @@ def main():
             "platform": jax.default_backend(), "cpu_count": os.cpu_count(), "threads": threads,
             "load_avg_at_end": os.getloadavg(), "machine": platform.machine(),
             "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "reps": args.reps,
+            "dram_read_bandwidth_bytes_per_s": dram_bandwidth,
             "configs": {n: dataclasses.asdict(CONFIGS[n]) for n in names}}
     out.write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios}, indent=1))
     print(f"wrote {out}")

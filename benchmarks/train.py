@@ -34,10 +34,10 @@ SETTINGS = {"tiny": ("models/lm_tiny.gin", 32, 64, 30, None),
             "base_fp32": ("models/lm_base.gin", 2, 128, 2, "float32")}
 
 
-def family_from_gin(path: str, dtype: str | None = None) -> TokenLM:
+def family_from_gin(path: str, dtype: str | None = None, bindings=()) -> TokenLM:
     gin.clear_config()
     try:
-        gin_utils.parse_config([path], [f"TransformerConfig.dtype = '{dtype}'"] if dtype else [])
+        gin_utils.parse_config([path], [*bindings, *([f"TransformerConfig.dtype = '{dtype}'"] if dtype else [])])
         return TokenLM(config=gin.get_bindings("TokenLM")["config"])
     finally:
         gin.clear_config()
@@ -45,8 +45,13 @@ def family_from_gin(path: str, dtype: str | None = None) -> TokenLM:
 
 def bench(name: str, steps: int | None, device) -> dict:
     path, batch_size, length, default_steps, dtype = SETTINGS[name]
-    steps = steps or default_steps
-    family = family_from_gin(path, dtype)
+    row = time_train_steps(family_from_gin(path, dtype), batch_size, length, steps or default_steps, device)
+    return {"model": name, "gin": f"gin/{path}", **row}
+
+
+def time_train_steps(family: TokenLM, batch_size: int, length: int, steps: int, device) -> dict:
+    """The trainer's real jitted step (Adafactor, clipping, NaN guard) on one device: two warm-up steps (compile),
+    then `steps` timed ones on synthetic tokens of `length`."""
     mesh = partitioning.make_mesh(devices=[device])
     optimizer = lambda: make_optimizer("adafactor", schedule=make_schedule(1e-3, "constant", 0))  # noqa: E731
     trainer = Trainer(family, mesh, optimizer=optimizer, rng_impl="rbg")
@@ -65,7 +70,7 @@ def bench(name: str, steps: int | None, device) -> dict:
     elapsed = time.perf_counter() - t0
     flops = sum(family.flops(b) for b in batches[2:])
     tokens = sum(family.tokens(b) for b in batches[2:])
-    return {"model": name, "gin": f"gin/{path}", "params": trainer.num_params(), "dtype": family.config.dtype,
+    return {"params": trainer.num_params(), "dtype": family.config.dtype,
             "batch": batch_size, "length": length, "timed_steps": steps, "step_s": elapsed / steps,
             "tokens_per_s": tokens / elapsed, "model_flops_per_s": flops / elapsed,
             "init_and_compile_s": compile_s, "final_loss": float(metrics["loss"])}
