@@ -47,7 +47,8 @@ def build(argv=None) -> plan_lib.Plan:
     out = plan_lib.Plan()
     for step in plan_lib.select(args.steps, STEPS):
         if step == "create":
-            out.add("create the slice", [*tpu, "create", args.name, *where, f"--accelerator-type={args.accelerator_type}",
+            out.add("create the slice", [*tpu, "create", args.name, *where,
+                                         f"--accelerator-type={args.accelerator_type}",
                                          f"--version={args.runtime_version}", *(["--spot"] if args.spot else [])])
         elif step == "sync":
             out.add("pack this checkout (committed files only: commit first)",

@@ -54,7 +54,8 @@ def build(argv=None):
                 kind = [f"--device-type={args.device_type}", f"--num-nodes={args.num_nodes}"]
                 command = f"MUSICLM_DISTRIBUTED=1 {command}"
             out.add("one workload: the same command on every pod",
-                    ["xpk", "workload", "create", *common, f"--workload={args.workload}", f"--docker-image={args.image}",
+                    ["xpk", "workload", "create", *common, f"--workload={args.workload}",
+                     f"--docker-image={args.image}",
                      *kind, f"--max-restarts={args.max_restarts}", f"--command=cd /musiclm-jax && {command}"])
         elif step == "logs":
             out.add("the workload's state and where its logs are", ["xpk", "workload", "list", *common,

@@ -72,6 +72,8 @@ PLAN = [
      ("shrink", [(r"TRAIN_STEPS=40", "TRAIN_STEPS=2")])),
     (r"^\.venv/bin/python launch/\w+\.py .*--dry_run$", "run"),  # prints the cloud commands, runs none
     (r"launch/gpu\.py --local_processes 2 --platform cpu", ("shrink", [(r"TRAIN_STEPS=20", "TRAIN_STEPS=3")])),
+    (r"benchmarks/accelerator\.py --budget_s 480",
+     ("shrink", [(r"--budget_s 480", "--cpu_small --sections peaks,decode --out /tmp/accelerator.json")])),
     (r"gs://BUCKET", ("skip", "needs a cloud project and bucket (Dataflow / a TPU pod)")),
     (r"generate --prompt .* --model_dir weights/musiclm", ("shrink", [(r"--duration 10", "--duration 1")])),
     (r"generate --prompt .* --random_init --tiny", ("shrink", [(r"--duration 2", "--duration 0.5")])),
@@ -150,7 +152,7 @@ def _run(argv: list[str]) -> int:
     if argv[0].endswith("musiclm-jax"):
         from musiclm_jax import cli
         return cli.main(argv[1:])
-    if argv[0].endswith("python") and argv[1].startswith("launch/"):  # a launcher: its own interpreter, as a shell's
+    if argv[0].endswith("python") and argv[1].startswith(("launch/", "benchmarks/")):  # a script: its own interpreter
         done = subprocess.run([sys.executable, str(ROOT / argv[1]), *argv[2:]], capture_output=True, text=True)
         sys.stdout.write(done.stdout)
         sys.stderr.write(done.stderr)
