@@ -20,7 +20,8 @@ from musiclm_jax.data.synthcaps import melody as renditions
 from musiclm_jax.train.data import ResumableBatches, split_id
 
 log = logging.getLogger(__name__)
-TRANSPOSITIONS = (-3, 4)   # the bank's negative copies: a minor third down, a major third up
+TRANSPOSITIONS = (-3, 4)   # the bank's negative copies: a minor third down, a major third up ...
+TRANSPOSED_TIMBRES = ("whistle", "recorder")  # ... each in its own sound
 
 
 def build_bank(clips: list[dict], bank_dir: str, split: str, *, sample_rate: int = 16000, seconds: float = 4.0,
@@ -41,8 +42,8 @@ def build_bank(clips: list[dict], bank_dir: str, split: str, *, sample_rate: int
         rng = np.random.default_rng([seed, split_id(split), i])
         try:
             waves = [renditions.render_melody(notes, t, sample_rate, seconds, rng) for t in renditions.TIMBRES]
-            waves += [renditions.render_melody(renditions.transpose(notes, k), renditions.TIMBRES[j % 2 * 3],
-                                               sample_rate, seconds, rng) for j, k in enumerate(TRANSPOSITIONS)]
+            waves += [renditions.render_melody(renditions.transpose(notes, k), timbre, sample_rate, seconds, rng)
+                      for k, timbre in zip(TRANSPOSITIONS, TRANSPOSED_TIMBRES)]
         except SourceError as e:
             skipped.append(f"{name} ({e})")
             continue

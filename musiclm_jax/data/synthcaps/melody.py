@@ -11,8 +11,6 @@ transposed by 1-6 semitones, or another clip's line: a negative.
 """
 from __future__ import annotations
 
-import io
-
 import mido
 import numpy as np
 
@@ -70,16 +68,9 @@ def _midi(notes, program: int, velocity: int, cents: float) -> bytes:
         on, off = round(s / spb * tpb), round(e / spb * tpb)
         events.append((on, mido.Message("note_on", channel=0, note=int(p), velocity=velocity)))
         events.append((max(off, on + 1), mido.Message("note_off", channel=0, note=int(p), velocity=0)))
-    events.sort(key=lambda ev: (ev[0], ev[1].type == "note_on"))
-    track, now = mido.MidiTrack(), 0
-    for t, msg in events:
-        track.append(msg.copy(time=t - now))
-        now = t
     mid = mido.MidiFile(type=0, ticks_per_beat=tpb)
-    mid.tracks.append(track)
-    buf = io.BytesIO()
-    mid.save(file=buf)
-    return buf.getvalue()
+    mid.tracks.append(sources._track_from_abs(events))
+    return sources._midi_bytes(mid)
 
 
 def _sine(notes, sample_rate: int, n: int, cents: float, rng: np.random.Generator) -> np.ndarray:
