@@ -63,6 +63,54 @@ def export(work_dir: str, out_dir: str, *, sizes: st.TokenSizes = st.QUICKSTART,
     return report
 
 
+STAGES = ("stage_semantic", "stage_coarse", "stage_fine")
+
+
+def merge(a_dir: str, b_dir: str, lam: float, out_dir: str) -> dict:
+    """Model merging (the MusicLM follow-ups' weight interpolation): a `MusicLM.from_pretrained` directory whose stage
+    LMs are (1 - lam) * a + lam * b. `a` and `b` must be two finetunings of one base: the same token layout
+    (musiclm.json) and the same tokenizers (codec, w2v-BERT + k-means, MuLan, compared by content), which are copied
+    from `a`. Returns {"lam", "stages": {stage: {...}}}."""
+    import shutil
+
+    from musiclm_jax.quantization.fingerprint import params_fingerprint
+    from musiclm_jax.train.checkpoints import merge_inference, read_inference_state
+
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"--lam must be in [0, 1] (0 gives --a, 1 gives --b), got {lam}")
+    for d in (a_dir, b_dir):
+        if not os.path.exists(os.path.join(d, "musiclm.json")):
+            raise ValueError(f"{d} is not an exported MusicLM (no musiclm.json): pass directories like weights/musiclm")
+    if os.path.realpath(out_dir) in (os.path.realpath(a_dir), os.path.realpath(b_dir)):
+        raise ValueError("--out must be a new directory, not one of the two models")
+    manifests = [json.load(open(os.path.join(d, "musiclm.json"))) for d in (a_dir, b_dir)]
+    if manifests[0]["sizes"] != manifests[1]["sizes"] or manifests[0]["windows"] != manifests[1]["windows"]:
+        raise ValueError(f"{a_dir} and {b_dir} have different token layouts or windows (musiclm.json): merge only "
+                         "finetunings of the same base")
+    for part in PARTS:
+        if part in STAGES:
+            continue
+        fps = [params_fingerprint(read_inference_state(os.path.join(d, part))[2]) for d in (a_dir, b_dir)]
+        if fps[0] != fps[1]:
+            raise ValueError(f"the two models' {part} differ ({fps[0]} vs {fps[1]}): their tokens mean different "
+                             "things, so their stage LMs cannot be merged; merge only finetunings of the same base")
+    os.makedirs(out_dir, exist_ok=True)
+    report = {"lam": lam, "a": a_dir, "b": b_dir, "stages": {}}
+    for part in PARTS:
+        src, dst = os.path.join(a_dir, part), os.path.join(out_dir, part)
+        if part in STAGES:
+            report["stages"][part] = merge_inference(src, os.path.join(b_dir, part), lam, dst)
+        else:
+            if os.path.lexists(dst):
+                shutil.rmtree(dst) if os.path.isdir(dst) and not os.path.islink(dst) else os.unlink(dst)
+            shutil.copytree(src, dst)  # a real copy (the shipped codec is a link)
+    with open(os.path.join(out_dir, "musiclm.json"), "w") as f:
+        json.dump(manifests[0], f, indent=1)
+    with open(os.path.join(out_dir, "merge.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m musiclm_jax.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -82,6 +82,7 @@ PLAN = [
     (r"eval export-synthcaps --data_dir out/quickstart/tfds",
      ("shrink", [(r"out/quickstart/tfds", "~/tfds"), (r"small_5s_n300", "tiny")])),
     (r"eval fit-probe", "run"),
+    (r"^\.venv/bin/musiclm-jax merge --a weights/musiclm", "run"),
     (r"infer --prompts out/eval/ref/infer_prompts\.jsonl", ("shrink", [(r"--duration 5", "--duration 3")])),
     (r"eval --audio_dir out/eval/gen", "run"),
     (r"eval chain --model_dir weights/musiclm .*--conditioning", ("shrink", [(r"--limit 32", "--limit 2")])),

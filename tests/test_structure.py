@@ -20,7 +20,8 @@ LAYERS = [
     {"tokenizers", "pipeline", "export"},     # the three tokenizers together; MusicLM; the exported directory
     {"tasks"},                                # SeqIO tasks and the Beam token cache
     {"eval"},                                 # the evaluation suite and the diagnoses
-    {"cli", "generate_commands", "infer_commands", "infer", "quickstart", "commands"},
+    {"cli", "generate_commands", "infer_commands", "merge_commands", "infer", "quickstart",
+     "commands"},
 ]
 
 

@@ -195,6 +195,72 @@ def restore_for_inference(model_dir: str, abstract: dict, step: int | None = Non
     return restored, meta, step
 
 
+def read_inference_state(model_dir: str) -> tuple[int, dict, dict]:
+    """The latest checkpoint of a training or exported directory, as saved (no model code): (step, meta,
+    {"params", "rest"})."""
+    ckpt = Checkpointer(model_dir, async_save=False)
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            raise ValueError(f"no checkpoint in {model_dir}/checkpoints: train it first")
+        meta = ckpt.read_meta(step)
+        state = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    finally:
+        ckpt.close()
+    return int(step), meta, {"params": state["params"], "rest": state["rest"]}
+
+
+def _write_inference(dst_dir: str, step: int, kept: dict, meta: dict, extra_meta: dict) -> None:
+    if os.path.exists(dst_dir):
+        shutil.rmtree(dst_dir)
+    dst = Checkpointer(dst_dir, keep=1, async_save=False)
+    new_meta = {"step": int(step), "family": meta.get("family", ""), "data_state": None,
+                "shapes": tree_signature(kept), "gin_config": meta.get("gin_config", ""), "dropped": [],
+                **extra_meta}
+    dst.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(kept), meta=ocp.args.JsonSave(new_meta)),
+                     force=True)
+    dst.close()
+
+
+def merge_inference(a_dir: str, b_dir: str, lam: float, dst_dir: str) -> dict:
+    """Weight interpolation of two checkpoints of one architecture: every floating leaf (1 - lam) * a + lam * b
+    (computed in float32, saved in its dtype; lam 0 and 1 give a and b bit for bit); other leaves must be equal.
+    Written to `dst_dir` as an inference checkpoint with a's configs. Returns {"step", "leaves", "lam"}."""
+    import numpy as np
+
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"--lam must be in [0, 1] (0 gives the first model, 1 the second), got {lam}")
+    step, meta_a, a = read_inference_state(a_dir)
+    _, meta_b, b = read_inference_state(b_dir)
+    a, b = _int_keys(a, meta_a["shapes"]), _int_keys(b, meta_b["shapes"])
+    sig_a, sig_b = tree_signature(a), tree_signature(b)
+    if sig_a != sig_b:
+        diff = sorted(set(sig_a) ^ set(sig_b)) or [k for k in sig_a if sig_a[k] != sig_b[k]]
+        raise ValueError(f"{a_dir} and {b_dir} are not two versions of one model ({diff[0]} differs): merge only "
+                         "finetunings of the same base")
+    paths_a, tree = jax.tree_util.tree_flatten_with_path(a)
+    leaves_b = jax.tree.leaves(b)
+    merged = []
+    for (path, x), y in zip(paths_a, leaves_b):
+        x, y = np.asarray(x), np.asarray(y)
+        if np.issubdtype(x.dtype, np.floating) or x.dtype.name == "bfloat16":
+            if lam in (0.0, 1.0):  # the endpoints exactly (-0.0 + 0.0 would not give -0.0 back)
+                merged.append(x if lam == 0.0 else y)
+            else:
+                merged.append(((1.0 - lam) * x.astype(np.float32) + lam * y.astype(np.float32)).astype(x.dtype))
+        elif np.array_equal(x, y):
+            merged.append(x)
+        else:
+            raise ValueError(f"{jax.tree_util.keystr(path)} (a {x.dtype} leaf) differs between {a_dir} and {b_dir}: "
+                             "merge only finetunings of the same base")
+    _write_inference(dst_dir, step, jax.tree_util.tree_unflatten(tree, merged), meta_a,
+                     {"merged_from": [a_dir, b_dir], "lam": lam, "dropped": meta_a.get("dropped", [])})
+    for name in ("config.gin", "operative_config.gin"):
+        if os.path.exists(os.path.join(a_dir, name)):
+            shutil.copy2(os.path.join(a_dir, name), os.path.join(dst_dir, name))
+    return {"step": step, "leaves": len(merged), "lam": lam}
+
+
 def export_inference(src_dir: str, dst_dir: str, *, drop: Sequence[str] = (), extra_files: Sequence[str] | None = None,
                      note: dict | None = None) -> dict:
     """Writes the latest checkpoint of `src_dir` to `dst_dir` for inference: `params` and `rest` only (no optimizer
@@ -203,27 +269,11 @@ def export_inference(src_dir: str, dst_dir: str, *, drop: Sequence[str] = (), ex
     config.gin / operative_config.gin and `extra_files` (files or folders of src_dir; default: all but the
     checkpoints, e.g. a k-means, a quantizer, metrics). Needs no
     model code: arrays are read as saved. Returns {"step", "bytes", "dropped"}."""
-    src = Checkpointer(src_dir, async_save=False)
-    try:
-        step = src.latest_step()
-        if step is None:
-            raise ValueError(f"no checkpoint in {src_dir}/checkpoints: train it first")
-        meta = src.read_meta(step)
-        state = src.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    finally:
-        src.close()
-    kept = _int_keys(_prune({"params": state["params"], "rest": state["rest"]}, drop), meta["shapes"])
+    step, meta, kept = read_inference_state(src_dir)
+    kept = _int_keys(_prune(kept, drop), meta["shapes"])
     if extra_files is None:  # everything beside the checkpoints: configs, k-means, quantizer, metrics
         extra_files = [n for n in sorted(os.listdir(src_dir)) if n != "checkpoints"]
-    if os.path.exists(dst_dir):
-        shutil.rmtree(dst_dir)
-    dst = Checkpointer(dst_dir, keep=1, async_save=False)
-    new_meta = {"step": int(step), "family": meta.get("family", ""), "data_state": None,
-                "shapes": tree_signature(kept), "gin_config": meta.get("gin_config", ""), "dropped": list(drop),
-                "exported_from": src_dir, **(note or {})}
-    dst.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(kept), meta=ocp.args.JsonSave(new_meta)),
-                     force=True)
-    dst.close()
+    _write_inference(dst_dir, step, kept, meta, {"dropped": list(drop), "exported_from": src_dir, **(note or {})})
     for name in ("config.gin", "operative_config.gin", *extra_files):
         if os.path.exists(os.path.join(dst_dir, name)):
             continue
