@@ -73,6 +73,9 @@ PLAN = [
     (r"^\.venv/bin/python launch/\w+\.py .*--dry_run$", "run"),  # prints the cloud commands, runs none
     (r"launch/gpu\.py --local_processes 2 --platform cpu",
      ("skip", "tests/test_launch.py runs this launcher's two CPU processes (the same command, fewer steps)")),
+    (r"benchmarks/decode\.py --configs tiny,quickstart,mid",
+     ("shrink", [(r"--configs tiny,quickstart,mid --batches 1,16", "--configs quickstart --batches 1"),
+                 (r"--reps 3", "--reps 1"), (r"benchmarks/results/decode_roofline\.json", "/tmp/decode_roofline.json")])),
     (r"benchmarks/accelerator\.py --budget_s 480",
      ("shrink", [(r"--budget_s 480", "--cpu_small --sections peaks,decode --out /tmp/accelerator.json")])),
     (r"gs://BUCKET", ("skip", "needs a cloud project and bucket (Dataflow / a TPU pod)")),
