@@ -68,6 +68,8 @@ PLAN = [
      ("shrink", [(r"--steps 300", "--steps 2")])),
     (r"melody fit-quantizer --model_dir out/melody_tiny", "run"),
     (r"melody eval --model_dir out/melody_tiny", "run"),
+    (r"-m musiclm_jax\.train --gin_file=gin/experiments/stage_coarse_tiny\.gin .*--gin\.ALIGNED=True",
+     ("shrink", [(r"TRAIN_STEPS=40", "TRAIN_STEPS=2")])),
     (r"-m musiclm_jax\.train --gin_file=gin/experiments/stage_coarse_tiny\.gin",
      ("shrink", [(r"TRAIN_STEPS=40", "TRAIN_STEPS=2")])),
     (r"^\.venv/bin/python launch/\w+\.py .*--dry_run$", "run"),  # prints the cloud commands, runs none
