@@ -374,9 +374,11 @@ def frame_probe_table(train_waves: Sequence[np.ndarray], test_waves: Sequence[np
     _check_clips(test_waves, "test")
     waves = [np.asarray(w, np.float32) for w in list(train_waves) + list(test_waves)]
     n_train, k, rate = len(train_waves), tok.num_tokens, tok.cfg.frame_rate
-    sources = {"trained tokens": [t.astype(np.int64) for t in (tok.tokens(w[None], sample_rate)[0] for w in waves)]}
+    # Features in batches of equal-length clips (FrameFeatures), then each clip's k-means ids.
+    sources = {"trained tokens": [tok.kmeans.predict(f).astype(np.int64)
+                                  for f in FrameFeatures(tok, tokens=True)(waves, sample_rate)]}
     if random_tok is not None:
-        feats = [random_tok.token_features(w[None], sample_rate)[0] for w in waves]
+        feats = FrameFeatures(random_tok, tokens=True)(waves, sample_rate)
         sources["random-init tokens"] = _kmeans_ids(feats[:n_train], feats, k, seed)
     mel = logmel_frames(waves, sample_rate, rate)
     sources["log-mel k-means"] = _kmeans_ids(mel[:n_train], mel, k, seed)
