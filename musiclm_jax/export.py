@@ -83,7 +83,10 @@ def merge(a_dir: str, b_dir: str, lam: float, out_dir: str) -> dict:
             raise ValueError(f"{d} is not an exported MusicLM (no musiclm.json): pass directories like weights/musiclm")
     if os.path.realpath(out_dir) in (os.path.realpath(a_dir), os.path.realpath(b_dir)):
         raise ValueError("--out must be a new directory, not one of the two models")
-    manifests = [json.load(open(os.path.join(d, "musiclm.json"))) for d in (a_dir, b_dir)]
+    manifests = []
+    for d in (a_dir, b_dir):
+        with open(os.path.join(d, "musiclm.json")) as f:
+            manifests.append(json.load(f))
     if manifests[0]["sizes"] != manifests[1]["sizes"] or manifests[0]["windows"] != manifests[1]["windows"]:
         raise ValueError(f"{a_dir} and {b_dir} have different token layouts or windows (musiclm.json): merge only "
                          "finetunings of the same base")

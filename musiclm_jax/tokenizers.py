@@ -133,7 +133,9 @@ def local_copy(source: str, root: str | None = None) -> str:
     """`source` itself, or for a bucket path (gs://..., any tf.io.gfile scheme) a local copy of that directory
     (made once per process and path, under $TMPDIR/musiclm_tokenizers): the loaders read local files, and a Beam
     worker on Dataflow sees the tokenizers only on the bucket."""
-    if "://" not in source:
+    from musiclm_jax.train.checkpoints import is_remote
+
+    if not is_remote(source):
         return source
     import hashlib
     import tempfile

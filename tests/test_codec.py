@@ -263,3 +263,27 @@ def test_experiment_gin_files_parse():
         assert isinstance(family, CodecFamily) and family.config.sample_rate == sr
         assert family.disc_start_step > 0 and family.total_steps == gin.query_parameter("%TRAIN_STEPS")
     gin.clear_config()
+
+
+def test_repeat_transpose_init_removes_the_frame_rate_comb_at_init():
+    """Issue 15: the default init gives each output phase of a transposed conv its own taps, so the SoundStream
+    decoder's output is periodic in the hop from the start (a comb at the frame rate); 'repeat' starts every layer
+    as nearest-neighbour upsampling + a conv, so a steady latent decodes to a steady output."""
+    from musiclm_jax.codec.layers import Decoder
+    from musiclm_jax.eval.codec import frame_rate_comb
+
+    latent = jnp.ones((1, 50, 32)) * jnp.linspace(-1, 1, 32)  # one second of one held latent, 50 Hz frames
+    out = {}
+    for init in ("lecun", "repeat"):
+        with nnx.use_eager_sharding(False):
+            decoder = Decoder(8, (2, 4, 5, 8), 32, transpose_init=init, rngs=nnx.Rngs(0))
+        out[init] = np.asarray(decoder(latent))[0]
+    steady = {k: w[8000:] for k, w in out.items()}  # past the causal receptive field's onset
+    scale = {k: np.abs(w).mean() for k, w in steady.items()}
+    assert steady["repeat"].std() < 1e-4 * scale["repeat"], (steady["repeat"].std(), scale["repeat"])
+    assert steady["lecun"].std() > 1e-2 * scale["lecun"]  # periodic in the hop of 320 samples
+    np.testing.assert_allclose(steady["lecun"][:-320], steady["lecun"][320:], rtol=1e-4, atol=1e-6 * scale["lecun"])
+    combs = {k: frame_rate_comb(w, 16000, 50.0) for k, w in out.items()}
+    assert combs["lecun"] > 100 * combs["repeat"], combs
+    with pytest.raises(ValueError, match="transpose_init"):
+        CodecConfig(transpose_init="nearest")

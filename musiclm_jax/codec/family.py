@@ -90,6 +90,13 @@ class CodecFamily(Family):
         return tuple(self.mel_scales) if self.mel_scales else default_mel_scales(self.config.sample_rate,
                                                                                  num_samples)
 
+    @property
+    def adversarial(self) -> bool:
+        """Whether this run's step holds the discriminators: not when they would start at or after the schedule's
+        end (`total_steps`), as in a reconstruction-only run, whose step then compiles without them (their params
+        are still created and saved, so a later, longer run can switch them on)."""
+        return self.total_steps is None or self.disc_start_step < self.total_steps
+
     def grads(self, merge, params, rest, batch, rng):
         wave = _check_audio(batch)
         k_init, k_drop, k_dead = jax.random.split(rng, 3)
@@ -97,7 +104,7 @@ class CodecFamily(Family):
         gen = models["generator"]
         gen.maybe_init_codebooks(wave, k_init)
         rest = split_rest(models)
-        adv_on = models["discriminator"].steps[...] >= self.disc_start_step
+        adv_on = (models["discriminator"].steps[...] >= self.disc_start_step) & self.adversarial
         mask = gen.quantizer.dropout_mask(wave.shape[0], k_drop, self.quantizer_dropout)
         scales = self._scales(wave.shape[-1])
         sr = self.config.sample_rate
@@ -117,7 +124,8 @@ class CodecFamily(Family):
                 feat = losses.feature_matching_loss([r[:-1] for r in real], [f[:-1] for f in fake])
                 return adv, feat
 
-            adv, feat = jax.lax.cond(adv_on, adversarial, lambda _: (jnp.zeros(()), jnp.zeros(())), recon)
+            off = lambda _: (jnp.zeros(()), jnp.zeros(()))  # noqa: E731
+            adv, feat = jax.lax.cond(adv_on, adversarial, off, recon) if self.adversarial else off(recon)
             loss = (self.reconstruction_weight * (mel + self.stft_weight * spec)
                     + self.commitment_weight * vq.commit_loss + self.adversarial_weight * adv
                     + self.feature_weight * feat)
@@ -135,7 +143,8 @@ class CodecFamily(Family):
         def disc_off(disc_params):
             return jnp.zeros(()), jax.tree.map(jnp.zeros_like, disc_params)
 
-        d_loss, d_grads = jax.lax.cond(adv_on, jax.value_and_grad(disc_loss), disc_off, params["discriminator"])
+        d_loss, d_grads = (jax.lax.cond(adv_on, jax.value_and_grad(disc_loss), disc_off, params["discriminator"])
+                           if self.adversarial else disc_off(params["discriminator"]))
 
         # Codebook EMA + dead codes, and the step counter: the new non-parameter state.
         models = merge(params, rest)

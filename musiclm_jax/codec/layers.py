@@ -33,6 +33,19 @@ def _bias_init():
     return nnx.with_partitioning(nnx.initializers.zeros_init(), ("conv_out",))
 
 
+def _repeat_kernel_init(stride: int):
+    """A transposed-conv kernel that starts as nearest-neighbour upsampling by `stride` then a conv at the low rate:
+    every output phase gets the same taps, so a constant input gives a constant output. Each entry keeps the default
+    (lecun) variance. The default init gives each of the `stride` phases its own random taps: an output periodic in
+    the stride at init, and through the stack in the hop (a comb at the frame rate; see `CodecConfig.transpose_init`)."""
+    base = nnx.initializers.lecun_normal()
+
+    def init(key, shape, dtype=jnp.float32):
+        kernel = base(key, shape, dtype)  # [kernel, in, out], kernel a multiple of stride
+        return jnp.repeat(kernel[::stride], stride, axis=0)
+    return nnx.with_partitioning(init, KERNEL_AXES)
+
+
 class CausalConv1d(nnx.Module):
     """Conv1d with left-only padding ``(kernel - stride)`` for strided, ``(kernel - 1) * dilation`` otherwise.
 
@@ -54,14 +67,19 @@ class CausalConv1d(nnx.Module):
 
 
 class CausalConvTranspose1d(nnx.Module):
-    """Transposed conv that upsamples by `stride`; the right overlap ``kernel - stride`` is cut (causal)."""
+    """Transposed conv that upsamples by `stride`; the right overlap ``kernel - stride`` is cut (causal).
+    ``init``: "lecun" (random taps per output phase) or "repeat" (`_repeat_kernel_init`)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, *, init: str = "lecun",
+                 rngs: nnx.Rngs):
         if kernel < stride:
             raise ValueError(f"transposed conv kernel ({kernel}) must be >= stride ({stride})")
+        if init == "repeat" and kernel % stride:
+            raise ValueError(f"transposed conv init 'repeat' needs a kernel ({kernel}) that is a multiple of the stride")
         self.stride = stride
+        kernel_init = _repeat_kernel_init(stride) if init == "repeat" else _kernel_init()
         self.conv = nnx.ConvTranspose(in_ch, out_ch, kernel, strides=stride, padding="VALID",
-                                      kernel_init=_kernel_init(), bias_init=_bias_init(), rngs=rngs)
+                                      kernel_init=kernel_init, bias_init=_bias_init(), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         length = x.shape[1]
@@ -96,8 +114,9 @@ class EncoderBlock(nnx.Module):
 class DecoderBlock(nnx.Module):
     """A transposed conv (kernel 2S) that upsamples by S, then three residual units (mirror of EncoderBlock)."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, dilations: Sequence[int], *, rngs: nnx.Rngs):
-        self.up = CausalConvTranspose1d(in_ch, out_ch, 2 * stride, stride, rngs=rngs)
+    def __init__(self, in_ch: int, out_ch: int, stride: int, dilations: Sequence[int], *, init: str = "lecun",
+                 rngs: nnx.Rngs):
+        self.up = CausalConvTranspose1d(in_ch, out_ch, 2 * stride, stride, init=init, rngs=rngs)
         self.units = nnx.List([ResidualUnit(out_ch, d, rngs=rngs) for d in dilations])
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -134,10 +153,10 @@ class Decoder(nnx.Module):
     """``[batch, frames, embed_dim]`` -> ``[batch, frames * hop]`` (mirror of Encoder)."""
 
     def __init__(self, channels: int, strides: Sequence[int], embed_dim: int, dilations: Sequence[int] = (1, 3, 9),
-                 *, rngs: nnx.Rngs):
+                 *, transpose_init: str = "lecun", rngs: nnx.Rngs):
         plan = _channel_plan(channels, strides)[::-1]
         self.inp = CausalConv1d(embed_dim, plan[0], IO_KERNEL, rngs=rngs)
-        self.blocks = nnx.List([DecoderBlock(plan[i], plan[i + 1], s, dilations, rngs=rngs)
+        self.blocks = nnx.List([DecoderBlock(plan[i], plan[i + 1], s, dilations, init=transpose_init, rngs=rngs)
                                 for i, s in enumerate(reversed(strides))])
         self.out = CausalConv1d(plan[-1], 1, IO_KERNEL, rngs=rngs)
 

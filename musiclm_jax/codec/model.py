@@ -47,6 +47,9 @@ class CodecConfig:
     vocos_layers: int = 8
     vocos_lookahead: int = 3  # frames of future tokens one output block reads (0 .. n_fft / hop - 1)
     vocos_phase: str = "direct"  # "direct" (Vocos) or "cumulative" (phase-vocoder advance; see layers.ISTFTHead)
+    # SoundStream decoder's transposed convs: "lecun" (random taps per output phase: at init the output is periodic
+    # in the hop, a frame-rate comb) or "repeat" (each starts as nearest-neighbour upsampling + a conv; issue 15)
+    transpose_init: str = "lecun"
     # discriminators
     wave_scales: int = 2
     wave_channels: int = 8
@@ -73,6 +76,8 @@ class CodecConfig:
         for name in used:
             if getattr(self, name) % hop or getattr(self, name) < hop:
                 raise ValueError(f"CodecConfig.{name} ({getattr(self, name)}) must be a multiple of the hop ({hop})")
+        if self.transpose_init not in ("lecun", "repeat"):
+            raise ValueError(f"CodecConfig.transpose_init must be 'lecun' or 'repeat', got {self.transpose_init!r}")
         if self.vocos_phase not in ("direct", "cumulative"):
             raise ValueError(f"CodecConfig.vocos_phase must be 'direct' or 'cumulative', got {self.vocos_phase!r}")
         if self.decoder == "vocos" and not 0 <= self.vocos_lookahead < self.vocos_n_fft // hop:
@@ -116,7 +121,8 @@ class SoundStreamModel(nnx.Module):
             self.decoder = VocosDecoder(c.embed_dim, c.vocos_dim, c.vocos_mlp, c.vocos_layers, c.vocos_n_fft,
                                         c.hop_length, c.vocos_lookahead, phase=c.vocos_phase, rngs=rngs)
         else:
-            self.decoder = Decoder(c.channels, c.strides, c.embed_dim, c.dilations, rngs=rngs)
+            self.decoder = Decoder(c.channels, c.strides, c.embed_dim, c.dilations, transpose_init=c.transpose_init,
+                                   rngs=rngs)
 
     def _pad(self, wave: jax.Array) -> jax.Array:
         # Right padding to a whole frame; causal, so it never changes earlier frames.
