@@ -158,6 +158,10 @@ def test_music_training_reduces_held_out_mel_distance(music_run):
     summary, rows, before, after, _, _ = music_run
     assert summary["step"] == MUSIC_STEPS and summary["skipped_steps"] == 0
     assert all(np.isfinite(r["loss"]) for r in rows)
+    # The discriminators would start after the schedule's end: the step was built without them.
+    assert all(r["disc_active"] == 0 and r["disc_loss"] == 0 for r in rows)
+    assert not CodecFamily(config=TINY, disc_start_step=10 ** 6, total_steps=MUSIC_STEPS).adversarial
+    assert CodecFamily(config=TINY, disc_start_step=DISC_START).adversarial  # constant schedule: they start
     q = TINY.num_levels
     assert float(after[f"mel_distance/q{q}"]) < 0.5 * float(before[f"mel_distance/q{q}"]), (before, after)
     mel = [r["mel_loss"] for r in rows]
