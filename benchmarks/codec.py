@@ -3,10 +3,12 @@ the frame-rate (`gin/models/codec_vocos.gin`: STFT encoder + Vocos decoder) and 
 weights, run in the Python 3.11 peer venv), and training steps/s of the tiny config (reconstruction phase and GAN
 phase). Writes benchmarks/results/codec.json.
 
-    .venv/bin/python benchmarks/codec.py [--peer_python /tmp/codec-peer-venv/bin/python] [--quick]
+    make bench-peers     # once: the peer venv benchmarks/peers/.venv (CPU torch, encodec)
+    .venv/bin/python benchmarks/codec.py [--rounds 3] [--quick] [--peer_python PATH]
 
-The peer venv: python3.11 -m venv /tmp/codec-peer-venv && /tmp/codec-peer-venv/bin/pip install torch==2.13.0
-encodec==0.1.1 einops numpy (the CPU torch wheel; encodec's torchaudio import is stubbed). Without it the peer rows are skipped and the JSON says why.
+Ours and the peer alternate (`--rounds`: all of ours, then the peer, then ours again ...), and the quoted ratio is the
+median of the per-round ratios, so a load change on this shared machine hits both sides. encodec's torchaudio import
+is stubbed. Without the peer venv the peer rows are skipped and the JSON says why.
 """
 from __future__ import annotations
 
@@ -144,7 +146,9 @@ def codec_config(model_gin: str = "models/codec_vocos.gin"):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--peer_python", default="/tmp/codec-peer-venv/bin/python")
+    parser.add_argument("--peer_python", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers",
+                                                              ".venv", "bin", "python"))
+    parser.add_argument("--rounds", type=int, default=3, help="ours / peer alternations (median ratio is quoted)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and train steps")
     parser.add_argument("--no_train", action="store_true", help="skip the training-speed measurement")
     args = parser.parse_args()
@@ -162,24 +166,44 @@ def main() -> None:
     threads = os.cpu_count() or 1
     results = {"device": jax.devices()[0].device_kind, "cpu_threads": threads, "rtf": "seconds of audio per "
                "wall second (higher is faster; >1 is faster than real time)", "jax": {}, "ratio_jax_over_peer": {}}
-    for name, config, batch, seconds in cases:
-        results["jax"][name] = dict(jax_codec_speed(config, batch, seconds, repeats), batch=batch, seconds=seconds)
-        print(name, "jax", json.dumps(results["jax"][name]), flush=True)
     peer_cfgs = [dict(name=name, batch=batch, seconds=seconds, repeats=repeats, sample_rate=c.sample_rate,
                       channels=c.channels, strides=list(c.strides), embed_dim=c.embed_dim, num_levels=c.num_levels,
                       codebook_size=c.codebook_size) for name, c, batch, seconds in peer_cases]
-    results["encodec_peer"] = run_peer(args.peer_python, peer_cfgs, threads)
-    print("encodec peer", json.dumps(results["encodec_peer"]), flush=True)
+    rounds = []  # [(ours, peer)], alternating
+    for r in range(max(1, args.rounds)):
+        ours = {name: dict(jax_codec_speed(config, batch, seconds, repeats), batch=batch, seconds=seconds)
+                for name, config, batch, seconds in cases}
+        print(f"round {r} jax", json.dumps(ours), flush=True)
+        peer = run_peer(args.peer_python, peer_cfgs, threads)
+        print(f"round {r} encodec peer", json.dumps(peer), flush=True)
+        rounds.append((ours, peer))
+        if "skipped" in peer:
+            break
+    keys = ("encode_rtf", "decode_rtf")
+    median = lambda values: float(np.median(values))  # noqa: E731
+    results["jax"] = {name: {**rounds[0][0][name], **{k: median([o[name][k] for o, _ in rounds]) for k in keys}}
+                      for name, *_ in cases}
+    results["encodec_peer"] = rounds[-1][1] if "skipped" in rounds[-1][1] else {
+        "torch": rounds[0][1].get("torch"),
+        **{name: {**rounds[0][1][name], **{k: median([p[name][k] for _, p in rounds]) for k in keys}}
+           for name, *_ in peer_cases}}
+    results["rounds"] = len(rounds)
     for name, *_ in peer_cases:
-        peer = results["encodec_peer"].get(name)
-        if peer:
-            results["ratio_jax_over_peer"][name] = {
-                k: results["jax"][name][k] / peer[k] for k in ("encode_rtf", "decode_rtf")}
+        if all(name in p for _, p in rounds):
+            per_round = {k: [o[name][k] / p[name][k] for o, p in rounds] for k in keys}
+            results["ratio_jax_over_peer"][name] = {k: median(v) for k, v in per_round.items()}
+            results["ratio_jax_over_peer"][name]["per_round"] = per_round
     if not args.no_train:
         results["train_tiny"] = train_speed(tiny, batch=8, num_samples=8000, steps=5 if args.quick else 10)
         print("train tiny", json.dumps(results["train_tiny"]), flush=True)
         results["train_vocos"] = train_speed(vocos, batch=8, num_samples=16000, steps=5 if args.quick else 10)
         print("train vocos", json.dumps(results["train_vocos"]), flush=True)
+    elif os.path.exists(RESULTS):  # --no_train keeps the training figures of the last run that measured them
+        with open(RESULTS) as f:
+            earlier = json.load(f)
+        for key in ("train_tiny", "train_vocos"):
+            if key in earlier:
+                results[key] = {**earlier[key], "from_an_earlier_run": True}
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
         json.dump(results, f, indent=1)
