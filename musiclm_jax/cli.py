@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "musiclm_jax.generate_commands",
     "musiclm_jax.infer_commands",
     "musiclm_jax.merge_commands",
+    "musiclm_jax.finetune.commands",
     "musiclm_jax.eval.commands",
     "musiclm_jax.quickstart",
     "musiclm_jax.tasks.commands",

@@ -76,6 +76,10 @@ class MusicLM:
             raise ValueError(f"unknown sampling setting(s) {unknown}; known: {sorted(SAMPLING_DEFAULTS)}")
         self.sampling = {**SAMPLING_DEFAULTS, **(sampling or {})}
         self.sampling["temperatures"] = tuple(self.sampling["temperatures"])
+        self.sampling["unguided_stages"] = tuple(self.sampling["unguided_stages"])
+        if not set(self.sampling["unguided_stages"]) <= {"semantic", "coarse"}:
+            raise ValueError(f"sampling unguided_stages {list(self.sampling['unguided_stages'])} must name guided "
+                             "stages: 'semantic' and/or 'coarse'")
         self.layouts = st.layouts(sizes)
         self.models = {"semantic": semantic_lm, "coarse": coarse_lm, "fine": fine_lm}
         self.sizes, self.semantic_rate, self.windows = sizes, float(semantic_rate), windows
@@ -253,12 +257,13 @@ class MusicLM:
         sem_per_ac = self.semantic_rate / self.acoustic_rate
         timings, out = {}, {}
         opts = dict(top_k=top_k, top_p=top_p, progress=progress, boundaries=boundaries)
+        stage_scale = lambda stage: 1.0 if stage in d["unguided_stages"] else guidance_scale  # noqa: E731
 
         t0 = time.perf_counter()
         out["semantic"] = self._decode_stage(
             "semantic", n_sem, self.semantic_rate, self.windows.semantic_s,
             lambda a, b, done: {"mulan": cond(done / self.semantic_rate)}, known.get("semantic"),
-            decoding.fold_in(key, 0), temperatures[0], guidance_scale, **opts)
+            decoding.fold_in(key, 0), temperatures[0], stage_scale("semantic"), **opts)
         timings["semantic"] = time.perf_counter() - t0
 
         def coarse_cond(a, b, done):
@@ -267,7 +272,7 @@ class MusicLM:
         t0 = time.perf_counter()
         out["coarse"] = self._decode_stage("coarse", n_ac, self.acoustic_rate, self.windows.coarse_s, coarse_cond,
                                            known.get("coarse"), decoding.fold_in(key, 1), temperatures[1],
-                                           guidance_scale, **opts)
+                                           stage_scale("coarse"), **opts)
         timings["coarse"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         out["fine"] = self._decode_stage("fine", n_ac, self.acoustic_rate, self.windows.fine_s,

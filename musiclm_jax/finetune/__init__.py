@@ -1,0 +1,1 @@
+"""Finetuning of a trained MusicLM's stage LMs (issue 18): `distill.py` (classifier-free-guidance distillation)."""

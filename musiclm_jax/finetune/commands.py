@@ -1,0 +1,69 @@
+"""`musiclm-jax finetune ...`: guidance distillation of a trained MusicLM's semantic stage (`finetune/distill.py`).
+
+  musiclm-jax finetune distill-data --model_dir weights/musiclm --prompts train_prompts.jsonl --out distill.npz
+  musiclm-jax finetune distill --model_dir weights/musiclm --data distill.npz --out_dir out/distill --steps 300
+  musiclm-jax generate --prompt "a calm piano waltz" --model_dir out/distill/musiclm   # semantic stage unguided
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def register(subparsers) -> None:
+    f = subparsers.add_parser("finetune", help="finetune a trained MusicLM (guidance distillation)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = f.add_subparsers(dest="finetune_command", required=True, metavar="STEP")
+    d = sub.add_parser("distill-data", help="the teacher's guided samples and distributions for a prompts file")
+    d.add_argument("--model_dir", required=True, help="the teacher: an exported MusicLM (e.g. weights/musiclm)")
+    d.add_argument("--prompts", required=True, help="JSONL with a \"prompt\" per line, or one caption per line "
+                                                    "(keep them apart from the evaluation prompts)")
+    d.add_argument("--out", required=True, help="output .npz")
+    d.add_argument("--guidance_scale", type=float, default=None, help="teacher guidance (default: the model's own)")
+    d.add_argument("--seconds", type=float, default=None, help="semantic window length (default: the model's)")
+    d.add_argument("--samples_per_prompt", type=int, default=1)
+    d.add_argument("--batch_size", type=int, default=16)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=distill_data)
+    t = sub.add_parser("distill", help="train a student semantic stage without guidance; write the distilled MusicLM")
+    t.add_argument("--model_dir", required=True, help="the teacher MusicLM the data was made with")
+    t.add_argument("--data", required=True, help="the .npz of `finetune distill-data`")
+    t.add_argument("--out_dir", required=True, help="training dir (OUT/train, resumable) and the result (OUT/musiclm)")
+    t.add_argument("--steps", type=int, default=300)
+    t.add_argument("--batch_size", type=int, default=16)
+    t.add_argument("--learning_rate", type=float, default=1e-4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no_progress", action="store_true")
+    t.set_defaults(func=distill_train)
+
+
+def distill_data(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    from musiclm_jax.finetune.distill import make_distill_set, read_prompts
+    from musiclm_jax.pipeline import MusicLM
+
+    if args.samples_per_prompt < 1 or args.batch_size < 1:
+        raise ValueError("--samples_per_prompt and --batch_size must be >= 1")
+    # prompt-major (p0, p0, p1, p1, ...): the held-out rows at the end are whole prompts the student never saw
+    prompts = [p for p in read_prompts(args.prompts) for _ in range(args.samples_per_prompt)]
+    lm = MusicLM.from_pretrained(args.model_dir, load_semantic_tokenizer=False)
+    data = make_distill_set(lm, prompts, seconds=args.seconds, guidance_scale=args.guidance_scale,
+                            batch_size=args.batch_size, seed=args.seed)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    np.savez_compressed(args.out, **data)
+    summary = {"out": args.out, "rows": int(len(data["targets"])), "tokens_per_row": int(data["targets"].shape[1]),
+               "guidance_scale": float(data["guidance_scale"])}
+    print(json.dumps(summary))
+    return summary
+
+
+def distill_train(args: argparse.Namespace) -> dict:
+    from musiclm_jax.finetune.distill import distill
+
+    result = distill(args.model_dir, args.data, args.out_dir, steps=args.steps, batch_size=args.batch_size,
+                     learning_rate=args.learning_rate, seed=args.seed, progress=not args.no_progress)
+    s = result["summary"]
+    print(json.dumps({"musiclm": result["musiclm"], "step": s.get("step"), "held_out": result["report"]["held_out"]}))
+    return result
