@@ -57,7 +57,8 @@ def distilled(tmp_path_factory):
     prompts.write_text("".join(json.dumps({"prompt": c}) + "\n" for c in CAPTIONS))
     teacher = str(ROOT / "weights" / "musiclm")
     assert cli.main(["finetune", "distill-data", "--model_dir", teacher, "--prompts", str(prompts), "--out",
-                     str(work / "d.npz"), "--seconds", "2", "--samples_per_prompt", "4", "--batch_size", "8"]) in (0, None)
+                     str(work / "d.npz"), "--seconds", "2", "--samples_per_prompt", "4",
+                     "--batch_size", "8"]) in (0, None)
     assert cli.main(["finetune", "distill", "--model_dir", teacher, "--data", str(work / "d.npz"), "--out_dir",
                      str(work / "out"), "--steps", "30", "--batch_size", "8", "--learning_rate", "1e-4",
                      "--no_progress"]) in (0, None)

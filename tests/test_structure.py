@@ -20,6 +20,7 @@ LAYERS = [
     {"tokenizers", "pipeline", "export"},     # the three tokenizers together; MusicLM; the exported directory
     {"tasks"},                                # SeqIO tasks and the Beam token cache
     {"eval"},                                 # the evaluation suite and the diagnoses
+    {"finetune"},                             # finetuning a trained MusicLM (guidance distillation; rewards)
     {"cli", "generate_commands", "infer_commands", "merge_commands", "infer", "quickstart",
      "commands"},
 ]
