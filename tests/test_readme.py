@@ -97,6 +97,7 @@ PLAN = [
      ("shrink", [(r"--out out/distill/d\.npz", "--out out/distill/d.npz --seconds 1 --batch_size 4")])),
     (r"finetune distill ", ("shrink", [(r"--steps 300", "--steps 2 --batch_size 4 --no_progress")])),
     (r"generate --prompt .* --model_dir out/distill/out/musiclm", ("shrink", [(r"--duration 4", "--duration 1")])),
+    (r"finetune score --audio_dir out/gen ", "run"),
     (r"^\.venv/bin/musiclm-jax merge --a weights/musiclm", "run"),
     (r"infer --prompts out/eval/ref/infer_prompts\.jsonl", ("shrink", [(r"--duration 5", "--duration 3")])),
     (r"eval --audio_dir out/eval/gen", "run"),

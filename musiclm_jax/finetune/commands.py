@@ -3,6 +3,7 @@
   musiclm-jax finetune distill-data --model_dir weights/musiclm --prompts train_prompts.jsonl --out distill.npz
   musiclm-jax finetune distill --model_dir weights/musiclm --data distill.npz --out_dir out/distill --steps 300
   musiclm-jax generate --prompt "a calm piano waltz" --model_dir out/distill/musiclm   # semantic stage unguided
+  musiclm-jax finetune score --audio_dir out/gen --rewards tempo key pulse mulan --mulan_dir weights/musiclm/mulan
 """
 from __future__ import annotations
 
@@ -36,6 +37,56 @@ def register(subparsers) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no_progress", action="store_true")
     t.set_defaults(func=distill_train)
+    r = sub.add_parser("score", help="score generated audio with the finetuning rewards (finetune/rewards.py)")
+    r.add_argument("--audio_dir", required=True, help="generated audio with its prompts.jsonl or infer results.jsonl")
+    r.add_argument("--prompts", default=None, help="prompts file (default: the folder's)")
+    r.add_argument("--rewards", nargs="+", default=["tempo", "key", "pulse"], choices=sorted(REWARDS),
+                   help="which rewards (mulan needs --mulan_dir)")
+    r.add_argument("--mulan_dir", default=None)
+    r.add_argument("--out", default=None, help="JSONL of per-item scores (default AUDIO_DIR/rewards.jsonl)")
+    r.set_defaults(func=score)
+
+
+REWARDS = ("tempo", "key", "pulse", "mulan", "diversity")
+
+
+def score(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    from musiclm_jax.eval.commands import _prompts_in
+    from musiclm_jax.eval.data import load_items
+    from musiclm_jax.finetune import rewards as rw
+
+    if ("mulan" in args.rewards or "diversity" in args.rewards) and not args.mulan_dir:
+        raise ValueError("the mulan and diversity rewards need --mulan_dir (e.g. weights/musiclm/mulan)")
+    items, skipped = load_items(args.prompts or _prompts_in(args.audio_dir, "--audio_dir"), args.audio_dir)
+    if not items:
+        raise ValueError(f"no readable audio in {args.audio_dir} ({len(skipped)} skipped: {skipped.to_json()})")
+    mulan = None
+    if args.mulan_dir:
+        from musiclm_jax.mulan.api import MuLan
+        mulan = MuLan.from_checkpoint(args.mulan_dir)
+    rewards = {"tempo": rw.TempoReward(), "key": rw.KeyReward(), "pulse": rw.PulseReward()}
+    if mulan is not None:
+        rewards["mulan"] = rw.MuLanReward(mulan)
+    scores = {}
+    for name in args.rewards:
+        if name == "diversity":  # samples of one prompt: the rows sharing its text
+            emb = np.stack([mulan.embed_audio(it.wave, it.sample_rate) for it in items])
+            scores[name] = rw.diversity_reward(emb, [it.prompt for it in items])
+            continue
+        values = [rewards[name](it.wave[None], it.sample_rate, [it.prompt])[0] for it in items]  # each at its rate
+        scores[name] = np.asarray(values, np.float32)
+    out = args.out or os.path.join(args.audio_dir, "rewards.jsonl")
+    with open(out, "w") as f:
+        for i, it in enumerate(items):
+            row = {"id": it.id, "prompt": it.prompt,
+                   **{k: (None if np.isnan(v[i]) else round(float(v[i]), 4)) for k, v in scores.items()}}
+            f.write(json.dumps(row) + "\n")
+    means = {k: (None if np.isnan(v).all() else round(float(np.nanmean(v)), 4)) for k, v in scores.items()}
+    summary = {"items": len(items), "skipped": skipped.to_json(), "mean": means, "out": out}
+    print(json.dumps(summary))
+    return summary
 
 
 def distill_data(args: argparse.Namespace) -> dict:
