@@ -69,17 +69,20 @@ class MusicLM:
 
     def __init__(self, *, mulan, codec, semantic_lm: tr.Transformer, coarse_lm: tr.Transformer,
                  fine_lm: tr.Transformer, sizes: st.TokenSizes, semantic_rate: float,
-                 windows: Windows = Windows(), semantic_tokenizer=None, sampling: dict | None = None):
+                 windows: Windows = Windows(), semantic_tokenizer=None, sampling: dict | None = None,
+                 unguided_stages: Sequence[str] = ()):
+        """`unguided_stages`: stages whose LM decodes without guidance whatever guidance_scale says (a
+        guidance-distilled stage: musiclm_jax/finetune/distill.py; musiclm.json "unguided_stages")."""
         self.mulan, self.codec, self.semantic_tokenizer = mulan, codec, semantic_tokenizer
         unknown = sorted(set(sampling or {}) - set(SAMPLING_DEFAULTS))
         if unknown:
             raise ValueError(f"unknown sampling setting(s) {unknown}; known: {sorted(SAMPLING_DEFAULTS)}")
         self.sampling = {**SAMPLING_DEFAULTS, **(sampling or {})}
         self.sampling["temperatures"] = tuple(self.sampling["temperatures"])
-        self.sampling["unguided_stages"] = tuple(self.sampling["unguided_stages"])
-        if not set(self.sampling["unguided_stages"]) <= {"semantic", "coarse"}:
-            raise ValueError(f"sampling unguided_stages {list(self.sampling['unguided_stages'])} must name guided "
-                             "stages: 'semantic' and/or 'coarse'")
+        self.unguided_stages = tuple(unguided_stages)
+        if not set(self.unguided_stages) <= {"semantic", "coarse"}:
+            raise ValueError(f"unguided_stages {list(self.unguided_stages)} must name guided stages: 'semantic' "
+                             "and/or 'coarse'")
         self.layouts = st.layouts(sizes)
         self.models = {"semantic": semantic_lm, "coarse": coarse_lm, "fine": fine_lm}
         self.sizes, self.semantic_rate, self.windows = sizes, float(semantic_rate), windows
@@ -111,7 +114,8 @@ class MusicLM:
         without a directory, the shipped weights (`weights/musiclm`, found relative to the package).
 
         musiclm.json: {"sizes": TokenSizes fields, "semantic_rate": Hz, "windows": Windows fields (optional),
-        "sampling": the model's recommended decoding settings (optional; see SAMPLING_DEFAULTS)}.
+        "sampling": the model's recommended decoding settings (optional; see SAMPLING_DEFAULTS),
+        "unguided_stages": stages decoded without guidance (optional; a guidance-distilled model)}.
         Each stage directory is a `musiclm_jax.train` model_dir of a stage experiment (gin/experiments/stage_*):
         its TransformerConfig is read from the stored operative_config.gin. `semantic/` (w2v-BERT + k-means) is
         needed only by `generate_continuation`."""
@@ -140,7 +144,8 @@ class MusicLM:
                    codec=SoundStream.from_checkpoint(os.path.join(model_dir, "codec")),
                    semantic_lm=lms["semantic"], coarse_lm=lms["coarse"], fine_lm=lms["fine"], sizes=sizes,
                    semantic_rate=manifest["semantic_rate"], windows=Windows(**manifest.get("windows", {})),
-                   semantic_tokenizer=semantic, sampling=manifest.get("sampling"))
+                   semantic_tokenizer=semantic, sampling=manifest.get("sampling"),
+                   unguided_stages=manifest.get("unguided_stages", ()))
 
     # -- generation -----------------------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], duration_s: float, **kwargs) -> np.ndarray:
@@ -257,7 +262,7 @@ class MusicLM:
         sem_per_ac = self.semantic_rate / self.acoustic_rate
         timings, out = {}, {}
         opts = dict(top_k=top_k, top_p=top_p, progress=progress, boundaries=boundaries)
-        stage_scale = lambda stage: 1.0 if stage in d["unguided_stages"] else guidance_scale  # noqa: E731
+        stage_scale = lambda stage: 1.0 if stage in self.unguided_stages else guidance_scale  # noqa: E731
 
         t0 = time.perf_counter()
         out["semantic"] = self._decode_stage(

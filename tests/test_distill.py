@@ -79,7 +79,7 @@ def test_distilled_model_decodes_its_semantic_stage_without_guidance(distilled, 
     from musiclm_jax.pipeline import MusicLM
 
     lm = MusicLM.from_pretrained(str(distilled / "out" / "musiclm"), load_semantic_tokenizer=False)
-    assert lm.sampling["unguided_stages"] == ("semantic",) and lm.sampling["guidance_scale"] == 3.0
+    assert lm.unguided_stages == ("semantic",) and lm.sampling["guidance_scale"] == 3.0
     scales = {}
     original = MusicLM._decode_stage
 
@@ -94,7 +94,7 @@ def test_distilled_model_decodes_its_semantic_stage_without_guidance(distilled, 
     with pytest.raises(ValueError, match="unguided_stages"):
         MusicLM(mulan=lm.mulan, codec=lm.codec, semantic_lm=lm.models["semantic"], coarse_lm=lm.models["coarse"],
                 fine_lm=lm.models["fine"], sizes=lm.sizes, semantic_rate=lm.semantic_rate,
-                sampling={"unguided_stages": ["fine"]})
+                unguided_stages=["fine"])
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

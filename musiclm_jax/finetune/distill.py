@@ -9,7 +9,7 @@ pair (conditional + unconditional rows) in that stage.
     train: `GuidanceDistillation` (the TokenLM family with a KL loss, sum_t KL(p_teacher || p_student)), warm-started
            from the teacher (`train(init_from=...)`), through the shared trainer.
     out:   a complete `MusicLM.from_pretrained` directory: the teacher's parts, the student as `stage_semantic`, and
-           musiclm.json's sampling `unguided_stages = ["semantic"]` (the coarse stage keeps its guidance).
+           musiclm.json's `"unguided_stages": ["semantic"]` (the coarse stage keeps its guidance).
 
 What it lacks (said in the README): the samples are the teacher's (offline), not the student's own as in the
 follow-up paper's on-policy objective; no diversity reward; the coarse stage is not distilled (its windows are
@@ -245,7 +245,7 @@ def distill(model_dir: str, data_path: str, out_dir: str, *, steps: int = 300, b
     export_inference(train_dir, os.path.join(musiclm_dir, STAGE_DIR), extra_files=["operative_config.gin"])
     with open(manifest_path) as f:
         manifest = json.load(f)
-    manifest["sampling"] = {**manifest.get("sampling", {}), "unguided_stages": [STAGE]}
+    manifest["unguided_stages"] = [STAGE]
     with open(os.path.join(musiclm_dir, "musiclm.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     held_out = np.arange(n - eval_rows, n)
