@@ -39,7 +39,7 @@ lock:
 	/tmp/musiclm-lock-venv/bin/pip freeze --exclude-editable > requirements.lock
 
 test: setup
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 demo: setup
 	$(PY) -m musiclm_jax.cli demo
