@@ -92,10 +92,10 @@ PLAN = [
      ("shrink", [(r"out/quickstart/tfds", "~/tfds"), (r"small_5s_n300", "tiny")])),
     (r"eval fit-probe", "run"),
     (r"eval export-synthcaps --data_dir out/tfds --config tiny_8s_n300 --split train",
-     ("shrink", [(r"out/tfds", "~/tfds"), (r"tiny_8s_n300", "tiny"), (r"--split train", "--split train --limit 12")])),
+     ("shrink", [(r"out/tfds", "~/tfds"), (r"tiny_8s_n300", "tiny"), (r"--split train", "--split train --limit 16")])),
     (r"finetune distill-data ",
-     ("shrink", [(r"--out out/distill/d\.npz", "--out out/distill/d.npz --seconds 1 --batch_size 4")])),
-    (r"finetune distill ", ("shrink", [(r"--steps 300", "--steps 2 --batch_size 4 --no_progress")])),
+     ("shrink", [(r"--out out/distill/d\.npz", "--out out/distill/d.npz --seconds 1 --batch_size 8")])),
+    (r"finetune distill ", ("shrink", [(r"--steps 300", "--steps 2 --batch_size 8 --no_progress")])),  # 8: the fake devices
     (r"generate --prompt .* --model_dir out/distill/out/musiclm", ("shrink", [(r"--duration 4", "--duration 1")])),
     (r"finetune score --audio_dir out/gen ", "run"),
     (r"^\.venv/bin/musiclm-jax merge --a weights/musiclm", "run"),
