@@ -2,6 +2,7 @@
 
     musiclm-jax generate --prompt "a calm piano waltz" --duration 10 --out song.wav --model_dir weights/musiclm
     musiclm-jax generate --prompt "a calm piano waltz" --duration 2 --out noise.wav --random_init --tiny
+  musiclm-jax generate --prompt "a jazz trio" --melody hum.wav --duration 8 --out jazz.wav --model_dir DIR   # melody
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ def register(subparsers) -> None:
     g.add_argument("--out_dir", default=None, help="with several prompts: one wav + PNG each, named by index")
     add_model_args(g)
     add_sampling_args(g)
+    g.add_argument("--melody", default=None,
+                   help="a hummed/whistled/played melody (audio file) to follow, for every prompt (a "
+                        "melody-conditioned model: musiclm.json melody_levels > 0, melody/ embedder)")
     g.add_argument("--no_progress", action="store_true", help="hide the per-stage progress bars")
     g.set_defaults(func=generate)
 
@@ -102,7 +106,7 @@ def load_model(args: argparse.Namespace):
     if args.random_init:
         if not args.tiny:
             raise ValueError("--random_init builds only the tiny parts: add --tiny")
-        return pipeline.tiny_random(args.seed)
+        return pipeline.tiny_random(args.seed, melody=bool(getattr(args, "melody", None)))
     if not args.model_dir:
         from musiclm_jax.resources import SHIPPED_MUSICLM, shipped_musiclm_dir
 
@@ -149,11 +153,20 @@ def generate(args: argparse.Namespace) -> dict:
     check_duration(args.duration, args.max_duration, "--duration")
     check_sampling(args)
     paths = output_paths(args)
+    melody = {}
+    if args.melody:
+        from musiclm_jax.audio.io import load_audio
+
+        wave, sr = load_audio(args.melody)   # one-line errors: missing, empty, unreadable, truncated
+        melody = {"melody": wave, "melody_sample_rate": sr}
     if args.random_init:
         print(UNTRAINED)
     lm = load_model(args)
+    if args.melody and lm.melody is None:
+        raise ValueError(f"--melody needs a melody-conditioned model; {args.model_dir or 'this model'} has none "
+                         "(musiclm.json melody_levels = 0): drop --melody or pass such a --model_dir")
     result = lm.generate_full(prompts, args.duration, **sampling_kwargs(args), seed=args.seed,
-                              progress=not args.no_progress, max_duration_s=args.max_duration)
+                              progress=not args.no_progress, max_duration_s=args.max_duration, **melody)
     # The kept sample's MuLan text-audio cosine (reranking already scored it when num_samples > 1).
     best = result.scores[:, 0] if args.num_samples > 1 else lm.mulan_scores(prompts, result.waves)
     outputs = []
@@ -166,6 +179,7 @@ def generate(args: argparse.Namespace) -> dict:
                         "mulan_scores": [None if s != s else float(s) for s in result.scores[i]]})
     summary = {"outputs": outputs, "sample_rate": result.sample_rate, "seed": args.seed, "untrained": args.random_init,
                "model_dir": None if args.random_init else args.model_dir, "sampling": sampling_kwargs(args, lm),
+               "melody": args.melody,
                "timings_s": {k: round(v, 3) for k, v in result.timings.items()}}
     print(json.dumps(summary))
     return summary

@@ -4,9 +4,9 @@
     musiclm-jax infer --prompts prompts.jsonl --out_dir out/ --random_init --tiny --duration 0.5   # untrained noise
 
 Input: one prompt per line, a JSON object {"prompt": str, "id": str (optional), "seed": int (optional),
-"duration_s": float (optional)} or a bare JSON string. Blank lines are ignored. A malformed line (bad JSON, missing or
-empty prompt, bad id / seed / duration, unknown key, duplicate id) is reported with its line number, counted and
-skipped; it never stops the job.
+"duration_s": float (optional), "melody": audio path (optional; melody-conditioned models)} or a bare JSON string.
+Blank lines are ignored. A malformed line (bad JSON, missing or empty prompt, bad id / seed / duration, unknown key,
+duplicate id) is reported with its line number, counted and skipped; it never stops the job.
 
 Work unit: the lines are cut into chunks of `--chunk_size` consecutive lines (chunk k = lines k*C+1 .. (k+1)*C, fixed
 by the file alone). For each chunk, every prompt's wav and tokens are written first, then
@@ -53,11 +53,12 @@ EXAMPLES = """Examples:
 
 prompts.jsonl, one per line:  {"prompt": "a calm piano waltz", "id": "waltz", "seed": 7, "duration_s": 5}
                               "upbeat jazz"          (bare string: id line-000002, seed from --seed and the line)
+A melody-conditioned model also reads "melody": "hum.wav" (relative to the working directory or the prompts file).
 Output in --out_dir: <id>.wav, <id>.{semantic,coarse,fine}.npy, chunks/chunk-NNNNN.{jsonl,done}, summary.json,
 results.jsonl (once every chunk is done). Rerun the same command after a crash: finished chunks are skipped.
 Exit status: 0 when no prompt failed (malformed lines are reported and skipped), 1 when one did.
 """
-PROMPT_KEYS = ("prompt", "id", "seed", "duration_s")
+PROMPT_KEYS = ("prompt", "id", "seed", "duration_s", "melody")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 STAGES = ("semantic", "coarse", "fine")
 
@@ -90,6 +91,7 @@ class Prompt:
     prompt: str
     seed: int
     duration_s: float
+    melody: str | None = None   # an audio file to follow (melody-conditioned models)
 
 
 def derive_seed(base_seed: int, line: int) -> int:
@@ -123,8 +125,11 @@ def _parse_line(text: str, line: int, *, duration_s: float, base_seed: int, max_
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63):
         raise ValueError(f"bad 'seed' {seed!r}: a non-negative integer")
     dur = check_duration(obj.get("duration_s", duration_s), max_duration_s, "'duration_s'")
+    melody = obj.get("melody")
+    if melody is not None and (not isinstance(melody, str) or not melody.strip()):
+        raise ValueError(f"bad 'melody' {melody!r}: the path of an audio file")
     return Prompt(line=line, id=pid, prompt=prompt, seed=derive_seed(base_seed, line) if seed is None else seed,
-                  duration_s=float(dur))
+                  duration_s=float(dur), melody=melody)
 
 
 def read_prompts(path: str, *, duration_s: float, base_seed: int,
@@ -209,6 +214,27 @@ def _batches(prompts: list[Prompt], batch_size: int) -> list[list[Prompt]]:
     for group in groups.values():
         calls += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
     return sorted(calls, key=lambda c: c[0].line)
+
+
+def _melodies(call: list[Prompt], prompts_path: str) -> dict:
+    """generate_full's melody kwargs for one call: each row's 'melody' file (relative paths: from the working
+    directory, else beside the prompts file) at one sample rate; {} when no row has one."""
+    from musiclm_jax.audio.io import load_audio
+
+    if not any(p.melody for p in call):
+        return {}
+    waves, rate = [], None
+    for p in call:
+        if not p.melody:
+            waves.append(None)
+            continue
+        path = p.melody
+        if not os.path.isabs(path) and not os.path.exists(path):
+            path = os.path.join(os.path.dirname(os.path.abspath(prompts_path)), path)
+        wave, sr = load_audio(path, sample_rate=rate)
+        rate = rate or sr
+        waves.append(wave)
+    return {"melody": waves, "melody_sample_rate": rate}
 
 
 def _shard(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
@@ -323,8 +349,9 @@ def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.
         for call in _batches(todo, batch_size):
             texts = [p.prompt for p in call]
             try:
+                melody = _melodies(call, prompts_path)
                 gen = model.generate_full(texts, call[0].duration_s, **sampling, seed=[p.seed for p in call],
-                                         progress=progress, max_duration_s=max_duration_s)
+                                         progress=progress, max_duration_s=max_duration_s, **melody)
                 timings = dict(gen.timings)
                 scores = gen.scores[:, 0]
                 if not np.isfinite(scores).all():  # num_samples == 1: not reranked; score the kept waves here
@@ -345,7 +372,8 @@ def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.
                                  "seconds": wave.shape[-1] / gen.sample_rate, "settings": sampling,
                                  "batch": {"size": len(call), "row": row}, "wav": wav, "tokens": tokens,
                                  "timings_s": {n: round(v, 4) for n, v in timings.items()},
-                                 "mulan_score": _finite(scores[row]), "untrained": untrained})
+                                 "mulan_score": _finite(scores[row]), "untrained": untrained,
+                                 **({"melody": p.melody} if p.melody else {})})
                     audio_s += wave.shape[-1] / gen.sample_rate
             except Exception as e:  # noqa: BLE001 - a failed prompt is counted and named; the job goes on
                 rows = [r for r in rows if r["line"] not in {p.line for p in call}]

@@ -5,6 +5,7 @@
     out = lm.generate_full(prompts, 10, num_samples=4)     # + all samples, MuLan scores, tokens (best first)
     waves = lm.generate_continuation(prompts, audio, sample_rate, duration_s=20)
     waves = lm.generate_story([("calm piano", 10), ("energetic drums", 10)])
+    waves = lm.generate(["a jazz trio"], 8, melody=hum, melody_sample_rate=sr)   # a melody-conditioned model
 
 Each stage LM is trained on fixed crops (paper: semantic 30 s, coarse 10 s, fine 3 s). Longer audio is decoded in
 sliding windows: the next window starts `prefix` seconds before the generated end (paper: 15 s prefix, 15 s
@@ -13,6 +14,10 @@ stage draws from `fold_in(key(seed), stage, window)`, so the same seed gives the
 the whole call (all rows share its key) or one int per prompt: then each prompt's rows draw only from their own
 key (`decoding.sample_keys`, then stage and window), so a prompt's audio does not depend on the batch it is in:
 `generate(["a", "b"], d, seed=[3, 4])` gives `generate(["a"], d, seed=3)` and `generate(["b"], d, seed=4)`.
+
+Melody conditioning (a model whose musiclm.json sizes have melody_levels > 0 and a `melody/` embedder): the melody's
+tokens (`Melody.frame_tokens`, a time stream) condition the semantic stage window by window at the same seconds;
+past the melody's end, and without a melody, the melody part is "no melody" (UNCOND) and the text alone conditions.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from musiclm_jax.sampling import MAX_DURATION_S, SAMPLING_DEFAULTS, check_durati
 log = logging.getLogger(__name__)
 MANIFEST = "musiclm.json"
 STAGE_DIRS = {"semantic": "stage_semantic", "coarse": "stage_coarse", "fine": "stage_fine"}
+MELODY_RATE = 2.0   # melody token frames per second without an embedder (the tasks' melody_rate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +76,20 @@ class MusicLM:
     def __init__(self, *, mulan, codec, semantic_lm: tr.Transformer, coarse_lm: tr.Transformer,
                  fine_lm: tr.Transformer, sizes: st.TokenSizes, semantic_rate: float,
                  windows: Windows = Windows(), semantic_tokenizer=None, sampling: dict | None = None,
-                 unguided_stages: Sequence[str] = ()):
+                 unguided_stages: Sequence[str] = (), melody=None):
         """`unguided_stages`: stages whose LM decodes without guidance whatever guidance_scale says (a
-        guidance-distilled stage: musiclm_jax/finetune/distill.py; musiclm.json "unguided_stages")."""
+        guidance-distilled stage: musiclm_jax/finetune/distill.py; musiclm.json "unguided_stages"). `melody`: the
+        melody embedder with its quantizer (musiclm_jax.melody.api.Melody) of a melody-conditioned model."""
         self.mulan, self.codec, self.semantic_tokenizer = mulan, codec, semantic_tokenizer
+        self.melody = melody
+        if melody is not None and not sizes.has_melody:
+            raise ValueError("a melody embedder was given but the token sizes have no melody conditioning "
+                             "(melody_levels = 0): this model's semantic stage does not read melody tokens")
+        if melody is not None and (melody.cfg.rvq_levels, melody.cfg.rvq_codebook_size) != (
+                sizes.melody_levels, sizes.melody_codes):
+            raise ValueError(f"the melody embedder quantizes to {melody.cfg.rvq_levels} x "
+                             f"{melody.cfg.rvq_codebook_size} but the token sizes say {sizes.melody_levels} x "
+                             f"{sizes.melody_codes}: fix TokenSizes")
         unknown = sorted(set(sampling or {}) - set(SAMPLING_DEFAULTS))
         if unknown:
             raise ValueError(f"unknown sampling setting(s) {unknown}; known: {sorted(SAMPLING_DEFAULTS)}")
@@ -136,16 +152,22 @@ class MusicLM:
             manifest = json.load(f)
         sizes = st.TokenSizes(**manifest["sizes"])
         lms = {name: load_stage_lm(os.path.join(model_dir, sub)) for name, sub in STAGE_DIRS.items()}
-        semantic = None
+        semantic = melody = None
         if load_semantic_tokenizer and os.path.isdir(os.path.join(model_dir, "semantic")):
             from musiclm_jax.semantic.api import SemanticTokenizer
             semantic = SemanticTokenizer.from_checkpoint(os.path.join(model_dir, "semantic"))
+        if sizes.has_melody:
+            if not os.path.isdir(os.path.join(model_dir, "melody")):
+                raise ValueError(f"{model_dir} is melody-conditioned (musiclm.json melody_levels > 0) but has no "
+                                 "melody/ embedder: copy the `musiclm-jax melody train` model_dir there")
+            from musiclm_jax.melody.api import Melody
+            melody = Melody.from_checkpoint(os.path.join(model_dir, "melody"))
         return cls(mulan=MuLan.from_checkpoint(os.path.join(model_dir, "mulan")),
                    codec=SoundStream.from_checkpoint(os.path.join(model_dir, "codec")),
                    semantic_lm=lms["semantic"], coarse_lm=lms["coarse"], fine_lm=lms["fine"], sizes=sizes,
                    semantic_rate=manifest["semantic_rate"], windows=Windows(**manifest.get("windows", {})),
                    semantic_tokenizer=semantic, sampling=manifest.get("sampling"),
-                   unguided_stages=manifest.get("unguided_stages", ()))
+                   unguided_stages=manifest.get("unguided_stages", ()), melody=melody)
 
     # -- generation -----------------------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], duration_s: float, **kwargs) -> np.ndarray:
@@ -154,12 +176,39 @@ class MusicLM:
         kwargs: temperatures (semantic, coarse, fine), top_k, top_p, guidance_scale (> 1 sharpens towards the text;
         semantic and coarse stages): each defaults to the model's own (`self.sampling`: musiclm.json's "sampling",
         else SAMPLING_DEFAULTS); num_samples=1, seed=0 (an int, or one int per prompt so that each prompt decodes
-        as it would alone), progress=True, max_duration_s=MAX_DURATION_S."""
+        as it would alone), progress=True, max_duration_s=MAX_DURATION_S; melody (a melody-conditioned model):
+        one mono wave for all prompts, or a list of one per prompt (None items: text only), at
+        melody_sample_rate."""
         return self.generate_full(prompts, duration_s, **kwargs).waves
 
-    def generate_full(self, prompts: Sequence[str], duration_s: float, **kwargs) -> Generation:
+    def generate_full(self, prompts: Sequence[str], duration_s: float, *, melody=None,
+                      melody_sample_rate: int | None = None, **kwargs) -> Generation:
         mulan = self._text_tokens(prompts)
-        return self._run(lambda t: mulan, duration_s, prompts=list(prompts), **kwargs)
+        melody_tokens = self.melody_tokens(melody, melody_sample_rate, len(mulan)) if melody is not None else None
+        return self._run(lambda t: mulan, duration_s, prompts=list(prompts), melody=melody_tokens, **kwargs)
+
+    def melody_tokens(self, melody, sample_rate: int | None, batch: int) -> np.ndarray:
+        """A melody wave [samples] (for every row) or a list of `batch` waves (None: text only) -> raw melody
+        tokens [batch, frames, Ql], -1 where a row has no melody or its melody has ended."""
+        from musiclm_jax.melody.api import check_melody_audio
+
+        if self.melody is None:
+            raise ValueError("this model is not melody-conditioned (no melody/ embedder, musiclm.json "
+                             "melody_levels = 0): generate without melody=, or use a melody-conditioned model")
+        if sample_rate is None or int(sample_rate) <= 0:
+            raise ValueError("melody= needs melody_sample_rate= (the wave's sample rate in Hz)")
+        waves = list(melody) if isinstance(melody, (list, tuple)) else [melody] * batch
+        if len(waves) != batch:
+            raise ValueError(f"{len(waves)} melodies for {batch} prompts: give one wave, or one per prompt")
+        rows = [None if w is None else self.melody.frame_tokens(
+            check_melody_audio(w, sample_rate, self.melody.cfg, f"melody {i}" if batch > 1 else "melody"),
+            int(sample_rate)) for i, w in enumerate(waves)]
+        frames = max([len(r) for r in rows if r is not None], default=1)
+        out = np.full((batch, frames, self.sizes.melody_levels), -1, np.int32)
+        for i, r in enumerate(rows):
+            if r is not None:
+                out[i, :len(r)] = r
+        return out
 
     def generate_story(self, story: Sequence[tuple[str, float]], **kwargs) -> np.ndarray:
         """[(caption, seconds), ...] -> one wave [1, total * sample_rate] whose caption changes over time; each
@@ -201,12 +250,13 @@ class MusicLM:
         return self._run(lambda t: mulan, duration_s, prompts=list(prompts), known=known, **kwargs).waves
 
     def generate_from_tokens(self, mulan_tokens, duration_s: float, *, semantic=None, coarse=None,
-                             prompts: Sequence[str] | None = None, **kwargs) -> Generation:
+                             prompts: Sequence[str] | None = None, melody=None, **kwargs) -> Generation:
         """Generation from given tokens instead of text: MuLan conditioning tokens [batch, Qm] (e.g. a clip's
         `mulan.tokens_from_audio`, as in training), and optionally the whole semantic tokens [batch, Ts] and/or
         coarse codes [batch, Ta, coarse_levels] of `duration_s` (then those stages are not sampled: what the
         stage-by-stage diagnosis, `musiclm-jax eval chain`, uses). `prompts` only names rows for MuLan re-ranking
-        (num_samples > 1). kwargs as `generate`."""
+        (num_samples > 1). `melody`: raw melody tokens [batch, frames, Ql] (-1: none) of a melody-conditioned
+        model. kwargs as `generate`."""
         mulan = np.asarray(mulan_tokens, np.int32)
         if mulan.ndim != 2 or mulan.shape[1] != self.sizes.mulan_levels:
             raise ValueError(f"mulan_tokens must be [batch, {self.sizes.mulan_levels}], got {mulan.shape}")
@@ -227,7 +277,7 @@ class MusicLM:
             raise ValueError(f"{len(prompts)} prompts for {mulan.shape[0]} rows of mulan_tokens")
         kwargs.setdefault("rerank", prompts is not None)   # without captions there is nothing to re-rank against
         names = list(prompts) if prompts is not None else [f"clip {i}" for i in range(mulan.shape[0])]
-        return self._run(lambda t: mulan, duration_s, prompts=names, known=known, **kwargs)
+        return self._run(lambda t: mulan, duration_s, prompts=names, known=known, melody=melody, **kwargs)
 
     # -- internals ------------------------------------------------------------------------------------------------
     def _text_tokens(self, prompts) -> np.ndarray:
@@ -242,8 +292,11 @@ class MusicLM:
              temperatures=None, top_k: int | None = None, top_p: float | None = None,
              guidance_scale: float | None = None, num_samples: int = 1, seed: int | Sequence[int] = 0,
              progress: bool = True, rerank: bool = True, known: dict | None = None,
-             boundaries: tuple = (), max_duration_s: float = MAX_DURATION_S) -> Generation:
+             boundaries: tuple = (), max_duration_s: float = MAX_DURATION_S, melody=None) -> Generation:
         duration_s = check_duration(duration_s, max_duration_s)
+        if melody is not None and not self.sizes.has_melody:
+            raise ValueError("this model is not melody-conditioned (musiclm.json melody_levels = 0): generate "
+                             "without a melody")
         d = self.sampling
         temperatures = d["temperatures"] if temperatures is None else temperatures
         top_k = d["top_k"] if top_k is None else top_k
@@ -257,6 +310,25 @@ class MusicLM:
         rep = lambda x: np.repeat(np.asarray(x), ns, axis=0)
         cond = lambda t: rep(mulan_at(t))
         known = {k: rep(v) for k, v in (known or {}).items()}
+        if melody is not None:
+            melody = np.asarray(melody, np.int32)
+            if melody.ndim != 3 or melody.shape[0] != batch or melody.shape[2] != self.sizes.melody_levels:
+                raise ValueError(f"melody tokens must be [{batch}, frames, {self.sizes.melody_levels}], got "
+                                 f"{melody.shape}")
+            melody = rep(melody)
+        melody_rate = self.melody.frame_rate if self.melody is not None else MELODY_RATE
+
+        def semantic_cond(a, b, done):
+            c = {"mulan": cond(done / self.semantic_rate)}
+            if self.sizes.has_melody:   # the melody frames of the window's seconds (training's crop rule)
+                m0 = math.floor(a / self.semantic_rate * melody_rate + 0.5)
+                n = max(1, round((b - a) / self.semantic_rate * melody_rate))
+                part = self.layouts["semantic"].no_melody(batch * ns, n)
+                if melody is not None and m0 < melody.shape[1]:
+                    got = melody[:, m0:m0 + n]
+                    part[:, :got.shape[1]] = got
+                c["melody"] = part
+            return c
         n_sem, n_ac = self._frames(duration_s)
         key = _seed_keys(seed, batch, ns)
         sem_per_ac = self.semantic_rate / self.acoustic_rate
@@ -267,7 +339,7 @@ class MusicLM:
         t0 = time.perf_counter()
         out["semantic"] = self._decode_stage(
             "semantic", n_sem, self.semantic_rate, self.windows.semantic_s,
-            lambda a, b, done: {"mulan": cond(done / self.semantic_rate)}, known.get("semantic"),
+            semantic_cond, known.get("semantic"),
             decoding.fold_in(key, 0), temperatures[0], stage_scale("semantic"), **opts)
         timings["semantic"] = time.perf_counter() - t0
 
@@ -391,8 +463,9 @@ def load_stage_lm(model_dir: str) -> tr.Transformer:
 
 
 # -- tiny random parts (tests, `generate --random_init --tiny`) -------------------------------------------------
-def tiny_random(seed: int = 0, sizes: st.TokenSizes = st.TINY) -> MusicLM:
-    """A MusicLM of tiny, randomly initialised parts: fast on CPU, and its audio is untrained noise."""
+def tiny_random(seed: int = 0, sizes: st.TokenSizes | None = None, melody: bool = False) -> MusicLM:
+    """A MusicLM of tiny, randomly initialised parts: fast on CPU, and its audio is untrained noise. `melody`: with
+    a tiny random melody embedder and a melody-conditioned semantic stage (sizes default to TINY_MELODY)."""
     from flax import nnx
 
     from musiclm_jax.codec.api import SoundStream
@@ -402,6 +475,11 @@ def tiny_random(seed: int = 0, sizes: st.TokenSizes = st.TINY) -> MusicLM:
     from musiclm_jax.mulan.model import MuLanConfig, MuLanModel
     from musiclm_jax.mulan.text import TextConfig
 
+    sizes = sizes or (st.TINY_MELODY if melody else st.TINY)
+    melody_model = None
+    if melody:
+        from musiclm_jax.melody.api import Melody
+        melody_model = Melody.random(seed)
     audio = AudioConfig(sample_rate=8000, window_seconds=1.0, stride_seconds=0.5, n_fft=256, hop_length=128,
                         n_mels=16, stage_sizes=(1, 1), width=8, block="basic", groups=4)
     text = TextConfig(vocab_size=30522, hidden=16, layers=1, heads=2, mlp=32, max_length=32, pretrained=None)
@@ -419,4 +497,4 @@ def tiny_random(seed: int = 0, sizes: st.TokenSizes = st.TINY) -> MusicLM:
     # codec frames at 8000 / 40 = 200 Hz; semantic at half the acoustic rate, as in the paper (25 vs 50 Hz)
     return MusicLM(mulan=mulan, codec=codec, semantic_lm=lms["semantic"], coarse_lm=lms["coarse"],
                    fine_lm=lms["fine"], sizes=sizes, semantic_rate=codec.frame_rate / 2,
-                   windows=Windows(semantic_s=0.2, coarse_s=0.1, fine_s=0.05))
+                   windows=Windows(semantic_s=0.2, coarse_s=0.1, fine_s=0.05), melody=melody_model)

@@ -3,6 +3,7 @@
     toks = Tokenizers.from_spec(TokenizerSpec.from_env())      # or TokenizerSpec.tiny() for tests
     out = toks.tokenize(wave, sample_rate)
     # {"mulan_tokens": [Q_m], "semantic_tokens": [T_s], "acoustic_tokens": [T_a, Q_a]} (int32)
+    # + "melody_tokens" [T_l, Q_l] when the spec names a melody embedder (melody conditioning, optional)
     toks.fingerprints()   # {"codec": ..., "semantic": ..., "mulan": ...}: which checkpoints made the tokens
 
 A tokenizer is named by a checkpoint directory or by `random:<seed>`, a tiny random-initialised model (tests and
@@ -25,32 +26,41 @@ from musiclm_jax.quantization.fingerprint import array_digest, module_fingerprin
 log = logging.getLogger("musiclm_jax.tokenizers")
 
 ENV = {"codec": "MUSICLM_CODEC_DIR", "semantic": "MUSICLM_SEMANTIC_DIR", "mulan": "MUSICLM_MULAN_DIR"}
+MELODY_ENV = "MUSICLM_MELODY_DIR"   # optional: the melody embedder of melody conditioning
 RANDOM_PREFIX = "random:"
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerSpec:
-    """Where each tokenizer comes from: a checkpoint directory, or `random:<seed>` (tiny, untrained)."""
+    """Where each tokenizer comes from: a checkpoint directory, or `random:<seed>` (tiny, untrained). `melody`
+    (optional, "" = none): a melody embedder with its quantizer (`musiclm-jax melody train` + `fit-quantizer`)."""
 
     codec: str
     semantic: str
     mulan: str
+    melody: str = ""
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> "TokenizerSpec":
-        return cls(f"{RANDOM_PREFIX}{seed}", f"{RANDOM_PREFIX}{seed}", f"{RANDOM_PREFIX}{seed}")
+    def tiny(cls, seed: int = 0, melody: bool = False) -> "TokenizerSpec":
+        r = f"{RANDOM_PREFIX}{seed}"
+        return cls(r, r, r, r if melody else "")
 
     @classmethod
     def from_env(cls) -> "TokenizerSpec":
-        """From $MUSICLM_CODEC_DIR, $MUSICLM_SEMANTIC_DIR, $MUSICLM_MULAN_DIR (Beam workers inherit them)."""
+        """From $MUSICLM_CODEC_DIR, $MUSICLM_SEMANTIC_DIR, $MUSICLM_MULAN_DIR (+ optional $MUSICLM_MELODY_DIR);
+        Beam workers inherit them."""
         missing = [v for v in ENV.values() if not os.environ.get(v)]
         if missing:
             raise ValueError(f"set {', '.join(missing)} to tokenizer checkpoint directories (or to 'random:0' for "
                              "tiny random-initialised tokenizers)")
-        return cls(**{k: os.environ[v] for k, v in ENV.items()})
+        return cls(**{k: os.environ[v] for k, v in ENV.items()}, melody=os.environ.get(MELODY_ENV, ""))
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return tuple(ENV) + (("melody",) if self.melody else ())
 
     def to_env(self) -> dict[str, str]:
-        return {ENV[k]: getattr(self, k) for k in ENV}
+        return {**{ENV[k]: getattr(self, k) for k in ENV}, **({MELODY_ENV: self.melody} if self.melody else {})}
 
 
 def _seed(source: str) -> int | None:
@@ -129,6 +139,14 @@ def load_mulan(source: str):
     return mulan, f"{module_fingerprint(mulan.model)}-{_cache_digest(mulan.quantizer.codebook[...])}"
 
 
+def load_melody(source: str):
+    """-> (Melody embedder with a quantizer, fingerprint of embedder and codebooks)."""
+    from musiclm_jax.melody.api import Melody
+    seed = _seed(source)
+    melody = Melody.from_checkpoint(source) if seed is None else Melody.random(seed)
+    return melody, melody.token_fingerprint   # raises without a quantizer (`melody fit-quantizer`)
+
+
 def local_copy(source: str, root: str | None = None) -> str:
     """`source` itself, or for a bucket path (gs://..., any tf.io.gfile scheme) a local copy of that directory
     (made once per process and path, under $TMPDIR/musiclm_tokenizers): the loaders read local files, and a Beam
@@ -172,12 +190,17 @@ class Tokenizers:
         from flax import nnx
 
         self.spec = spec
-        local = {part: local_copy(getattr(spec, part)) for part in ENV}  # a bucket's checkpoints: read from a copy
+        local = {part: local_copy(getattr(spec, part)) for part in spec.parts}  # a bucket's: read from a copy
+        self.melody = None
         with nnx.use_eager_sharding(False):  # single-device inference: no mesh needed for the annotated params
             self.codec, fp_codec = load_codec(local["codec"])
             self.semantic, fp_semantic = load_semantic(local["semantic"])
             self.mulan, fp_mulan = load_mulan(local["mulan"])
+            if spec.melody:
+                self.melody, fp_melody = load_melody(local["melody"])
         self._fingerprints = {"codec": fp_codec, "semantic": fp_semantic, "mulan": fp_mulan}
+        if self.melody is not None:
+            self._fingerprints["melody"] = fp_melody
         self._call_lock = threading.Lock()  # tf.data may call from several threads; the jitted models are not reentrant
 
     @classmethod
@@ -192,17 +215,22 @@ class Tokenizers:
 
     def describe(self) -> dict:
         """What a cache records: sources, fingerprints, and the token geometry the stage layout needs."""
-        return {"sources": dataclasses.asdict(self.spec), "fingerprints": self.fingerprints(),
-                "acoustic": {"frame_rate": self.codec.frame_rate, "levels": self.codec.num_levels,
-                             "codebook_size": self.codec.config.codebook_size},
-                "semantic": {"frame_rate": self.semantic.cfg.frame_rate, "codebook_size": self.semantic.num_tokens},
-                "mulan": {"levels": self.mulan.cfg.rvq_levels, "codebook_size": self.mulan.cfg.rvq_codebook_size}}
+        out = {"sources": {k: getattr(self.spec, k) for k in self.spec.parts}, "fingerprints": self.fingerprints(),
+               "acoustic": {"frame_rate": self.codec.frame_rate, "levels": self.codec.num_levels,
+                            "codebook_size": self.codec.config.codebook_size},
+               "semantic": {"frame_rate": self.semantic.cfg.frame_rate, "codebook_size": self.semantic.num_tokens},
+               "mulan": {"levels": self.mulan.cfg.rvq_levels, "codebook_size": self.mulan.cfg.rvq_codebook_size}}
+        if self.melody is not None:
+            out["melody"] = {"frame_rate": self.melody.frame_rate, "levels": self.melody.cfg.rvq_levels,
+                             "codebook_size": self.melody.cfg.rvq_codebook_size}
+        return out
 
     def tokenize(self, wave, sample_rate: int) -> dict[str, np.ndarray]:
-        """One mono clip [samples] (float in [-1, 1]) -> its three token streams (int32).
+        """One mono clip [samples] (float in [-1, 1]) -> its three token streams (int32), + melody_tokens
+        [round(seconds * melody rate), Ql] with a melody embedder.
 
         Semantic (25 Hz) and acoustic (50 Hz) streams are cut to the same duration, so frame i of one stream
-        and frame i * ratio of the other cover the same time.
+        and frame i * ratio of the other cover the same time; the melody stream covers that duration too.
         """
         wave = np.asarray(wave, np.float32)
         if wave.ndim != 1 or wave.size == 0:
@@ -215,8 +243,13 @@ class Tokenizers:
         seconds = min(len(semantic) / self.semantic.cfg.frame_rate, len(acoustic) / self.codec.frame_rate)
         semantic = semantic[:int(round(seconds * self.semantic.cfg.frame_rate))]
         acoustic = acoustic[:int(round(seconds * self.codec.frame_rate))]
-        return {"mulan_tokens": np.asarray(mulan, np.int32), "semantic_tokens": np.asarray(semantic, np.int32),
-                "acoustic_tokens": np.asarray(acoustic, np.int32)}
+        out = {"mulan_tokens": np.asarray(mulan, np.int32), "semantic_tokens": np.asarray(semantic, np.int32),
+               "acoustic_tokens": np.asarray(acoustic, np.int32)}
+        if self.melody is not None:
+            frames = max(1, int(round(seconds * self.melody.frame_rate)))
+            with self._call_lock:
+                out["melody_tokens"] = np.asarray(self.melody.frame_tokens(wave, sample_rate, frames), np.int32)
+        return out
 
 
 def tokenize_clips(tokenizers: Tokenizers, clips, report: dict | None = None):

@@ -23,16 +23,19 @@ def clean_gin():
     gin.clear_config()
 
 
-SIZES = {"tiny": st.TINY, "paper": st.PAPER, "quickstart": st.QUICKSTART}
+SIZES = {"tiny": st.TINY, "paper": st.PAPER, "quickstart": st.QUICKSTART, "tiny_melody": st.TINY_MELODY,
+         "quickstart_melody": st.QUICKSTART_MELODY}
+MELODY_EXPERIMENTS = ["stage_semantic_quickstart_melody.gin", "stage_semantic_tiny_melody.gin"]
 
 
 def test_all_stage_experiments_exist():
-    assert EXPERIMENTS == sorted(f"stage_{s}_{z}.gin" for s in st.STAGES for z in SIZES)
+    assert EXPERIMENTS == sorted([f"stage_{s}_{z}.gin" for s in st.STAGES for z in ("tiny", "paper", "quickstart")]
+                                 + MELODY_EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_stage_experiment_parses_with_layout_vocab_and_dropout(name):
-    stage, size = name[len("stage_"):-len(".gin")].split("_")
+    stage, size = name[len("stage_"):-len(".gin")].split("_", 1)
     gin_utils.parse_config([f"experiments/{name}"], ["MODEL_DIR = '/tmp/x'"])
     family = gin.query_parameter("train.family").scoped_configurable_fn()
     sizes = SIZES[size]
@@ -40,6 +43,12 @@ def test_stage_experiment_parses_with_layout_vocab_and_dropout(name):
     assert family.config.vocab_size == layout.vocab_size
     assert family.uncond_span == layout.cond_span() and family.uncond_id == st.UNCOND
     assert family.uncond_prob == (0.0 if stage == "fine" else 0.1)
+    assert family.melody_span == layout.melody_span()
+    assert (family.melody_prob > 0) == layout.has_melody
+    if layout.has_melody:  # the inputs length is the crop's melody frames (2 Hz) after the MuLan tokens, + SEP
+        crop = gin.query_parameter("stage_crop_seconds.semantic")
+        assert gin.query_parameter("stage_task_dataset.inputs_length") == (
+            sizes.mulan_levels + round(crop * 2) * sizes.melody_levels + 1)
     inputs_len = gin.query_parameter("stage_task_dataset.inputs_length")
     targets_len = gin.query_parameter("stage_task_dataset.targets_length")
     assert inputs_len + targets_len <= family.config.max_len

@@ -92,13 +92,41 @@ def test_stage_reads_back_with_shapes_ranges_offsets(env, stage):
                 assert lo <= inputs[q] < hi
 
 
-def _full_tokens(env, clip_id):
+def _full_tokens(env, clip_id, melody=False):
     ds = env["builder"].as_dataset(split="train")
     for ex in tfds.as_numpy(ds):
         if ex["clip_id"] == clip_id:
-            toks = tok_lib.Tokenizers.get(tok_lib.TokenizerSpec.tiny())
+            toks = tok_lib.Tokenizers.get(tok_lib.TokenizerSpec.tiny(melody=melody))
             return toks.tokenize(ex["audio"].astype(np.float32) / 32768.0, 16000)
     raise AssertionError(clip_id)
+
+
+def test_melody_semantic_task_reads_its_crop_of_the_melody_stream(env, monkeypatch):
+    from musiclm_jax.lm.stages import TINY_MELODY
+
+    monkeypatch.setenv(tok_lib.MELODY_ENV, "random:0")
+    registry.register_stage_tasks("tmel", TFDS_NAME, sizes=TINY_MELODY, keep=registry.SYNTHCAPS_KEEP,
+                                  tfds_data_dir=env["tfds_dir"], crop_seconds=CROPS)
+    layout = StageLayout("semantic", TINY_MELODY)
+    ds = seqio.get_mixture_or_task("tmel_semantic").get_dataset(split="train", use_cached=False, shuffle=False,
+                                                                 seed=0)
+    exs = list(ds.as_numpy_iterator())
+    assert exs
+    frames = int(CROPS["semantic"] * 2)   # 2 Hz melody frames in the 3 s crop
+    for ex in exs[:3]:
+        inputs = ex["inputs"]
+        assert inputs.shape == (TINY_MELODY.mulan_levels + frames * TINY_MELODY.melody_levels + 1,)
+        full = _full_tokens(env, ex["clip_id"], melody=True)["melody_tokens"]
+        m0 = int(np.floor(ex["crop_start_seconds"] * 2 + 0.5))
+        want = layout.encode_melody(full[None, m0:m0 + frames])[0]
+        np.testing.assert_array_equal(inputs[TINY_MELODY.mulan_levels:-1], want)
+    # a cache without melody tokens cannot feed a melody-conditioned task
+    record = {"mulan": {"levels": 2, "codebook_size": 8}, "semantic": {"codebook_size": 16, "frame_rate": 25.0},
+              "acoustic": {"levels": 4, "codebook_size": 16, "frame_rate": 50.0}}
+    with pytest.raises(ValueError, match="has none: tokenize with a melody embedder"):
+        pp.check_geometry(record, TINY_MELODY, 25.0, 50.0, "this cache")
+    pp.check_geometry({**record, "melody": {"levels": 2, "codebook_size": 8, "frame_rate": 2.0}}, TINY_MELODY,
+                      25.0, 50.0, "this cache", 2.0)
 
 
 def test_coarse_crop_lines_up_in_time_and_is_seeded(env):

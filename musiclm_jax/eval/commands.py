@@ -6,8 +6,11 @@ Imports stay light here; numpy-heavy and model code load inside the handlers.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+
+import numpy as np
 
 EXAMPLES = """Examples:
   musiclm-jax eval export-synthcaps --data_dir ~/tfds --config small --split test --out eval/ref
@@ -84,6 +87,23 @@ def register(subparsers) -> None:
                    "tokens move (seconds)")
     c.set_defaults(func=chain)
 
+    m = sub.add_parser("melody", help="melody adherence of a melody-conditioned model on held-out tunes, beside "
+                       "text-only generation and a random clip",
+                       description=__import__("musiclm_jax.eval.melody", fromlist=["x"]).__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("--model_dir", required=True, help="a melody-conditioned MusicLM.from_pretrained directory")
+    m.add_argument("--bank_dir", required=True, help="a `melody render-bank` of held-out lines (its --seconds = the "
+                   "generated length)")
+    m.add_argument("--config", required=True, help="the SynthCaps config the bank was rendered from (captions, audio)")
+    m.add_argument("--data_dir", required=True, help="its TFDS data directory")
+    m.add_argument("--split", default="test")
+    m.add_argument("--timbre", default="whistle", help="the bank sound given as the melody (e.g. whistle, sine, voice)")
+    m.add_argument("--limit", type=int, default=32)
+    m.add_argument("--batch_size", type=int, default=8)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out_dir", default=None, help="default out/eval/<model folder>/melody")
+    m.set_defaults(func=melody)
+
     p = sub.add_parser("fit-probe", help="fit instrument / genre probes on real audio embeddings (.npz)")
     p.add_argument("--reference_dir", required=True, help="folder with prompts.jsonl carrying the truth labels")
     p.add_argument("--backend", default="mel")
@@ -159,6 +179,56 @@ def fit_probe(args: argparse.Namespace) -> dict:
     if skipped:
         print(f"skipped {len(skipped)} item(s): " + "; ".join(f"{n} ({r})" for n, r in skipped.items))
     return res
+
+
+def melody(args: argparse.Namespace) -> dict:
+    from musiclm_jax.audio.io import write_wav
+    from musiclm_jax.data.synthcaps.clips import synthcaps_clips
+    from musiclm_jax.eval import default_output
+    from musiclm_jax.eval.melody import evaluate_melody
+    from musiclm_jax.melody.data import load_bank
+    from musiclm_jax.pipeline import MusicLM
+
+    if args.limit < 2 or args.batch_size < 1:
+        raise ValueError("--limit must be >= 2 (each line's random clip is another line) and --batch_size >= 1")
+    audio, names, meta = load_bank(os.path.expanduser(args.bank_dir), args.split)
+    if args.timbre not in meta["timbres"]:
+        raise ValueError(f"--timbre {args.timbre!r} is not in the bank: choose one of {meta['timbres']}")
+    t = meta["timbres"].index(args.timbre)
+    clips = {c["clip_id"]: c for c in synthcaps_clips(split=args.split, config=args.config,
+                                                       data_dir=os.path.expanduser(args.data_dir),
+                                                       extra_keys=("clip_id",))}
+    lines, missing = [], []
+    for i, name in enumerate(names[:args.limit]):
+        clip = clips.get(name)
+        if clip is None:
+            missing.append(name)
+            continue
+        lines.append({"name": name, "melody": audio[i, t].astype(np.float32) / 32768.0,
+                      "sample_rate": meta["sample_rate"], "caption": clip["caption"], "real": clip["audio"],
+                      **{k: clip.get(k) for k in ("bpm", "key", "mode")}})
+    if missing:
+        print(f"skipped {len(missing)} bank line(s) not in synthcaps/{args.config} {args.split}: {', '.join(missing)}")
+    model_dir = os.path.expanduser(args.model_dir)
+    lm = MusicLM.from_pretrained(model_dir)
+    if lm.melody is None:
+        raise ValueError(f"{model_dir} is not melody-conditioned (musiclm.json melody_levels = 0, no melody/)")
+    report, waves = evaluate_melody(lm, lines, seconds=float(meta["seconds"]), batch_size=args.batch_size,
+                                    seed=args.seed)
+    report.update(model_dir=model_dir, bank_dir=args.bank_dir, timbre=args.timbre, skipped=missing)
+    out_dir = args.out_dir or default_output(model_dir, "melody")
+    os.makedirs(out_dir, exist_ok=True)
+    for arm in ("melody", "text"):
+        for i in range(min(4, len(lines))):
+            write_wav(os.path.join(out_dir, f"{arm}_{i:02d}.wav"), waves[arm][i], lm.sample_rate)
+    with open(os.path.join(out_dir, "melody.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    c = report["chroma_match"]
+    fmt = lambda s: f"{s['mean']:.3f} {s['interval']}" if s["mean"] is not None else "n/a"  # noqa: E731
+    print("chroma match: " + "; ".join(f"{arm} {fmt(c[arm])}" for arm in c)
+          + f"; melody - text {fmt(report['melody_minus_text'])}")
+    print(f"wrote {out_dir}/melody.json")
+    return report
 
 
 def chain(args: argparse.Namespace) -> dict:

@@ -8,11 +8,15 @@
 
 Every stage has its own id space: 4 special ids, then one id range per token stream, in this order:
 
-    semantic stage  M -> S           [specials | MuLan level 0 .. Qm-1 | semantic]
+    semantic stage  M (+ Mel) -> S   [specials | MuLan level 0 .. Qm-1 | semantic | melody level 0 .. Ql-1]
     coarse stage    M + S -> A[:Qc]  [specials | MuLan level 0 .. Qm-1 | semantic | acoustic level 0 .. Qc-1]
     fine stage      A[:Qc] -> A[Qc:] [specials | acoustic level 0 .. Q-1]
 
-so a MuLan or semantic token has the same id in the semantic and coarse stages. `inputs` is the conditioning
+so a MuLan or semantic token has the same id in the semantic and coarse stages. Melody conditioning (TokenSizes
+melody_levels > 0; the paper's melody tokens) adds its streams to the semantic stage only, after the others (so the
+other ids do not move): its prefix is M, then the melody tokens of the crop's time (frame-major), then SEP. The
+coarse stage hears the melody through the semantic tokens it is conditioned on. A melody code of -1 means "no
+melody" and becomes UNCOND: text-only generation, and what `TokenLM.melody_prob` dropout trains for. `inputs` is the conditioning
 prefix followed by SEP (the TokenLM attends to it bidirectionally; SEP's logits predict the first target).
 Acoustic tokens are flattened frame-major: t0q0 t0q1 .. t0q{n-1} t1q0 ... Targets have a fixed length (no EOS).
 
@@ -48,12 +52,18 @@ class TokenSizes:
     codec_codes: int = 1024
     coarse_levels: int = 4
     vocab_multiple: int = 128  # stage vocab sizes are rounded up to this (MXU-friendly embedding tables)
+    melody_levels: int = 0     # melody conditioning of the semantic stage (paper: 24 x 512); 0 = none
+    melody_codes: int = 0
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"TokenSizes.{f.name} must be a positive int, got {v!r}")
+            low = 0 if f.name.startswith("melody_") else 1
+            if not isinstance(v, int) or v < low:
+                raise ValueError(f"TokenSizes.{f.name} must be an int >= {low}, got {v!r}")
+        if (self.melody_levels == 0) != (self.melody_codes == 0):
+            raise ValueError(f"TokenSizes.melody_levels ({self.melody_levels}) and melody_codes ({self.melody_codes}) "
+                             "must both be 0 (no melody conditioning) or both positive")
         if not self.coarse_levels < self.codec_levels:
             raise ValueError(f"TokenSizes.coarse_levels ({self.coarse_levels}) must be < codec_levels "
                              f"({self.codec_levels}) so the fine stage has levels left to predict")
@@ -61,6 +71,10 @@ class TokenSizes:
     @property
     def fine_levels(self) -> int:
         return self.codec_levels - self.coarse_levels
+
+    @property
+    def has_melody(self) -> bool:
+        return self.melody_levels > 0
 
 
 # Paper sizes and the tiny ones used by CPU tests and `--tiny` demos.
@@ -71,6 +85,10 @@ TINY = TokenSizes(mulan_levels=2, mulan_codes=8, semantic_codes=16, codec_levels
 # tiny w2v-BERT, the first 4 levels of the frame-rate codec's 8 x 1024, of which 2 coarse.
 QUICKSTART = TokenSizes(mulan_levels=4, mulan_codes=16, semantic_codes=64, codec_levels=4, codec_codes=1024,
                         coarse_levels=2, vocab_multiple=1)
+# The same with melody conditioning of the semantic stage: the tiny random melody embedder's 2 x 8 tokens
+# (melody.api.tiny_config), and gin/models/melody_tiny.gin's 4 x 64.
+TINY_MELODY = dataclasses.replace(TINY, melody_levels=2, melody_codes=8)
+QUICKSTART_MELODY = dataclasses.replace(QUICKSTART, melody_levels=4, melody_codes=64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +131,8 @@ class StageLayout:
         if self.stage in ("semantic", "coarse"):
             sizes += [(f"mulan{q}", s.mulan_codes) for q in range(s.mulan_levels)]
             sizes += [("semantic", s.semantic_codes)]
+        if self.stage == "semantic" and s.has_melody:
+            sizes += [(f"melody{q}", s.melody_codes) for q in range(s.melody_levels)]
         if self.stage == "coarse":
             sizes += [(f"acoustic{q}", s.codec_codes) for q in range(s.coarse_levels)]
         if self.stage == "fine":
@@ -157,6 +177,16 @@ class StageLayout:
         """[start, stop) positions of the MuLan tokens inside `inputs` (what guidance drops); (0, 0) for fine."""
         return (0, self.sizes.mulan_levels) if self.stage != "fine" else (0, 0)
 
+    @property
+    def has_melody(self) -> bool:
+        """Whether this stage's prefix holds melody tokens (the semantic stage of a melody-conditioned layout)."""
+        return self.stage == "semantic" and self.sizes.has_melody
+
+    def melody_span(self) -> tuple[int, int]:
+        """[start, stop) of the melody tokens inside `inputs`, stop counted from the end (-1: SEP excluded), for
+        `TokenLM.melody_span`; (0, 0) when the stage has none. The melody part's length follows the crop."""
+        return (self.sizes.mulan_levels, -1) if self.has_melody else (0, 0)
+
     # -- building sequences ------------------------------------------------------------------------------------
     def _xp(self, x):
         return jnp if isinstance(x, jax.Array) else np
@@ -184,6 +214,23 @@ class StageLayout:
         xp = self._xp(m)
         return m + self.offset("mulan0") + xp.arange(s.mulan_levels, dtype=xp.int32) * s.mulan_codes
 
+    def encode_melody(self, melody):
+        """Raw melody tokens [b, frames, Ql] (-1: no melody) -> frame-major ids [b, frames * Ql]; -1 -> UNCOND."""
+        if not self.has_melody:
+            raise ValueError(f"the {self.stage} stage of these token sizes has no melody conditioning (TokenSizes "
+                             "melody_levels = 0, or not the semantic stage)")
+        s = self.sizes
+        xp = self._xp(melody)
+        melody = xp.asarray(melody)
+        absent = melody == -1
+        m = self._check("melody", xp.where(absent, 0, melody), 3, s.melody_codes, s.melody_levels)
+        ids = m + self.offset("melody0") + xp.arange(s.melody_levels, dtype=xp.int32) * s.melody_codes
+        return xp.where(absent, UNCOND, ids).astype(xp.int32).reshape(m.shape[0], -1)
+
+    def no_melody(self, batch: int, frames: int) -> np.ndarray:
+        """Raw melody tokens meaning "no melody" ([batch, frames, Ql] of -1): text-only conditioning."""
+        return np.full((batch, frames, self.sizes.melody_levels), -1, np.int32)
+
     def encode_semantic(self, semantic):
         s = self._check("semantic", semantic, 2, self.sizes.semantic_codes)
         return s + self.offset("semantic")
@@ -199,8 +246,15 @@ class StageLayout:
         xp = self._xp(x)
         return xp.full((x.shape[0], 1), SEP, xp.int32)
 
-    def build_inputs(self, *, mulan=None, semantic=None, coarse=None):
-        """The conditioning prefix (ends with SEP): semantic: M; coarse: M, S; fine: A[:, :, :Qc] (`coarse`)."""
+    def build_inputs(self, *, mulan=None, semantic=None, coarse=None, melody=None):
+        """The conditioning prefix (ends with SEP): semantic: M (+ melody [b, frames, Ql] when the layout has
+        melody conditioning: required, -1 codes for none); coarse: M, S; fine: A[:, :, :Qc] (`coarse`)."""
+        if melody is not None and not self.has_melody:
+            raise ValueError(f"the {self.stage} stage of these token sizes takes no melody tokens (TokenSizes "
+                             "melody_levels = 0, or not the semantic stage)")
+        if self.has_melody and melody is None:
+            raise ValueError("this semantic stage is melody-conditioned: pass melody=[b, frames, Ql] (all -1 for "
+                             "text only: layout.no_melody(batch, frames))")
         if self.stage == "fine":
             if coarse is None:
                 raise ValueError("the fine stage is conditioned on the coarse codes: pass coarse=[b, frames, Qc]")
@@ -210,6 +264,8 @@ class StageLayout:
                 raise ValueError(f"the {self.stage} stage needs mulan=[b, Qm]"
                                  f"{' and semantic=[b, frames]' if self.stage == 'coarse' else ''}")
             parts = [self.encode_mulan(mulan)]
+            if self.has_melody:
+                parts.append(self.encode_melody(melody))
             if self.stage == "coarse":
                 parts.append(self.encode_semantic(semantic))
         xp = self._xp(parts[0])
@@ -239,12 +295,13 @@ class StageLayout:
             acoustic = acoustic[..., levels[0]:levels[-1] + 1]
         return self.encode_acoustic(acoustic, levels)
 
-    def build(self, *, mulan=None, semantic=None, acoustic=None):
+    def build(self, *, mulan=None, semantic=None, acoustic=None, melody=None):
         """(inputs, targets) for training from raw token arrays of one aligned crop.
 
-        semantic: mulan [b, Qm], semantic [b, Ts]; coarse: + acoustic [b, Ta, >= Qc]; fine: acoustic [b, Ta, Q]."""
+        semantic: mulan [b, Qm], semantic [b, Ts] (+ melody [b, F, Ql] when melody-conditioned); coarse: +
+        acoustic [b, Ta, >= Qc]; fine: acoustic [b, Ta, Q]."""
         if self.stage == "semantic":
-            return self.build_inputs(mulan=mulan), self.build_targets(semantic=semantic)
+            return self.build_inputs(mulan=mulan, melody=melody), self.build_targets(semantic=semantic)
         if acoustic is None or np.ndim(acoustic) != 3:
             raise ValueError(f"the {self.stage} stage needs acoustic=[b, frames, levels] codec codes")
         if self.stage == "coarse":
@@ -320,6 +377,18 @@ def stage_vocab_size(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None)
 def stage_cond_span(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None) -> tuple[int, int]:
     """`TokenLM.uncond_span = @stage_cond_span()`: where classifier-free-guidance dropout writes UNCOND."""
     return StageLayout(stage, sizes or TokenSizes()).cond_span()
+
+
+@gin.configurable
+def stage_melody_span(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None) -> tuple[int, int]:
+    """`TokenLM.melody_span = @stage_melody_span()`: where melody-conditioning dropout writes UNCOND."""
+    return StageLayout(stage, sizes or TokenSizes()).melody_span()
+
+
+@gin.configurable
+def stage_melody_prob(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None, prob: float = 0.0) -> float:
+    """The melody-dropout probability of a stage: `prob` where its prefix holds melody tokens, else 0."""
+    return prob if StageLayout(stage, sizes or TokenSizes()).has_melody else 0.0
 
 
 @gin.configurable

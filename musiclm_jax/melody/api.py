@@ -2,6 +2,8 @@
 
     mel = Melody.from_checkpoint("out/melody_tiny")
     emb = mel.embed_windows(wave, sample_rate)      # [n_windows, embed_dim], one per `stride_seconds`
+    toks = mel.frame_tokens(wave, sample_rate)       # [frames, levels]: the conditioning stream, frame i centred
+                                                     # at (i + 0.5) * stride_seconds (a `frame_rate` Hz stream)
 
 The architecture comes from the checkpoint's own saved gin config (MelodyConfig bindings); no side file.
 """
@@ -27,6 +29,45 @@ def windows(wave: np.ndarray, cfg: MelodyConfig) -> np.ndarray:
     return audio_windows(wave, cfg.window_samples, cfg.stride_samples, "melody audio")
 
 
+def tiny_config() -> MelodyConfig:
+    """The tiny random embedder's config: 1 s windows every 0.5 s (2 Hz tokens), 2 x 8 codes (lm.stages TINY_MELODY)."""
+    return MelodyConfig(sample_rate=16000, window_seconds=1.0, stride_seconds=0.5, n_fft=256, hop_length=160,
+                        n_mels=16, patch_frames=4, d_model=16, num_layers=1, num_heads=2, head_dim=8, d_ff=32,
+                        embed_dim=8, rvq_levels=2, rvq_codebook_size=8)
+
+
+def frame_windows(wave: np.ndarray, cfg: MelodyConfig, frames: int | None = None) -> np.ndarray:
+    """Mono [samples] at cfg.sample_rate -> [frames, window_samples]: window i centred at (i + 0.5) * stride,
+    zero-padded past both ends; `frames` defaults to round(seconds / stride) (at least 1). This makes the melody
+    tokens a time stream at 1 / stride Hz that crops and sliding windows cut like the other token streams."""
+    wave = np.asarray(wave, np.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"expected mono melody audio [samples], got shape {wave.shape}: mix down first")
+    n, hop = cfg.window_samples, cfg.stride_samples
+    frames = max(1, int(round(wave.shape[0] / hop))) if frames is None else int(frames)
+    starts = (np.arange(frames) * hop + hop // 2).astype(np.int64)   # in the padded wave: centre - n/2 + n/2
+    padded = np.concatenate([np.zeros(n // 2, np.float32), wave, np.zeros(n + hop * frames, np.float32)])
+    return padded[starts[:, None] + np.arange(n)[None, :]]
+
+
+def check_melody_audio(wave: np.ndarray, sample_rate: int, cfg: MelodyConfig, what: str = "melody") -> np.ndarray:
+    """One-line errors for a melody input that cannot condition generation: not mono, empty, NaN, silent, or shorter
+    than one embedder window. Returns float32 mono."""
+    from musiclm_jax.audio.io import check_samples
+
+    wave = np.asarray(wave, np.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"{what} must be mono [samples], got shape {wave.shape}: mix it down first")
+    check_samples(wave, what)
+    seconds = wave.shape[0] / float(sample_rate)
+    if seconds < cfg.window_seconds:
+        raise ValueError(f"{what} is {seconds:.2f} s long; melody conditioning needs at least {cfg.window_seconds:g} "
+                         "s (one melody-embedder window): record a longer hum or whistle")
+    if float(np.max(np.abs(wave))) < 1e-4:
+        raise ValueError(f"{what} is silent (peak below 1e-4): record the melody louder or check the file")
+    return wave
+
+
 @nnx.jit
 def _embed(model: MelodyEmbedder, x: jax.Array) -> jax.Array:
     return model(x)
@@ -36,6 +77,17 @@ class Melody:
     def __init__(self, model: MelodyEmbedder, quantizer=None, fingerprint: str = "", batch_size: int = 16):
         self.model, self.cfg, self.batch_size = model, model.cfg, batch_size
         self.quantizer, self.fingerprint = quantizer, fingerprint
+
+    @classmethod
+    def random(cls, seed: int = 0, cfg: MelodyConfig | None = None) -> "Melody":
+        """A randomly initialised embedder with a random quantizer (tests, `random:<seed>` tokenizers); tiny by
+        default (`tiny_config`)."""
+        from musiclm_jax.quantization.fingerprint import module_fingerprint
+
+        cfg = cfg or tiny_config()
+        model = MelodyEmbedder(cfg, nnx.Rngs(seed))
+        return cls(model, rvq_lib.new_rvq(cfg.rvq_levels, cfg.rvq_codebook_size, cfg.embed_dim, seed=seed),
+                   module_fingerprint(model))
 
     @classmethod
     def from_checkpoint(cls, model_dir: str, step: int | None = None) -> "Melody":
@@ -71,6 +123,11 @@ class Melody:
         wave = resample(np.asarray(wave, np.float32), int(sample_rate), self.cfg.sample_rate)
         return self.embed_batch(windows(wave, self.cfg))
 
+    @property
+    def frame_rate(self) -> float:
+        """Melody token frames per second (one per `stride_seconds`)."""
+        return 1.0 / self.cfg.stride_seconds
+
     # -- tokens ---------------------------------------------------------------------------------------------------
     def fit_quantizer(self, embeddings: np.ndarray, seed: int = 0) -> dict:
         """Fits the RVQ (cfg.rvq_levels x cfg.rvq_codebook_size) on window embeddings [N, D]; returns how much the
@@ -84,6 +141,12 @@ class Melody:
     def tokens(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
         """One mono clip -> int32 melody tokens [n_windows, rvq_levels] (one row per `stride_seconds`)."""
         return rvq_lib.encode(self._need_quantizer(), self.embed_windows(wave, sample_rate))
+
+    def frame_tokens(self, wave: np.ndarray, sample_rate: int, frames: int | None = None) -> np.ndarray:
+        """One mono clip -> int32 melody tokens [frames, rvq_levels] as a time stream (`frame_windows`): the
+        conditioning of the melody-conditioned semantic stage (lm/stages.py)."""
+        wave = resample(np.asarray(wave, np.float32), int(sample_rate), self.cfg.sample_rate)
+        return rvq_lib.encode(self._need_quantizer(), self.embed_batch(frame_windows(wave, self.cfg, frames)))
 
     @property
     def token_fingerprint(self) -> str:

@@ -1,8 +1,9 @@
 """Melody training data: a bank of pre-rendered renditions and resumable triplet batches from it.
 
 Rendering a line takes FluidSynth ~0.1 s per sound, too slow to do per training batch on a CPU, so the lead lines
-of a SynthCaps split are rendered once (`build_bank`: every line in every timbre of data/synthcaps/melody.py plus
-two transposed copies) into `<bank_dir>/<split>.npz` (int16 audio, no pickle). `melody_triplets` (the trainer's
+of a SynthCaps split are rendered once (`build_bank`: every line in every timbre of data/synthcaps/melody.py, the
+clip's own full arrangement as one more "timbre" `mix` when the clips carry their audio, plus two transposed
+copies) into `<bank_dir>/<split>.npz` (int16 audio, no pickle). `melody_triplets` (the trainer's
 dataset function) then draws, per row: a line (each once per epoch), two different timbres of it as anchor and
 positive, and as negative a transposed copy (`transposed_fraction` of rows) or another line, all cropped at the
 same offset so they cover the same notes. Batch n depends only on (seed, split, shard, n).
@@ -22,16 +23,21 @@ from musiclm_jax.train.data import ResumableBatches, split_id
 log = logging.getLogger(__name__)
 TRANSPOSITIONS = (-3, 4)   # the bank's negative copies: a minor third down, a major third up ...
 TRANSPOSED_TIMBRES = ("whistle", "recorder")  # ... each in its own sound
+MIX = "mix"   # the clip's full arrangement: what the melody tokens of a training clip are computed from
 
 
 def build_bank(clips: list[dict], bank_dir: str, split: str, *, sample_rate: int = 16000, seconds: float = 4.0,
                seed: int = 0) -> dict:
     """Renders the lead lines of `clips` (SynthCaps clip dicts with `lead_notes`) into `<bank_dir>/<split>.npz`:
-    audio int16 [lines, timbres + transpositions, samples]. Clips without a lead line, or whose line does not
+    audio int16 [lines, timbres + transpositions, samples]. When every clip has its "audio" (synthcaps_clips), the
+    first `seconds` of the arrangement itself is the last timbre (`MIX`): the line heard inside the full mix, as
+    the melody-conditioned stage LMs' training audio has it. Clips without a lead line, or whose line does not
     render, are skipped and named. Returns {"lines", "skipped", "path"}."""
+    from musiclm_jax.audio.io import resample
     from musiclm_jax.data.synthcaps.sources import SourceError
 
     n = int(round(seconds * sample_rate))
+    with_mix = bool(clips) and all("audio" in c for c in clips)
     rows, names, skipped = [], [], []
     for i, clip in enumerate(clips):
         name = str(clip.get("clip_id") or f"clip{i}")
@@ -42,6 +48,10 @@ def build_bank(clips: list[dict], bank_dir: str, split: str, *, sample_rate: int
         rng = np.random.default_rng([seed, split_id(split), i])
         try:
             waves = [renditions.render_melody(notes, t, sample_rate, seconds, rng) for t in renditions.TIMBRES]
+            if with_mix:
+                mix = resample(np.asarray(clip["audio"], np.float32), int(clip.get("sample_rate", sample_rate)),
+                               sample_rate)[:n]
+                waves.append(np.pad(mix, (0, n - len(mix))))
             waves += [renditions.render_melody(renditions.transpose(notes, k), timbre, sample_rate, seconds, rng)
                       for k, timbre in zip(TRANSPOSITIONS, TRANSPOSED_TIMBRES)]
         except SourceError as e:
@@ -57,7 +67,8 @@ def build_bank(clips: list[dict], bank_dir: str, split: str, *, sample_rate: int
     os.makedirs(bank_dir, exist_ok=True)
     path = os.path.join(bank_dir, f"{split}.npz")
     np.savez(path, audio=np.stack(rows), names=np.array(names))
-    meta = {"sample_rate": sample_rate, "seconds": seconds, "timbres": list(renditions.TIMBRES),
+    meta = {"sample_rate": sample_rate, "seconds": seconds,
+            "timbres": list(renditions.TIMBRES) + ([MIX] if with_mix else []),
             "transpositions": list(TRANSPOSITIONS), "seed": seed}
     with open(os.path.join(bank_dir, "bank.json"), "w") as f:
         json.dump(meta, f, indent=1)

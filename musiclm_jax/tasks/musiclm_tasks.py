@@ -5,8 +5,11 @@
     synthcaps_tiny_{semantic,coarse,fine}        synthcaps/tiny_4s_n4 (8 clips of 4 s), TINY sizes, for the tiny
                                                  random tokenizers (`random:0`) in tests and demos
     synthcaps_quickstart_{semantic,coarse,fine}  synthcaps/tiny_8s_n1000 (`make quickstart`), QUICKSTART sizes
+    synthcaps_tiny_melody_*, synthcaps_quickstart_melody_*   the same with melody conditioning of the semantic
+                                                 stage (TINY_MELODY / QUICKSTART_MELODY: tokenize with a melody
+                                                 embedder, 2 Hz melody frames)
 """
-from musiclm_jax.lm.stages import QUICKSTART, TINY
+from musiclm_jax.lm.stages import QUICKSTART, QUICKSTART_MELODY, TINY, TINY_MELODY
 from musiclm_jax.tasks.registry import SYNTHCAPS_KEEP, register_defaults, register_stage_tasks
 
 TINY_TFDS = "synthcaps/tiny_4s_n4:1.0.0"
@@ -15,3 +18,5 @@ QUICKSTART_TFDS = "synthcaps/tiny_8s_n1000:1.0.0"
 register_defaults()
 register_stage_tasks("synthcaps_tiny", TINY_TFDS, sizes=TINY, keep=SYNTHCAPS_KEEP)
 register_stage_tasks("synthcaps_quickstart", QUICKSTART_TFDS, sizes=QUICKSTART, keep=SYNTHCAPS_KEEP)
+register_stage_tasks("synthcaps_tiny_melody", TINY_TFDS, sizes=TINY_MELODY, keep=SYNTHCAPS_KEEP)
+register_stage_tasks("synthcaps_quickstart_melody", QUICKSTART_TFDS, sizes=QUICKSTART_MELODY, keep=SYNTHCAPS_KEEP)

@@ -32,13 +32,16 @@ PAPER_CROP_SECONDS = {"semantic": 30.0, "coarse": 10.0, "fine": 3.0}
 
 
 @gin.configurable
-def tokenizer_spec(codec: str | None = None, semantic: str | None = None,
-                   mulan: str | None = None) -> tok_lib.TokenizerSpec:
-    """The configured tokenizers: gin bindings, else $MUSICLM_CODEC_DIR / _SEMANTIC_DIR / _MULAN_DIR."""
+def tokenizer_spec(codec: str | None = None, semantic: str | None = None, mulan: str | None = None,
+                   melody: str | None = None) -> tok_lib.TokenizerSpec:
+    """The configured tokenizers: gin bindings, else $MUSICLM_CODEC_DIR / _SEMANTIC_DIR / _MULAN_DIR (and the
+    optional melody embedder: `melody`, else $MUSICLM_MELODY_DIR, else none)."""
+    if melody is None:
+        melody = os.environ.get(tok_lib.MELODY_ENV, "")
     if codec and semantic and mulan:
-        return tok_lib.TokenizerSpec(codec, semantic, mulan)
+        return tok_lib.TokenizerSpec(codec, semantic, mulan, melody)
     env = tok_lib.TokenizerSpec.from_env()
-    return tok_lib.TokenizerSpec(codec or env.codec, semantic or env.semantic, mulan or env.mulan)
+    return tok_lib.TokenizerSpec(codec or env.codec, semantic or env.semantic, mulan or env.mulan, melody)
 
 
 # What the cache job's driver recorded, per tokenizer spec: {spec env JSON: fingerprints}. Set on every Beam worker by
@@ -70,19 +73,22 @@ def _audio_sample_rate(task_name: str, audio_key: str) -> int:
 
 def tokenize(ds: tf.data.Dataset, *, task_name: str, audio_key: str = "audio",
              keep: tuple[str, ...] = ()) -> tf.data.Dataset:
-    """Clip -> {mulan_tokens [Qm], semantic_tokens [Ts], acoustic_tokens [Ta, Qa], tokenize_error, *keep}.
+    """Clip -> {mulan_tokens [Qm], semantic_tokens [Ts], acoustic_tokens [Ta, Qa], tokenize_error, *keep}, +
+    melody_tokens [Tl, Ql] when the spec names a melody embedder.
 
     A clip that fails keeps empty tokens and its error message (counted and named by the cache job)."""
     sample_rate = _audio_sample_rate(task_name, audio_key)
     spec = tokenizer_spec()
     toks = tok_lib.Tokenizers.get(spec)
     check_worker_tokenizers(spec, toks.fingerprints())
+    melody = toks.melody is not None
 
     def run(audio, clip_id):
         wave = audio.astype(np.float32) / (32768.0 if audio.dtype == np.int16 else 1.0)
         try:
             out = toks.tokenize(wave, sample_rate)
-            return out["mulan_tokens"], out["semantic_tokens"], out["acoustic_tokens"], b""
+            mel = out["melody_tokens"] if melody else np.zeros((0, 0), np.int32)
+            return out["mulan_tokens"], out["semantic_tokens"], out["acoustic_tokens"], mel, b""
         except Exception as e:  # noqa: BLE001 -- one bad clip must not stop the job
             name = clip_id.decode(errors="replace")
             log.warning("tokenize: skipping clip %s: %s", name, e)
@@ -91,17 +97,20 @@ def tokenize(ds: tf.data.Dataset, *, task_name: str, audio_key: str = "audio",
                 beam.metrics.Metrics.counter("musiclm_tokenize", "failed_clips").inc()
             except Exception:  # noqa: BLE001
                 pass
-            q = toks.codec.num_levels
+            q, ql = toks.codec.num_levels, toks.melody.cfg.rvq_levels if melody else 0
             return (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, q), np.int32),
-                    f"{name}: {e}".encode())
+                    np.zeros((0, ql), np.int32), f"{name}: {e}".encode())
 
     def fn(ex):
         clip_id = next((ex[k] for k in ID_KEYS if k in ex), tf.constant(""))
-        m, s, a, err = tf.numpy_function(run, [ex[audio_key], clip_id], [tf.int32, tf.int32, tf.int32, tf.string],
-                                         stateful=False)
-        m.set_shape([None]), s.set_shape([None]), a.set_shape([None, None]), err.set_shape([])
+        m, s, a, mel, err = tf.numpy_function(run, [ex[audio_key], clip_id],
+                                              [tf.int32, tf.int32, tf.int32, tf.int32, tf.string], stateful=False)
+        m.set_shape([None]), s.set_shape([None]), a.set_shape([None, None]), mel.set_shape([None, None])
+        err.set_shape([])
         out = {"mulan_tokens": m, "semantic_tokens": s, "acoustic_tokens": a, ERROR_KEY: err,
                "clip_id": clip_id}
+        if melody:
+            out["melody_tokens"] = mel
         out.update({k: ex[k] for k in keep if k in ex})
         return out
 
@@ -122,8 +131,12 @@ def read_cache_record(task_name: str) -> dict | None:
         return json.loads(f.read())
 
 
-def check_geometry(record: dict, sizes, semantic_rate: float, acoustic_rate: float, where: str) -> None:
+def check_geometry(record: dict, sizes, semantic_rate: float, acoustic_rate: float, where: str,
+                   melody_rate: float | None = None) -> None:
     """Raises when the tokenizers' sizes or frame rates disagree with what the task was registered with."""
+    if sizes.has_melody and "melody" not in record:
+        raise ValueError(f"the task's token sizes want melody tokens but {where} has none: tokenize with a melody "
+                         "embedder (tokenizer_spec.melody or $MUSICLM_MELODY_DIR)")
     want = {"mulan levels": (record["mulan"]["levels"], sizes.mulan_levels),
             "mulan codes": (record["mulan"]["codebook_size"], sizes.mulan_codes),
             "semantic codes": (record["semantic"]["codebook_size"], sizes.semantic_codes),
@@ -131,6 +144,11 @@ def check_geometry(record: dict, sizes, semantic_rate: float, acoustic_rate: flo
             "codec codes": (record["acoustic"]["codebook_size"], sizes.codec_codes),
             "semantic frame rate": (record["semantic"]["frame_rate"], semantic_rate),
             "acoustic frame rate": (record["acoustic"]["frame_rate"], acoustic_rate)}
+    if sizes.has_melody:
+        want.update({"melody levels": (record["melody"]["levels"], sizes.melody_levels),
+                     "melody codes": (record["melody"]["codebook_size"], sizes.melody_codes)})
+        if melody_rate is not None:
+            want["melody frame rate"] = (record["melody"]["frame_rate"], melody_rate)
     # The codec may have more levels than the layout uses: its first `codec_levels` are kept (quantizer dropout
     # trained every prefix to decode), so one token cache serves several bitrates.
     bad = [f"{k} {got} vs {exp}" for k, (got, exp) in want.items()
@@ -150,14 +168,15 @@ def check_record(record: dict, configured: dict, where: str) -> None:
                          "same checkpoints, or re-tokenize with `python -m musiclm_jax.tasks.cache --overwrite`")
 
 
-def check_tokenizers(task_name: str, *, sizes, semantic_rate: float, acoustic_rate: float) -> None:
+def check_tokenizers(task_name: str, *, sizes, semantic_rate: float, acoustic_rate: float,
+                     melody_rate: float | None = None) -> None:
     """Refuses to read a cache whose tokenizer fingerprints differ from the configured tokenizers', or whose
     token sizes and rates do not fit the task's layout. Called by `StageTask.get_dataset` only when it reads the
     cache (`use_cached=True`): an on-the-fly read tokenizes with the configured tokenizers and needs no record."""
     record = read_cache_record(task_name)
     if record is not None:
         where = f"the cache of task {task_name!r}"
-        check_geometry(record, sizes, semantic_rate, acoustic_rate, where)
+        check_geometry(record, sizes, semantic_rate, acoustic_rate, where, melody_rate)
         configured = tok_lib.Tokenizers.get(tokenizer_spec()).describe()
         check_record(record, configured, where)
 
@@ -186,9 +205,11 @@ def stage_crop_seconds(semantic: float = 30.0, coarse: float = 10.0, fine: float
 
 
 def aligned_crop(ds: tf.data.Dataset, *, stage: str, crop_seconds: float | None = None,
-                 semantic_rate: float = 25.0, acoustic_rate: float = 50.0) -> tf.data.Dataset:
+                 semantic_rate: float = 25.0, acoustic_rate: float = 50.0,
+                 melody_rate: float = 2.0) -> tf.data.Dataset:
     """One random window of the stage's crop length from all token streams at the same seconds (the whole clip
-    if shorter). Deterministic given seqio's seed: the same seed gives the same crops."""
+    if shorter). Deterministic given seqio's seed: the same seed gives the same crops. A melody stream (a
+    `melody_rate` Hz stream, not on the grid) is cut at the nearest melody frames of the same seconds."""
     crop_seconds = stage_crop_seconds()[stage] if crop_seconds is None else crop_seconds
     if crop_seconds <= 0:
         raise ValueError(f"crop_seconds must be > 0, got {crop_seconds}")
@@ -204,6 +225,11 @@ def aligned_crop(ds: tf.data.Dataset, *, stage: str, crop_seconds: float | None 
         out["semantic_tokens"] = ex["semantic_tokens"][start * ks:(start + length) * ks]
         out["acoustic_tokens"] = ex["acoustic_tokens"][start * ka:(start + length) * ka]
         out["crop_start_seconds"] = tf.cast(start, tf.float32) / g
+        if "melody_tokens" in ex:
+            m0 = tf.cast(tf.math.floor(tf.cast(start, tf.float32) / g * melody_rate + 0.5), tf.int32)
+            n = tf.maximum(1, tf.cast(tf.math.round(tf.cast(length, tf.float32) / g * melody_rate), tf.int32))
+            m0 = tf.maximum(0, tf.minimum(m0, tf.shape(ex["melody_tokens"])[0] - n))
+            out["melody_tokens"] = ex["melody_tokens"][m0:m0 + n]
         return out
 
     return fn(ds)  # seeds come from seqio's seed manager (the `seed` of get_dataset)
@@ -215,14 +241,20 @@ def to_stage(ds: tf.data.Dataset, *, stage: str, sizes) -> tf.data.Dataset:
 
     layout = StageLayout(stage, sizes)
 
-    def build(mulan, semantic, acoustic):
+    def build(mulan, semantic, acoustic, melody):
         acoustic = acoustic[:, :sizes.codec_levels]   # a cache of a codec with more levels: its first ones
-        inputs, targets = layout.build(mulan=mulan[None], semantic=semantic[None], acoustic=acoustic[None])
+        inputs, targets = layout.build(mulan=mulan[None], semantic=semantic[None], acoustic=acoustic[None],
+                                       melody=melody[None] if layout.has_melody else None)
         return inputs[0].astype(np.int32), targets[0].astype(np.int32)
 
     def fn(ex):
+        if layout.has_melody and "melody_tokens" not in ex:
+            raise ValueError("the task's token sizes want melody tokens but its clips have none: tokenize with a "
+                             "melody embedder (tokenizer_spec.melody or $MUSICLM_MELODY_DIR)")
+        melody = ex["melody_tokens"] if layout.has_melody else tf.zeros((0, 0), tf.int32)
         inputs, targets = tf.numpy_function(build, [ex["mulan_tokens"], ex["semantic_tokens"],
-                                                    ex["acoustic_tokens"]], [tf.int32, tf.int32], stateful=False)
+                                                    ex["acoustic_tokens"], melody], [tf.int32, tf.int32],
+                                            stateful=False)
         inputs.set_shape([None]), targets.set_shape([None])
         keep = {k: ex[k] for k in ("clip_id", "crop_start_seconds") if k in ex}
         return {"inputs": inputs, "targets": targets, **keep}

@@ -44,10 +44,12 @@ def stage_output_features(stage: str, sizes: TokenSizes) -> dict[str, seqio.Feat
 def register_stage_tasks(name: str, tfds_name: str, *, sizes: TokenSizes = PAPER, keep: tuple[str, ...] = (),
                          splits=None, tfds_data_dir: str | None = None, semantic_rate: float = 25.0,
                          acoustic_rate: float = 50.0, crop_seconds: dict[str, float] | None = None,
-                         audio_key: str = "audio") -> list[str]:
+                         audio_key: str = "audio", melody_rate: float = 2.0) -> list[str]:
     """Registers `<name>_<stage>` for the three stages (replacing earlier ones of that name); returns the names.
 
-    `crop_seconds` fixes the crops per stage; None reads gin's `stage_crop_seconds` when the dataset is built."""
+    `crop_seconds` fixes the crops per stage; None reads gin's `stage_crop_seconds` when the dataset is built.
+    `sizes.melody_levels > 0`: the semantic task is melody-conditioned (its cache must hold melody tokens of a
+    `melody_rate` Hz embedder: the melody embedder's 1 / stride_seconds)."""
     pp.crop_grid(semantic_rate, acoustic_rate)  # bad rates fail at registration
     names = []
     for stage in STAGES:
@@ -62,11 +64,12 @@ def register_stage_tasks(name: str, tfds_name: str, *, sizes: TokenSizes = PAPER
                 seqio.CacheDatasetPlaceholder(),
                 pp.drop_failed,
                 pp.partial(pp.aligned_crop, stage=stage, semantic_rate=semantic_rate, acoustic_rate=acoustic_rate,
-                           crop_seconds=(crop_seconds or {}).get(stage)),
+                           crop_seconds=(crop_seconds or {}).get(stage), melody_rate=melody_rate),
                 pp.partial(pp.to_stage, stage=stage, sizes=sizes),
             ],
             output_features=stage_output_features(stage, sizes), task_cls=StageTask,
-            tokenizer_check=dict(sizes=sizes, semantic_rate=semantic_rate, acoustic_rate=acoustic_rate))
+            tokenizer_check=dict(sizes=sizes, semantic_rate=semantic_rate, acoustic_rate=acoustic_rate,
+                                 melody_rate=melody_rate))
         names.append(task_name)
     return names
 
