@@ -106,7 +106,7 @@ def load_model(args: argparse.Namespace):
     if args.random_init:
         if not args.tiny:
             raise ValueError("--random_init builds only the tiny parts: add --tiny")
-        return pipeline.tiny_random(args.seed, melody=bool(getattr(args, "melody", None)))
+        return pipeline.tiny_random(args.seed, **({"melody": True} if getattr(args, "melody", None) else {}))
     if not args.model_dir:
         from musiclm_jax.resources import SHIPPED_MUSICLM, shipped_musiclm_dir
 

@@ -10,8 +10,6 @@ import json
 import logging
 import os
 
-import numpy as np
-
 EXAMPLES = """Examples:
   musiclm-jax eval export-synthcaps --data_dir ~/tfds --config small --split test --out eval/ref
   musiclm-jax eval export-synthcaps --data_dir ~/tfds --config small --split train --out eval/train --limit 500
@@ -89,8 +87,8 @@ def register(subparsers) -> None:
 
     m = sub.add_parser("melody", help="melody adherence of a melody-conditioned model on held-out tunes, beside "
                        "text-only generation and a random clip",
-                       description=__import__("musiclm_jax.eval.melody", fromlist=["x"]).__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description="Arms per held-out line: with the melody, the same caption and seed without "
+                       "it, a random held-out clip, the real arrangement (see musiclm_jax/eval/melody.py).")
     m.add_argument("--model_dir", required=True, help="a melody-conditioned MusicLM.from_pretrained directory")
     m.add_argument("--bank_dir", required=True, help="a `melody render-bank` of held-out lines (its --seconds = the "
                    "generated length)")
@@ -182,6 +180,8 @@ def fit_probe(args: argparse.Namespace) -> dict:
 
 
 def melody(args: argparse.Namespace) -> dict:
+    import numpy as np
+
     from musiclm_jax.audio.io import write_wav
     from musiclm_jax.data.synthcaps.clips import synthcaps_clips
     from musiclm_jax.eval import default_output
