@@ -13,6 +13,7 @@ from musiclm_jax import pipeline
 from musiclm_jax.lm import stages as st
 from musiclm_jax.lm.models import TokenLM
 from musiclm_jax.lm import transformer as tr
+from musiclm_jax.train.data import ResumableBatches
 
 SR = 16000
 
@@ -112,7 +113,6 @@ def test_tokenizers_make_a_melody_stream_at_two_hertz():
     for k in ("codec", "semantic", "mulan"):   # the three others are the same checkpoints
         assert toks.fingerprints()[k] == plain.fingerprints()[k]
     spec = tok_lib.TokenizerSpec.tiny(melody=True)
-    assert tok_lib.TokenizerSpec.from_env.__func__  # (from_env reads $MUSICLM_MELODY_DIR, optional)
     assert spec.to_env()[tok_lib.MELODY_ENV] == "random:0" and tok_lib.MELODY_ENV not in \
         tok_lib.TokenizerSpec.tiny().to_env()
     from musiclm_jax.melody.api import frame_windows
@@ -124,25 +124,15 @@ def test_tokenizers_make_a_melody_stream_at_two_hertz():
     np.testing.assert_allclose(w[i, cfg.window_samples // 2], wave[int((i + 0.5) * cfg.stride_samples)], atol=1e-7)
 
 
-class _MelodyData:
+class _MelodyData(ResumableBatches):
     """Semantic-stage batches whose targets are the melody tokens (mod 16): learnable only by reading them."""
 
     def __init__(self, batch_size, seed=0, **_):
-        self.batch_size, self.seed, self.position = batch_size, seed, 0
+        self.batch_size, self.seed = batch_size, seed
         self.layout = st.StageLayout("semantic", st.TINY_MELODY)
 
-    def get_state(self):
-        return {"position": self.position}
-
-    def set_state(self, state):
-        self.position = int(state["position"])
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        r = np.random.default_rng((self.seed, self.position))
-        self.position += 1
+    def make_batch(self, position):
+        r = np.random.default_rng((self.seed, position))
         m = r.integers(0, 8, (self.batch_size, 2))
         mel = r.integers(0, 8, (self.batch_size, 4, 2))
         s = mel[..., 0] * 2 + mel[..., 1] % 2   # target i from melody frame i: no shortcut through the targets
