@@ -30,7 +30,7 @@ def main(argv=None) -> dict:
     import jax
 
     from musiclm_jax import pipeline
-    from musiclm_jax.infer_commands import run_infer
+    from musiclm_jax.batch_decode import run_infer
 
     lm = pipeline.MusicLM.from_pretrained(args.model_dir) if args.model_dir else pipeline.tiny_random(0)
     root = tempfile.mkdtemp(prefix="infer_bench_")

@@ -2,7 +2,7 @@
 
 Samples token sequences from a trained token LM into JSONL (`musiclm_jax.train.inference.infer`); starts like
 a training (`train/launch.py`, the same flags). Text-to-music from prompts is `musiclm-jax infer`
-(`infer_commands.py`).
+(`cli/infer.py`, library code in `batch_decode.py`).
 """
 from __future__ import annotations
 

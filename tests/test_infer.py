@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from musiclm_jax import cli, infer_commands, pipeline
+from musiclm_jax import batch_decode, cli, pipeline
 
 RATE = 8000
 
@@ -29,7 +29,7 @@ def _write_prompts(path, lines):
 def _run(lm, prompts, out, **kw):
     logs = []
     kw.setdefault("duration_s", 0.3)
-    summary = infer_commands.run_infer(lm, prompts, str(out), log=logs.append, **kw)
+    summary = batch_decode.run_infer(lm, prompts, str(out), log=logs.append, **kw)
     return summary, logs
 
 
@@ -55,7 +55,7 @@ def test_outputs_rows_tokens_and_seed_independent_of_chunking(lm, tmp_path):
     assert json.load(open(tmp_path / "c2" / "summary.json"))["done"] == 5
     rows = _rows(tmp_path / "c2")
     assert [r["id"] for r in rows] == ["waltz", "line-000002", "line-000003", "line-000004", "42"]
-    assert rows[0]["seed"] == 7 and rows[1]["seed"] == infer_commands.derive_seed(1, 2)
+    assert rows[0]["seed"] == 7 and rows[1]["seed"] == batch_decode.derive_seed(1, 2)
     for r in rows:
         wave, rate = _wav(tmp_path / "c2", r["id"])
         assert rate == RATE == r["sample_rate"] and np.isfinite(wave).all()
@@ -77,7 +77,7 @@ def test_outputs_rows_tokens_and_seed_independent_of_chunking(lm, tmp_path):
         assert batched[r["id"]]["seed"] == r["seed"]
         np.testing.assert_allclose(_wav(tmp_path / "c2", r["id"])[0], _wav(tmp_path / "c5", r["id"])[0],
                                    atol=1 / 32767)
-        for s in infer_commands.STAGES:
+        for s in batch_decode.STAGES:
             np.testing.assert_array_equal(np.load(tmp_path / "c2" / r["tokens"][s]),
                                           np.load(tmp_path / "c5" / r["tokens"][s]))
     gen = lm.generate([rows[3]["prompt"]], 0.3, seed=rows[3]["seed"], progress=False)
@@ -216,16 +216,16 @@ def test_jobs_without_a_valid_prompt_fail_before_the_model_loads(tmp_path, monke
         assert cli.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("musiclm-jax: error: ") and match in err and len(err.strip().splitlines()) == 1
-    prompts, malformed, _ = infer_commands.read_prompts(bad, duration_s=1.0, base_seed=0)
+    prompts, malformed, _ = batch_decode.read_prompts(bad, duration_s=1.0, base_seed=0)
     assert not prompts and "over the limit of 600 s" in malformed[1]["error"]
-    prompts, malformed, _ = infer_commands.read_prompts(bad, duration_s=1.0, base_seed=0, max_duration_s=1e8)
+    prompts, malformed, _ = batch_decode.read_prompts(bad, duration_s=1.0, base_seed=0, max_duration_s=1e8)
     assert [p.duration_s for p in prompts] == [1e7]  # the limit can be lifted
 
 
 def test_batches_group_by_duration():
-    mk = lambda line, dur=0.3: infer_commands.Prompt(line, f"p{line}", "x", line, dur)
+    mk = lambda line, dur=0.3: batch_decode.Prompt(line, f"p{line}", "x", line, dur)
     ps = [mk(1), mk(2), mk(3, dur=0.2), mk(4), mk(5), mk(6, dur=0.2)]
-    calls = [[p.line for p in c] for c in infer_commands._batches(ps, 2)]
+    calls = [[p.line for p in c] for c in batch_decode._batches(ps, 2)]
     assert calls == [[1, 2], [3, 6], [4, 5]]
-    assert [[p.line for p in c] for c in infer_commands._batches(ps, 1)] == [[i] for i in range(1, 7)]
-    assert infer_commands.derive_seed(0, 1) == infer_commands.derive_seed(0, 1) != infer_commands.derive_seed(0, 2)
+    assert [[p.line for p in c] for c in batch_decode._batches(ps, 1)] == [[i] for i in range(1, 7)]
+    assert batch_decode.derive_seed(0, 1) == batch_decode.derive_seed(0, 1) != batch_decode.derive_seed(0, 2)

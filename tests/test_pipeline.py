@@ -139,7 +139,7 @@ def test_generate_cli_writes_wav_and_png(lm, tmp_path, monkeypatch, capsys):
 
     import soundfile as sf
 
-    from musiclm_jax import generate_commands
+    from musiclm_jax.cli import generate as generate_commands
 
     monkeypatch.setattr(pipeline, "tiny_random", lambda seed=0: lm)  # reuse the module's parts (built once)
     parser = argparse.ArgumentParser()
@@ -165,7 +165,7 @@ def test_generate_cli_writes_wav_and_png(lm, tmp_path, monkeypatch, capsys):
 def test_generate_checks_the_request_before_loading_the_model(tmp_path, monkeypatch):
     import argparse
 
-    from musiclm_jax import generate_commands
+    from musiclm_jax.cli import generate as generate_commands
 
     def no_load(args):
         raise AssertionError("the model was loaded before the request was checked")
@@ -198,7 +198,7 @@ def test_generate_checks_the_request_before_loading_the_model(tmp_path, monkeypa
 def test_sampling_defaults_are_the_models_own(lm):
     import argparse
 
-    from musiclm_jax import generate_commands
+    from musiclm_jax.cli import generate as generate_commands
 
     assert lm.sampling == pipeline.SAMPLING_DEFAULTS
     parser = argparse.ArgumentParser()

@@ -2,7 +2,7 @@
 
 Lowest first; a package may import its own modules and any lower layer, never a higher one or a sibling at its own
 layer (the model families stay independent of each other). A `commands.py` module anywhere is command-line glue and
-sits in the top layer with `cli.py`: it may import from every layer (the top layer's modules import each
+sits in the top layer with the `cli/` package: it may import from every layer (the top layer's modules import each
 other), and nothing below imports it.
 """
 import ast
@@ -17,12 +17,11 @@ LAYERS = [
     {"quantization"},                         # k-means, residual VQ, fingerprints
     {"codec", "lm"},                          # model families that depend on no other family
     {"semantic", "mulan", "melody"},
-    {"tokenizers", "pipeline", "export"},     # the three tokenizers together; MusicLM; the exported directory
+    {"tokenizers", "pipeline", "export", "batch_decode"},  # the tokenizers; MusicLM; its directory; batch decoding
     {"tasks"},                                # SeqIO tasks and the Beam token cache
     {"eval"},                                 # the evaluation suite and the diagnoses
     {"finetune"},                             # finetuning a trained MusicLM (guidance distillation; rewards)
-    {"cli", "generate_commands", "infer_commands", "merge_commands", "infer", "quickstart",
-     "commands"},
+    {"cli", "infer", "quickstart", "commands"},
 ]
 
 

@@ -15,9 +15,9 @@ COMMAND_MODULES = (
     "musiclm_jax.semantic.commands",
     "musiclm_jax.mulan.commands",
     "musiclm_jax.melody.commands",
-    "musiclm_jax.generate_commands",
-    "musiclm_jax.infer_commands",
-    "musiclm_jax.merge_commands",
+    "musiclm_jax.cli.generate",
+    "musiclm_jax.cli.infer",
+    "musiclm_jax.cli.merge",
     "musiclm_jax.finetune.commands",
     "musiclm_jax.eval.commands",
     "musiclm_jax.quickstart",
@@ -34,7 +34,7 @@ def _demo(args: argparse.Namespace) -> None:
     weights when they exist, else with tiny untrained parts, saying so and what to run to train them."""
     import os
 
-    from musiclm_jax import generate_commands
+    from musiclm_jax.cli import generate as generate_commands
     from musiclm_jax.data.synthcaps.demo import run_demo
 
     run_demo(os.path.join(args.out_dir, "synthcaps"), num_clips=args.num_clips, seed=args.seed)
