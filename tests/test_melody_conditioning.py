@@ -250,6 +250,8 @@ def test_evaluate_melody_reports_every_arm_with_paired_differences(melody_lm):
     c = report["chroma_match"]
     assert set(c) == {"melody", "text", "random", "real"} and c["real"]["mean"] > 0.9
     assert waves["melody"].shape == (3, int(0.5 * melody_lm.sample_rate))
-    assert report["melody_minus_text"]["n"] == 3 and set(report["text_adherence"]) == {"tempo", "key"}
+    assert report["melody_minus_text"]["n"] == 3 and set(report["text_adherence"]) == {"tempo", "key", "mulan"}
+    mulan = report["text_adherence"]["mulan"]
+    assert mulan["melody"]["n"] == mulan["text"]["n"] == 3 and -1 <= mulan["melody"]["mean"] <= 1
     with pytest.raises(ValueError, match="at least 2"):
         evaluate_melody(melody_lm, lines[:1], seconds=0.5)

@@ -227,6 +227,9 @@ def melody(args: argparse.Namespace) -> dict:
     fmt = lambda s: f"{s['mean']:.3f} {s['interval']}" if s["mean"] is not None else "n/a"  # noqa: E731
     print("chroma match: " + "; ".join(f"{arm} {fmt(c[arm])}" for arm in c)
           + f"; melody - text {fmt(report['melody_minus_text'])}")
+    for metric, t in report["text_adherence"].items():
+        print(f"text adherence {metric}: melody {fmt(t['melody'])}; text {fmt(t['text'])}; "
+              f"melody - text {fmt(t['melody_minus_text'])}")
     print(f"wrote {out_dir}/melody.json")
     return report
 

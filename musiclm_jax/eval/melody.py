@@ -14,8 +14,9 @@ caption of the clip it came from, one seed per line):
     random      another held-out clip's real audio          chance level for this metric
     real        the line's own clip (the full arrangement)  what a perfect arrangement of the tune scores
 
-Text adherence of the melody and text arms (tempo within 5 %, octave-tolerant; MIREX key score) is reported beside
-it, so that the cost to the text is visible. Intervals are percentile bootstraps over lines; paired differences are
+Text adherence of the melody and text arms (tempo within 5 %, octave-tolerant; MIREX key score; MuLan text-audio
+cosine, the suite's MCC, for what the caption says about genre, instrument and mood) is reported beside it, so that
+the cost to the text is visible. Intervals are percentile bootstraps over lines; paired differences are
 over the same lines.
 """
 from __future__ import annotations
@@ -108,8 +109,12 @@ def evaluate_melody(lm, lines: list[dict], *, seconds: float, batch_size: int = 
     m, t = report["chroma_match"]["melody"]["mean"], report["chroma_match"]["text"]["mean"]
     report["ratio_melody_to_text"] = (m / t) if m is not None and t else None
     adherence = {arm: [text_adherence(w, sr, x) for w, x in zip(waves[arm], lines)] for arm in ("melody", "text")}
+    captions = [x["caption"] for x in lines]
+    for arm in adherence:   # MuLan text-audio cosine (the MCC of the eval suite): what the caption says beyond tempo/key
+        for a, score in zip(adherence[arm], lm.mulan_scores(captions, np.stack(waves[arm]))):
+            a["mulan"] = float(score)
     report["text_adherence"] = {}
-    for metric in ("tempo", "key"):
+    for metric in ("tempo", "key", "mulan"):
         vals = {arm: np.asarray([a.get(metric, np.nan) for a in adherence[arm]], np.float64) for arm in adherence}
         report["text_adherence"][metric] = {**{arm: _summary(v, seed) for arm, v in vals.items()},
                                             "melody_minus_text": _paired(vals["melody"], vals["text"], seed)}
