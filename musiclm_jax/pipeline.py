@@ -16,7 +16,8 @@ key (`decoding.sample_keys`, then stage and window), so a prompt's audio does no
 `generate(["a", "b"], d, seed=[3, 4])` gives `generate(["a"], d, seed=3)` and `generate(["b"], d, seed=4)`.
 
 Melody conditioning (a model whose musiclm.json sizes have melody_levels > 0 and a `melody/` embedder): the melody's
-tokens (`Melody.frame_tokens`, a time stream) condition the semantic stage window by window at the same seconds;
+tokens (`Melody.frame_tokens`, a time stream) condition the stages of `TokenSizes.melody_stages` (semantic, and
+by default coarse) window by window at the same seconds;
 past the melody's end, and without a melody, the melody part is "no melody" (UNCOND) and the text alone conditions.
 """
 from __future__ import annotations
@@ -84,7 +85,7 @@ class MusicLM:
         self.melody = melody
         if melody is not None and not sizes.has_melody:
             raise ValueError("a melody embedder was given but the token sizes have no melody conditioning "
-                             "(melody_levels = 0): this model's semantic stage does not read melody tokens")
+                             "(melody_levels = 0): this model's stages do not read melody tokens")
         if melody is not None and (melody.cfg.rvq_levels, melody.cfg.rvq_codebook_size) != (
                 sizes.melody_levels, sizes.melody_codes):
             raise ValueError(f"the melody embedder quantizes to {melody.cfg.rvq_levels} x "
@@ -318,17 +319,21 @@ class MusicLM:
             melody = rep(melody)
         melody_rate = self.melody.frame_rate if self.melody is not None else MELODY_RATE
 
-        def semantic_cond(a, b, done):
-            c = {"mulan": cond(done / self.semantic_rate)}
-            if self.sizes.has_melody:   # the melody frames of the window's seconds (training's crop rule)
-                m0 = math.floor(a / self.semantic_rate * melody_rate + 0.5)
-                n = max(1, round((b - a) / self.semantic_rate * melody_rate))
-                part = self.layouts["semantic"].no_melody(batch * ns, n)
+        def with_melody(stage, c, a_s, b_s):
+            """`c` + the melody frames of seconds [a_s, b_s) when `stage` reads them (training's crop rule)."""
+            if self.layouts[stage].has_melody:
+                m0 = math.floor(a_s * melody_rate + 0.5)
+                n = max(1, round((b_s - a_s) * melody_rate))
+                part = self.layouts[stage].no_melody(batch * ns, n)
                 if melody is not None and m0 < melody.shape[1]:
                     got = melody[:, m0:m0 + n]
                     part[:, :got.shape[1]] = got
                 c["melody"] = part
             return c
+
+        def semantic_cond(a, b, done):
+            return with_melody("semantic", {"mulan": cond(done / self.semantic_rate)}, a / self.semantic_rate,
+                               b / self.semantic_rate)
         n_sem, n_ac = self._frames(duration_s)
         key = _seed_keys(seed, batch, ns)
         sem_per_ac = self.semantic_rate / self.acoustic_rate
@@ -345,7 +350,9 @@ class MusicLM:
 
         def coarse_cond(a, b, done):
             s0, s1 = round(a * sem_per_ac), min(round(b * sem_per_ac), n_sem)
-            return {"mulan": cond(done / self.acoustic_rate), "semantic": out["semantic"][:, s0:s1]}
+            return with_melody("coarse", {"mulan": cond(done / self.acoustic_rate),
+                                          "semantic": out["semantic"][:, s0:s1]}, a / self.acoustic_rate,
+                               b / self.acoustic_rate)
         t0 = time.perf_counter()
         out["coarse"] = self._decode_stage("coarse", n_ac, self.acoustic_rate, self.windows.coarse_s, coarse_cond,
                                            known.get("coarse"), decoding.fold_in(key, 1), temperatures[1],

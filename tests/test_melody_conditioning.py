@@ -2,6 +2,7 @@
 "no melody" as UNCOND), their own conditioning dropout, the optional fourth tokenizer, a tiny stage LM that learns
 to read them, generation with a melody (deterministic by seed, the melody changes the tokens), the melody
 adherence metric, and one-line errors for bad melodies."""
+import dataclasses
 import json
 
 import jax
@@ -32,10 +33,15 @@ def _tone_melody(seconds, notes=(60, 64, 67, 72), sr=SR):
 
 def test_melody_layout_round_trips_with_ids_in_range():
     sem, coarse = st.StageLayout("semantic", st.TINY_MELODY), st.StageLayout("coarse", st.TINY_MELODY)
-    plain = st.StageLayout("semantic", st.TINY)
-    # melody streams come after the others: MuLan and semantic ids do not move, the coarse stage is unchanged
+    plain, plain_coarse = st.StageLayout("semantic", st.TINY), st.StageLayout("coarse", st.TINY)
+    # melody streams come after a stage's others: no MuLan, semantic or acoustic id moves
     assert {k: v for k, v in sem.streams.items() if not k.startswith("melody")} == plain.streams
-    assert coarse.streams == st.StageLayout("coarse", st.TINY).streams and not coarse.has_melody
+    assert {k: v for k, v in coarse.streams.items() if not k.startswith("melody")} == plain_coarse.streams
+    assert coarse.has_melody and not st.StageLayout("fine", st.TINY_MELODY).has_melody
+    semantic_only = dataclasses.replace(st.TINY_MELODY, melody_stages=["semantic"])   # a list, as musiclm.json has
+    assert semantic_only.melody_stages == ("semantic",) and hash(semantic_only)
+    assert st.StageLayout("coarse", semantic_only).streams == plain_coarse.streams
+    assert not st.StageLayout("coarse", semantic_only).has_melody
     r = np.random.default_rng(0)
     m = r.integers(0, 8, (3, 2))
     mel = r.integers(0, 8, (3, 5, 2))
@@ -43,9 +49,9 @@ def test_melody_layout_round_trips_with_ids_in_range():
     s = r.integers(0, 16, (3, 7))
     inputs, targets = sem.build(mulan=m, semantic=s, melody=mel)
     assert inputs.shape == (3, 2 + 5 * 2 + 1) and inputs[0, -1] == st.SEP
-    start, stop = sem.melody_span()
-    part = inputs[:, start:inputs.shape[1] + stop]
-    assert part.shape == (3, 10)
+    part = inputs[:, 2:-1]   # [M | melody | SEP]
+    lo, hi = sem.melody_ids()
+    assert (lo, hi) == (sem.streams["melody0"][0], sem.streams["melody1"][1]) and part.shape == (3, 10)
     for q in range(2):
         lo, hi = sem.streams[f"melody{q}"]
         ids = part[:, q::2]
@@ -67,6 +73,22 @@ def test_melody_layout_round_trips_with_ids_in_range():
         sem.build_inputs(mulan=m, melody=mel + 8)
     with pytest.raises(ValueError, match="both be 0"):
         st.TokenSizes(melody_levels=2)
+    with pytest.raises(ValueError, match="melody_stages"):
+        st.TokenSizes(melody_levels=2, melody_codes=8, melody_stages=("fine",))
+    # the coarse stage: [M | S | melody | SEP], so the semantic tokens keep their positions (time-aligned reading)
+    a = r.integers(0, 16, (3, 7, 4))
+    c_in, c_tg = coarse.build(mulan=m, semantic=s, acoustic=a, melody=mel)
+    p_in, p_tg = plain_coarse.build(mulan=m, semantic=s, acoustic=a)
+    np.testing.assert_array_equal(c_in[:, :2 + 7], p_in[:, :-1])
+    flat, levels = mel.reshape(3, -1), np.tile(np.arange(2), 5)
+    np.testing.assert_array_equal(np.where(flat >= 0, c_in[:, 2 + 7:-1] - coarse.offset("melody0") - levels * 8, -1),
+                                  flat)
+    assert (c_in[:, 2 + 7:-1][flat < 0] == st.UNCOND).all()
+    np.testing.assert_array_equal(c_tg, p_tg)
+    with pytest.raises(ValueError, match="coarse stage is melody-conditioned"):
+        coarse.build(mulan=m, semantic=s, acoustic=a)
+    with pytest.raises(ValueError, match="not supported"):
+        coarse.aligned_ids(c_in, 8)
 
 
 def test_melody_dropout_is_its_own_and_spares_the_text():
@@ -77,7 +99,7 @@ def test_melody_dropout_is_its_own_and_spares_the_text():
                                    melody=r.integers(0, 8, (256, 3, 2)))
     batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
     fam = TokenLM(cfg, uncond_prob=0.2, uncond_span=layout.cond_span(), uncond_id=st.UNCOND, melody_prob=0.5,
-                  melody_span=layout.melody_span())
+                  melody_ids=layout.melody_ids())
     out = np.asarray(fam.drop_conditioning(batch, jax.random.key(0))["inputs"])
     text_dropped = (out[:, :2] == st.UNCOND).all(1)
     melody_dropped = (out[:, 2:-1] == st.UNCOND).all(1)
@@ -91,8 +113,18 @@ def test_melody_dropout_is_its_own_and_spares_the_text():
     text_only = TokenLM(cfg, uncond_prob=0.2, uncond_span=layout.cond_span(), uncond_id=st.UNCOND)
     np.testing.assert_array_equal(np.asarray(text_only.drop_conditioning(batch, jax.random.key(0))["inputs"])[:, :2],
                                   out[:, :2])
-    with pytest.raises(ValueError, match="melody_span"):
+    with pytest.raises(ValueError, match="melody_ids"):
         TokenLM(cfg, melody_prob=0.3)
+    # the coarse stage's melody sits after its semantic tokens: found by id, the semantic tokens untouched
+    coarse = st.StageLayout("coarse", st.TINY_MELODY)
+    c_in, _ = coarse.build(mulan=r.integers(0, 8, (256, 2)), semantic=r.integers(0, 16, (256, 4)),
+                           acoustic=r.integers(0, 16, (256, 4, 4)), melody=r.integers(0, 8, (256, 3, 2)))
+    c_fam = TokenLM(tr.preset("tiny", vocab_size=coarse.vocab_size, max_len=64, dtype="float32"),
+                    uncond_id=st.UNCOND, melody_prob=0.5, melody_ids=coarse.melody_ids())
+    c_out = np.asarray(c_fam.drop_conditioning({"inputs": jnp.asarray(c_in)}, jax.random.key(0))["inputs"])
+    assert (c_out[:, :6] == c_in[:, :6]).all() and (c_out[:, -1] == st.SEP).all()
+    dropped = (c_out[:, 6:-1] == st.UNCOND).all(1)
+    assert 0.4 < dropped.mean() < 0.6 and ((c_out[:, 6:-1] == c_in[:, 6:-1]).all(1) | dropped).all()
     packed = {"decoder_target_tokens": jnp.ones((2, 8), jnp.int32)}
     with pytest.raises(ValueError, match="unpacked"):
         fam.drop_conditioning(packed, jax.random.key(0))
@@ -167,8 +199,8 @@ def test_tiny_melody_stage_learns_to_read_the_melody(tmp_path):
         logits = np.asarray(model(x, prefix_len=jnp.full((32,), inputs.shape[1])))[:, inputs.shape[1] - 1:]
         return float((logits.argmax(-1) == batch["targets"]).mean())
     no_melody = batch["inputs"].copy()
-    start, stop = layout.melody_span()
-    no_melody[:, start:no_melody.shape[1] + stop] = st.UNCOND
+    lo, hi = layout.melody_ids()
+    no_melody[(no_melody >= lo) & (no_melody < hi)] = st.UNCOND
     assert accuracy(batch["inputs"]) > accuracy(no_melody) + 0.2
 
 
@@ -190,6 +222,10 @@ def test_generation_with_a_melody_is_seeded_and_follows_the_tokens(melody_lm):
     g4 = lm.generate_from_tokens(mulan, 0.4, melody=mel, seed=[3, 3, 3], progress=False)
     sem = g4.tokens["semantic"][:, 0]
     assert not np.array_equal(sem[0], sem[1]) and not np.array_equal(sem[0], sem[2])
+    # the coarse stage reads them too: the same semantic tokens, other melody tokens -> other coarse codes
+    fixed = np.repeat(g4.tokens["semantic"][:1, 0], 3, axis=0)
+    g5 = lm.generate_from_tokens(mulan, 0.4, semantic=fixed, melody=mel, seed=[3, 3, 3], progress=False)
+    assert not np.array_equal(g5.tokens["coarse"][0], g5.tokens["coarse"][1])
     text_only = lm.generate_full(["x"], duration_s=0.4, seed=3, progress=False)
     assert np.isfinite(text_only.waves).all() and text_only.waves.shape == g1.waves.shape
 
@@ -255,3 +291,37 @@ def test_evaluate_melody_reports_every_arm_with_paired_differences(melody_lm):
     assert mulan["melody"]["n"] == mulan["text"]["n"] == 3 and -1 <= mulan["melody"]["mean"] <= 1
     with pytest.raises(ValueError, match="at least 2"):
         evaluate_melody(melody_lm, lines[:1], seconds=0.5)
+
+
+def test_warm_start_grows_a_trained_stage_vocabulary_for_melody_tokens(tmp_path):
+    """A trained text-only coarse stage starts a melody-conditioned one (`train.init_grow`): every weight is the trained
+    one where the shapes overlap; only the new melody ids' rows keep their fresh initialisation."""
+    from musiclm_jax.train.data import SyntheticTokens
+    from musiclm_jax.train.trainer import train
+
+    plain, melody = st.StageLayout("coarse", st.TINY), st.StageLayout("coarse", st.TINY_MELODY)
+    assert melody.vocab_size > plain.vocab_size
+    family = lambda layout: TokenLM(tr.preset("tiny", vocab_size=layout.vocab_size, max_len=32,  # noqa: E731
+                                              dtype="float32"))
+    data = lambda split, **kw: SyntheticTokens(vocab_size=plain.vocab_size, length=16, split=split, **kw)  # noqa: E731
+    opts = dict(dataset=data, eval_dataset=None, batch_size=8, async_checkpoints=False, progress=False,
+                tensorboard=False, checkpoint_period=2)
+    first = train(family(plain), model_dir=str(tmp_path / "plain"), num_steps=2, **opts)
+    with pytest.raises(ValueError, match="cannot warm-start"):
+        train(family(melody), model_dir=str(tmp_path / "strict"), num_steps=2, max_steps_this_run=0,
+              init_from=str(tmp_path / "plain"), **opts)
+    fresh = train(family(melody), model_dir=str(tmp_path / "fresh"), num_steps=2, max_steps_this_run=0, **opts)
+    warm = train(family(melody), model_dir=str(tmp_path / "grown"), num_steps=2, max_steps_this_run=0,
+                 init_from=str(tmp_path / "plain"), init_grow=True, **opts)
+    old, new, init = (jax.device_get(r["state"]["params"]) for r in (first, warm, fresh))
+    grown = 0
+    for a, b, c in zip(jax.tree.leaves(old), jax.tree.leaves(new), jax.tree.leaves(init)):
+        a, b, c = np.asarray(a), np.asarray(b), np.asarray(c)
+        overlap = tuple(slice(0, n) for n in a.shape)
+        np.testing.assert_array_equal(b[overlap], a)
+        if a.shape != b.shape:
+            grown += 1
+            rest = np.ones(b.shape, bool)
+            rest[overlap] = False
+            np.testing.assert_array_equal(b[rest], c[rest])
+    assert grown >= 1

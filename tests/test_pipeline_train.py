@@ -25,7 +25,8 @@ def clean_gin():
 
 SIZES = {"tiny": st.TINY, "paper": st.PAPER, "quickstart": st.QUICKSTART, "tiny_melody": st.TINY_MELODY,
          "quickstart_melody": st.QUICKSTART_MELODY}
-MELODY_EXPERIMENTS = ["stage_semantic_quickstart_melody.gin", "stage_semantic_tiny_melody.gin"]
+MELODY_EXPERIMENTS = [f"stage_{stage}_{size}_melody.gin" for stage in ("semantic", "coarse")
+                      for size in ("quickstart", "tiny")]
 
 
 def test_all_stage_experiments_exist():
@@ -43,12 +44,13 @@ def test_stage_experiment_parses_with_layout_vocab_and_dropout(name):
     assert family.config.vocab_size == layout.vocab_size
     assert family.uncond_span == layout.cond_span() and family.uncond_id == st.UNCOND
     assert family.uncond_prob == (0.0 if stage == "fine" else 0.1)
-    assert family.melody_span == layout.melody_span()
+    assert family.melody_ids == layout.melody_ids()
     assert (family.melody_prob > 0) == layout.has_melody
-    if layout.has_melody:  # the inputs length is the crop's melody frames (2 Hz) after the MuLan tokens, + SEP
-        crop = gin.query_parameter("stage_crop_seconds.semantic")
+    if layout.has_melody:  # MuLan tokens, (coarse: the crop's 25 Hz semantic tokens), its 2 Hz melody frames, SEP
+        crop = gin.query_parameter(f"stage_crop_seconds.{stage}")
+        semantic = round(crop * 25) if stage == "coarse" else 0
         assert gin.query_parameter("stage_task_dataset.inputs_length") == (
-            sizes.mulan_levels + round(crop * 2) * sizes.melody_levels + 1)
+            sizes.mulan_levels + semantic + round(crop * 2) * sizes.melody_levels + 1)
     inputs_len = gin.query_parameter("stage_task_dataset.inputs_length")
     targets_len = gin.query_parameter("stage_task_dataset.targets_length")
     assert inputs_len + targets_len <= family.config.max_len

@@ -120,6 +120,15 @@ def test_melody_semantic_task_reads_its_crop_of_the_melody_stream(env, monkeypat
         m0 = int(np.floor(ex["crop_start_seconds"] * 2 + 0.5))
         want = layout.encode_melody(full[None, m0:m0 + frames])[0]
         np.testing.assert_array_equal(inputs[TINY_MELODY.mulan_levels:-1], want)
+    # the coarse task: [M | S | melody of its own crop's seconds | SEP]
+    coarse = StageLayout("coarse", TINY_MELODY)
+    cf = max(1, round(CROPS["coarse"] * 2))
+    for ex in list(seqio.get_mixture_or_task("tmel_coarse").get_dataset(
+            split="train", use_cached=False, shuffle=False, seed=0).as_numpy_iterator())[:2]:
+        full = _full_tokens(env, ex["clip_id"], melody=True)["melody_tokens"]
+        m0 = min(int(np.floor(ex["crop_start_seconds"] * 2 + 0.5)), len(full) - cf)
+        want = coarse.encode_melody(full[None, m0:m0 + cf])[0]
+        np.testing.assert_array_equal(ex["inputs"][-1 - len(want):-1], want)
     # a cache without melody tokens cannot feed a melody-conditioned task
     record = {"mulan": {"levels": 2, "codebook_size": 8}, "semantic": {"codebook_size": 16, "frame_rate": 25.0},
               "acoustic": {"levels": 4, "codebook_size": 16, "frame_rate": 50.0}}

@@ -29,22 +29,21 @@ class TokenLM(Family):
 
     def __init__(self, config: tr.TransformerConfig = gin.REQUIRED, z_loss: float = 0.0, bos_id: int = 0,
                  uncond_prob: float = 0.0, uncond_span: tuple[int, int] = (0, 0), uncond_id: int = 0,
-                 aligned=None, melody_prob: float = 0.0, melody_span: tuple[int, int] = (0, 0)):
+                 aligned=None, melody_prob: float = 0.0, melody_ids: tuple[int, int] = (0, 0)):
         """`uncond_prob`: classifier-free-guidance dropout; with this probability per example, training replaces
         positions [uncond_span) of `inputs` by `uncond_id` (the stage layouts: lm/stages.py cond_span, UNCOND).
         `aligned`: a StageLayout whose `aligned_ids(inputs, num_targets)` gives the time-aligned conditioning ids
         (with `config.aligned_inputs`; gin: `@stage_aligned()`), or None. `melody_prob`: melody-conditioning
-        dropout, drawn independently of the text's, over `melody_span` = (start, stop) of `inputs` where a stop
-        < 0 counts from the end (lm/stages.py melody_span: (Qm, -1), the melody part's length follows the crop)."""
+        dropout, drawn independently of the text's: the `inputs` ids in `melody_ids` = [lo, hi) become `uncond_id`
+        (lm/stages.py melody_ids: the stage's melody streams, wherever the prefix holds them)."""
         if not 0.0 <= uncond_prob < 1.0 or not 0.0 <= melody_prob < 1.0:
             raise ValueError(f"TokenLM.uncond_prob and melody_prob must be in [0, 1), got {uncond_prob}, "
                              f"{melody_prob}")
-        melody_span = tuple(int(v) for v in melody_span)
-        if melody_prob > 0 and not (len(melody_span) == 2 and 0 <= melody_span[0]
-                                    and (melody_span[1] < 0 or melody_span[0] < melody_span[1])):
-            raise ValueError(f"TokenLM.melody_prob > 0 needs melody_span=(start, stop) (gin: @stage_melody_span()), "
-                             f"got {melody_span}")
-        self.melody_prob, self.melody_span = float(melody_prob), melody_span
+        melody_ids = tuple(int(v) for v in melody_ids)
+        if melody_prob > 0 and not (len(melody_ids) == 2 and 0 < melody_ids[0] < melody_ids[1]):
+            raise ValueError(f"TokenLM.melody_prob > 0 needs melody_ids=(lo, hi), the melody id range (gin: "
+                             f"@stage_melody_ids()), got {melody_ids}")
+        self.melody_prob, self.melody_ids = float(melody_prob), melody_ids
         uncond_span = tuple(int(v) for v in uncond_span)
         if uncond_prob > 0 and not (len(uncond_span) == 2 and 0 <= uncond_span[0] < uncond_span[1]):
             raise ValueError(f"TokenLM.uncond_prob > 0 needs uncond_span=(start, stop) with 0 <= start < stop, "
@@ -127,7 +126,7 @@ class TokenLM(Family):
         key = jax.random.fold_in(rng, 0x5EED)
         if "decoder_target_tokens" in batch and self.melody_prob > 0:
             raise ValueError("melody-conditioning dropout reads unpacked batches ('inputs', 'targets'): train the "
-                             "melody-conditioned semantic stage with packing off")
+                             "melody-conditioned stage with packing off")
         if "decoder_target_tokens" in batch:
             if self.aligned is not None:
                 raise ValueError("time-aligned conditioning reads unpacked batches ('inputs', 'targets'): "
@@ -145,16 +144,17 @@ class TokenLM(Family):
         inputs = batch["inputs"]
         pos = jnp.arange(inputs.shape[1])[None, :]
         uncond = jnp.asarray(self.uncond_id, inputs.dtype)
-        for prob, (start, stop), salt in ((self.uncond_prob, self.uncond_span, 0),
-                                          (self.melody_prob, self.melody_span, 1)):
-            if prob == 0.0:
-                continue
-            stop = stop if stop >= 0 else inputs.shape[1] + stop
-            if stop > inputs.shape[1] or start >= stop:
+        if self.uncond_prob > 0:
+            start, stop = self.uncond_span
+            if stop > inputs.shape[1]:
                 raise ValueError(f"TokenLM conditioning span ({start}, {stop}) does not fit the inputs length "
                                  f"{inputs.shape[1]}")
-            drop = jax.random.bernoulli(jax.random.fold_in(key, salt) if salt else key, prob, (inputs.shape[0], 1))
+            drop = jax.random.bernoulli(key, self.uncond_prob, (inputs.shape[0], 1))
             inputs = jnp.where(drop & (pos >= start) & (pos < stop), uncond, inputs)
+        if self.melody_prob > 0:   # its own draw: a row may keep the text and lose the melody, or the reverse
+            lo, hi = self.melody_ids
+            drop = jax.random.bernoulli(jax.random.fold_in(key, 1), self.melody_prob, (inputs.shape[0], 1))
+            inputs = jnp.where(drop & (inputs >= lo) & (inputs < hi), uncond, inputs)
         return {**batch, "inputs": inputs}
 
     def loss(self, models, batch, rng):

@@ -8,15 +8,18 @@
 
 Every stage has its own id space: 4 special ids, then one id range per token stream, in this order:
 
-    semantic stage  M (+ Mel) -> S   [specials | MuLan level 0 .. Qm-1 | semantic | melody level 0 .. Ql-1]
-    coarse stage    M + S -> A[:Qc]  [specials | MuLan level 0 .. Qm-1 | semantic | acoustic level 0 .. Qc-1]
+    semantic stage  M (+ Mel) -> S   [specials | MuLan level 0 .. Qm-1 | semantic | (melody level 0 .. Ql-1)]
+    coarse stage    M + S (+ Mel) -> A[:Qc]
+                                     [specials | MuLan 0 .. Qm-1 | semantic | acoustic 0 .. Qc-1 | (melody 0 .. Ql-1)]
     fine stage      A[:Qc] -> A[Qc:] [specials | acoustic level 0 .. Q-1]
 
 so a MuLan or semantic token has the same id in the semantic and coarse stages. Melody conditioning (TokenSizes
-melody_levels > 0; the paper's melody tokens) adds its streams to the semantic stage only, after the others (so the
-other ids do not move): its prefix is M, then the melody tokens of the crop's time (frame-major), then SEP. The
-coarse stage hears the melody through the semantic tokens it is conditioned on. A melody code of -1 means "no
-melody" and becomes UNCOND: text-only generation, and what `TokenLM.melody_prob` dropout trains for. `inputs` is the conditioning
+melody_levels > 0; the paper's melody tokens, which it concatenates with the MuLan tokens) adds its streams to the
+stages named by `TokenSizes.melody_stages` (default semantic and coarse, as the paper; ("semantic",) leaves the
+coarse stage to hear the melody through the semantic tokens only), after that stage's other streams (so no other id
+moves): the melody tokens of the crop's time (frame-major) come last in the prefix, before SEP. A melody code of -1
+means "no melody" and becomes UNCOND: text-only generation, and what `TokenLM.melody_prob` dropout trains for (it
+finds the melody by its ids, `melody_ids()`). `inputs` is the conditioning
 prefix followed by SEP (the TokenLM attends to it bidirectionally; SEP's logits predict the first target).
 Acoustic tokens are flattened frame-major: t0q0 t0q1 .. t0q{n-1} t1q0 ... Targets have a fixed length (no EOS).
 
@@ -52,11 +55,19 @@ class TokenSizes:
     codec_codes: int = 1024
     coarse_levels: int = 4
     vocab_multiple: int = 128  # stage vocab sizes are rounded up to this (MXU-friendly embedding tables)
-    melody_levels: int = 0     # melody conditioning of the semantic stage (paper: 24 x 512); 0 = none
+    melody_levels: int = 0     # melody conditioning (paper: 24 x 512); 0 = none
     melody_codes: int = 0
+    melody_stages: tuple[str, ...] = ("semantic", "coarse")   # the stages whose prefix reads the melody tokens
 
     def __post_init__(self):
+        stages = self.melody_stages
+        object.__setattr__(self, "melody_stages", tuple(stages) if isinstance(stages, (list, tuple)) else stages)
+        if (not isinstance(self.melody_stages, tuple) or not self.melody_stages
+                or not set(self.melody_stages) <= {"semantic", "coarse"}):
+            raise ValueError(f"TokenSizes.melody_stages must name 'semantic' and/or 'coarse', got {stages!r}")
         for f in dataclasses.fields(self):
+            if f.name == "melody_stages":
+                continue
             v = getattr(self, f.name)
             low = 0 if f.name.startswith("melody_") else 1
             if not isinstance(v, int) or v < low:
@@ -85,7 +96,7 @@ TINY = TokenSizes(mulan_levels=2, mulan_codes=8, semantic_codes=16, codec_levels
 # tiny w2v-BERT, the first 4 levels of the frame-rate codec's 8 x 1024, of which 2 coarse.
 QUICKSTART = TokenSizes(mulan_levels=4, mulan_codes=16, semantic_codes=64, codec_levels=4, codec_codes=1024,
                         coarse_levels=2, vocab_multiple=1)
-# The same with melody conditioning of the semantic stage: the tiny random melody embedder's 2 x 8 tokens
+# The same with melody conditioning (semantic and coarse stages): the tiny random melody embedder's 2 x 8 tokens
 # (melody.api.tiny_config), and gin/models/melody_tiny.gin's 4 x 64.
 TINY_MELODY = dataclasses.replace(TINY, melody_levels=2, melody_codes=8)
 QUICKSTART_MELODY = dataclasses.replace(QUICKSTART, melody_levels=4, melody_codes=64)
@@ -131,12 +142,12 @@ class StageLayout:
         if self.stage in ("semantic", "coarse"):
             sizes += [(f"mulan{q}", s.mulan_codes) for q in range(s.mulan_levels)]
             sizes += [("semantic", s.semantic_codes)]
-        if self.stage == "semantic" and s.has_melody:
-            sizes += [(f"melody{q}", s.melody_codes) for q in range(s.melody_levels)]
         if self.stage == "coarse":
             sizes += [(f"acoustic{q}", s.codec_codes) for q in range(s.coarse_levels)]
         if self.stage == "fine":
             sizes += [(f"acoustic{q}", s.codec_codes) for q in range(s.codec_levels)]
+        if self.has_melody:
+            sizes += [(f"melody{q}", s.melody_codes) for q in range(s.melody_levels)]
         out, start = {}, NUM_SPECIAL
         for name, n in sizes:
             out[name] = (start, start + n)
@@ -179,13 +190,15 @@ class StageLayout:
 
     @property
     def has_melody(self) -> bool:
-        """Whether this stage's prefix holds melody tokens (the semantic stage of a melody-conditioned layout)."""
-        return self.stage == "semantic" and self.sizes.has_melody
+        """Whether this stage's prefix holds melody tokens (melody_levels > 0 and the stage in melody_stages)."""
+        return self.sizes.has_melody and self.stage in self.sizes.melody_stages
 
-    def melody_span(self) -> tuple[int, int]:
-        """[start, stop) of the melody tokens inside `inputs`, stop counted from the end (-1: SEP excluded), for
-        `TokenLM.melody_span`; (0, 0) when the stage has none. The melody part's length follows the crop."""
-        return (self.sizes.mulan_levels, -1) if self.has_melody else (0, 0)
+    def melody_ids(self) -> tuple[int, int]:
+        """[lo, hi) of this stage's melody token ids, for `TokenLM.melody_ids` (melody dropout finds the melody
+        tokens by id, wherever the prefix holds them); (0, 0) when the stage has none."""
+        if not self.has_melody:
+            return (0, 0)
+        return (self.offset("melody0"), self.streams[f"melody{self.sizes.melody_levels - 1}"][1])
 
     # -- building sequences ------------------------------------------------------------------------------------
     def _xp(self, x):
@@ -218,7 +231,7 @@ class StageLayout:
         """Raw melody tokens [b, frames, Ql] (-1: no melody) -> frame-major ids [b, frames * Ql]; -1 -> UNCOND."""
         if not self.has_melody:
             raise ValueError(f"the {self.stage} stage of these token sizes has no melody conditioning (TokenSizes "
-                             "melody_levels = 0, or not the semantic stage)")
+                             "melody_levels = 0, or the stage is not in melody_stages)")
         s = self.sizes
         xp = self._xp(melody)
         melody = xp.asarray(melody)
@@ -247,14 +260,14 @@ class StageLayout:
         return xp.full((x.shape[0], 1), SEP, xp.int32)
 
     def build_inputs(self, *, mulan=None, semantic=None, coarse=None, melody=None):
-        """The conditioning prefix (ends with SEP): semantic: M (+ melody [b, frames, Ql] when the layout has
-        melody conditioning: required, -1 codes for none); coarse: M, S; fine: A[:, :, :Qc] (`coarse`)."""
+        """The conditioning prefix (ends with SEP): semantic: M; coarse: M, S; then melody [b, frames, Ql] when the
+        stage is melody-conditioned (required, -1 codes for none); fine: A[:, :, :Qc] (`coarse`)."""
         if melody is not None and not self.has_melody:
             raise ValueError(f"the {self.stage} stage of these token sizes takes no melody tokens (TokenSizes "
-                             "melody_levels = 0, or not the semantic stage)")
+                             "melody_levels = 0, or the stage is not in melody_stages)")
         if self.has_melody and melody is None:
-            raise ValueError("this semantic stage is melody-conditioned: pass melody=[b, frames, Ql] (all -1 for "
-                             "text only: layout.no_melody(batch, frames))")
+            raise ValueError(f"this {self.stage} stage is melody-conditioned: pass melody=[b, frames, Ql] (all -1 "
+                             "for text only: layout.no_melody(batch, frames))")
         if self.stage == "fine":
             if coarse is None:
                 raise ValueError("the fine stage is conditioned on the coarse codes: pass coarse=[b, frames, Qc]")
@@ -264,10 +277,10 @@ class StageLayout:
                 raise ValueError(f"the {self.stage} stage needs mulan=[b, Qm]"
                                  f"{' and semantic=[b, frames]' if self.stage == 'coarse' else ''}")
             parts = [self.encode_mulan(mulan)]
-            if self.has_melody:
-                parts.append(self.encode_melody(melody))
             if self.stage == "coarse":
                 parts.append(self.encode_semantic(semantic))
+            if self.has_melody:
+                parts.append(self.encode_melody(melody))
         xp = self._xp(parts[0])
         return xp.concatenate(parts + [self._sep(parts[0])], axis=1)
 
@@ -298,14 +311,15 @@ class StageLayout:
     def build(self, *, mulan=None, semantic=None, acoustic=None, melody=None):
         """(inputs, targets) for training from raw token arrays of one aligned crop.
 
-        semantic: mulan [b, Qm], semantic [b, Ts] (+ melody [b, F, Ql] when melody-conditioned); coarse: +
-        acoustic [b, Ta, >= Qc]; fine: acoustic [b, Ta, Q]."""
+        semantic: mulan [b, Qm], semantic [b, Ts]; coarse: + acoustic [b, Ta, >= Qc]; both + melody [b, F, Ql] when
+        the stage is melody-conditioned; fine: acoustic [b, Ta, Q]."""
         if self.stage == "semantic":
             return self.build_inputs(mulan=mulan, melody=melody), self.build_targets(semantic=semantic)
         if acoustic is None or np.ndim(acoustic) != 3:
             raise ValueError(f"the {self.stage} stage needs acoustic=[b, frames, levels] codec codes")
         if self.stage == "coarse":
-            return self.build_inputs(mulan=mulan, semantic=semantic), self.build_targets(acoustic=acoustic)
+            return (self.build_inputs(mulan=mulan, semantic=semantic, melody=melody),
+                    self.build_targets(acoustic=acoustic))
         if np.shape(acoustic)[-1] != self.sizes.codec_levels:
             raise ValueError(f"the fine stage needs all {self.sizes.codec_levels} codec levels, got "
                              f"{np.shape(acoustic)[-1]}")
@@ -323,6 +337,9 @@ class StageLayout:
         if self.stage != "coarse":
             raise ValueError(f"time-aligned conditioning is defined for the coarse stage (semantic tokens over "
                              f"acoustic frames), not the {self.stage} stage")
+        if self.has_melody:
+            raise ValueError("time-aligned conditioning of a melody-conditioned coarse stage is not supported: use "
+                             "TokenSizes.melody_stages = ('semantic',) with ALIGNED")
         xp = self._xp(inputs)
         inputs = xp.asarray(inputs)
         k, start = self.tokens_per_frame, self.sizes.mulan_levels
@@ -380,9 +397,9 @@ def stage_cond_span(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None) 
 
 
 @gin.configurable
-def stage_melody_span(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None) -> tuple[int, int]:
-    """`TokenLM.melody_span = @stage_melody_span()`: where melody-conditioning dropout writes UNCOND."""
-    return StageLayout(stage, sizes or TokenSizes()).melody_span()
+def stage_melody_ids(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None) -> tuple[int, int]:
+    """`TokenLM.melody_ids = @stage_melody_ids()`: the ids melody-conditioning dropout turns into UNCOND."""
+    return StageLayout(stage, sizes or TokenSizes()).melody_ids()
 
 
 @gin.configurable

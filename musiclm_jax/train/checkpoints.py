@@ -158,7 +158,7 @@ def _prune(tree: dict, drop: Sequence[str]) -> dict:
     return walk(tree, "")
 
 
-def _int_keys(tree: dict, saved_shapes: dict) -> dict:
+def int_keys(tree: dict, saved_shapes: dict) -> dict:
     """A tree restored without a target has its integer keys (layer lists) as strings: give them back their type,
     as the saved signature spells them."""
     def walk(node, path):
@@ -232,7 +232,7 @@ def merge_inference(a_dir: str, b_dir: str, lam: float, dst_dir: str) -> dict:
         raise ValueError(f"--lam must be in [0, 1] (0 gives the first model, 1 the second), got {lam}")
     step, meta_a, a = read_inference_state(a_dir)
     _, meta_b, b = read_inference_state(b_dir)
-    a, b = _int_keys(a, meta_a["shapes"]), _int_keys(b, meta_b["shapes"])
+    a, b = int_keys(a, meta_a["shapes"]), int_keys(b, meta_b["shapes"])
     sig_a, sig_b = tree_signature(a), tree_signature(b)
     if sig_a != sig_b:
         diff = sorted(set(sig_a) ^ set(sig_b)) or [k for k in sig_a if sig_a[k] != sig_b[k]]
@@ -270,7 +270,7 @@ def export_inference(src_dir: str, dst_dir: str, *, drop: Sequence[str] = (), ex
     checkpoints, e.g. a k-means, a quantizer, metrics). Needs no
     model code: arrays are read as saved. Returns {"step", "bytes", "dropped"}."""
     step, meta, kept = read_inference_state(src_dir)
-    kept = _int_keys(_prune(kept, drop), meta["shapes"])
+    kept = int_keys(_prune(kept, drop), meta["shapes"])
     if extra_files is None:  # everything beside the checkpoints: configs, k-means, quantizer, metrics
         extra_files = [n for n in sorted(os.listdir(src_dir)) if n != "checkpoints"]
     _write_inference(dst_dir, step, kept, meta, {"dropped": list(drop), "exported_from": src_dir, **(note or {})})

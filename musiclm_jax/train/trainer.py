@@ -174,11 +174,16 @@ class Trainer:
         return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             self.abstract_state, self.state_shardings)
 
-    def warm_start(self, state: dict, model_dir: str) -> dict:
+    def warm_start(self, state: dict, model_dir: str, grow: bool = False) -> dict:
         """`state` with its params and rest taken from the latest checkpoint of `model_dir` (a training or an exported
-        one, same architecture): fine-tuning starts there, with this run's fresh optimizer state and step 0."""
+        one, same architecture): fine-tuning starts there, with this run's fresh optimizer state and step 0.
+        `grow`: a leaf may also be larger than the saved one along some axes (a vocabulary grown by new token
+        streams, e.g. melody tokens added to a trained stage LM): it gets the saved values in its leading slice and
+        keeps this run's fresh initialisation in the rest."""
         from musiclm_jax.train.checkpoints import restore_for_inference
 
+        if grow:
+            return {**state, **self._grown(state, model_dir)}
         abstract = self.abstract_target()
         try:
             restored, meta, step = restore_for_inference(model_dir, abstract)
@@ -189,6 +194,34 @@ class Trainer:
             raise ValueError(f"cannot warm-start from {model_dir}: it was exported without {meta['dropped']}")
         log.info("warm start: params of %s (step %d)", model_dir, step)
         return {**state, "params": restored["params"], "rest": restored["rest"]}
+
+    def _grown(self, state: dict, model_dir: str) -> dict:
+        from musiclm_jax.train.checkpoints import int_keys, read_inference_state
+
+        step, meta, saved = read_inference_state(model_dir)
+        if meta.get("dropped"):
+            raise ValueError(f"cannot warm-start from {model_dir}: it was exported without {meta['dropped']}")
+        saved = {jax.tree_util.keystr(p): v for p, v in jax.tree.leaves_with_path(int_keys(saved, meta["shapes"]))}
+        grown = []
+
+        def take(path, fresh):
+            key = jax.tree_util.keystr(path)
+            if key not in saved:
+                raise ValueError(f"cannot warm-start from {model_dir}: it has no {key} (another family?)")
+            old = np.asarray(saved[key])
+            if old.shape != fresh.shape:
+                if old.ndim != fresh.ndim or any(a > b for a, b in zip(old.shape, fresh.shape)):
+                    raise ValueError(f"cannot warm-start from {model_dir}: {key} is {list(old.shape)} there and "
+                                     f"{list(fresh.shape)} here (only growing axes can be filled)")
+                new = np.array(jax.device_get(fresh))
+                new[tuple(slice(0, n) for n in old.shape)] = old
+                old = new
+                grown.append(f"{key} {list(saved[key].shape)} -> {list(fresh.shape)}")
+            return jax.device_put(old.astype(fresh.dtype), fresh.sharding)
+
+        out = jax.tree_util.tree_map_with_path(take, {"params": state["params"], "rest": state["rest"]})
+        log.info("warm start: params of %s (step %d); grown: %s", model_dir, step, "; ".join(grown) or "none")
+        return out
 
     def ensure_rng_state(self) -> None:
         """RNG streams stored in modules are not trained state; after a restore they are rebuilt from the seed."""
@@ -403,14 +436,15 @@ def train(family: Family = gin.REQUIRED, *, model_dir: str = gin.REQUIRED, datas
           mesh_fn: Callable = partitioning.make_mesh, rules_fn: Callable = partitioning.logical_axis_rules,
           optimizer: Callable[[], Optimizer] = make_optimizer, peak_flops: float | None = None,
           progress: bool = True, tensorboard: bool = True, max_steps_this_run: int | None = None,
-          rng_impl: str = "threefry2x32", init_from: str | None = None) -> dict:
+          rng_impl: str = "threefry2x32", init_from: str | None = None, init_grow: bool = False) -> dict:
     """Trains `family` to `num_steps` (resuming from `model_dir` when it holds a checkpoint) -> summary dict.
 
     `dataset(split=, batch_size=, seed=, shard_index=, num_shards=)` returns this host's iterator with
     `get_state()` / `set_state()`; `batch_size` is global. `max_steps_this_run` stops early (tests, time slices).
     Metrics go to `<model_dir>/metrics.jsonl` always and to TensorBoard (`<model_dir>/tb`, via clu) if `tensorboard`.
     `init_from`: a checkpoint dir (training or exported) whose params start a run that has none of its own yet
-    (T5X's initial checkpoint; a resumed run ignores it).
+    (T5X's initial checkpoint; a resumed run ignores it). `init_grow`: leaves larger than the saved ones (a grown
+    vocabulary) are filled where they overlap (`Trainer.warm_start(grow=True)`).
     """
     from tqdm import tqdm
 
@@ -430,7 +464,7 @@ def train(family: Family = gin.REQUIRED, *, model_dir: str = gin.REQUIRED, datas
     else:
         state = trainer.init_state()
         if init_from:
-            state = trainer.warm_start(state, init_from)
+            state = trainer.warm_start(state, init_from, grow=init_grow)
     step = int(jax.device_get(state["step"]))
     log.info("%s: %d parameters, mesh %s", family.name, trainer.num_params(), dict(trainer.mesh.shape))
 
