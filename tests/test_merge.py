@@ -18,7 +18,7 @@ def _perturbed_copy(src: pathlib.Path, dst: pathlib.Path, parts=export.STAGES, s
     shutil.copytree(src, dst)
     for i, part in enumerate(parts):
         step, meta, state = checkpoints.read_inference_state(str(dst / part))
-        state = checkpoints._int_keys(state, meta["shapes"])
+        state = checkpoints.int_keys(state, meta["shapes"])
         rng = np.random.default_rng(i)
         moved = jax.tree.map(lambda x: (np.asarray(x) + scale * rng.normal(size=np.shape(x))).astype(np.asarray(x).dtype)
                              if np.issubdtype(np.asarray(x).dtype, np.floating) else np.asarray(x), state)
@@ -29,7 +29,7 @@ def _perturbed_copy(src: pathlib.Path, dst: pathlib.Path, parts=export.STAGES, s
 
 def _leaves(model_dir) -> list[np.ndarray]:
     _, meta, state = checkpoints.read_inference_state(str(model_dir))
-    return [np.asarray(x) for x in jax.tree.leaves(checkpoints._int_keys(state, meta["shapes"]))]
+    return [np.asarray(x) for x in jax.tree.leaves(checkpoints.int_keys(state, meta["shapes"]))]
 
 
 @pytest.fixture(scope="module")
