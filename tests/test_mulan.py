@@ -184,12 +184,12 @@ def test_bad_config_values():
         MuLanModel(dataclasses.replace(tiny_config(), audio=dataclasses.replace(AUDIO, block="wide")), nnx.Rngs(0))
 
 
-def _params_of_gin(path):
+def _params_of_gin(path, bindings=()):
     from musiclm_jax.train import gin_utils
 
     gin.clear_config()
     try:
-        gin_utils.parse_config([path])
+        gin_utils.parse_config([path], bindings)
         family = MuLanFamily()
     finally:
         gin.clear_config()
@@ -230,3 +230,12 @@ def test_text_separation_reports_tempo_and_key_cosines_and_token_distinctness():
     assert res["key_tokens_distinct"] == 0.0 and 0.0 < res["tempo_tokens_distinct"] < 1.0
     assert set(mev.text_separation(embed)) == {"tempo_cosine", "tempo_130_vs_160", "key_cosine",
                                                "genre_instrument_cosine"}
+
+
+def test_pitch_experiment_resolves_semitones_with_the_same_tower():
+    family, _, audio, _ = _params_of_gin("gin/experiments/mulan_tiny_synthcaps_pitch.gin", ["MODEL_DIR = '/tmp/m'"])
+    a = family.config.audio
+    assert (a.n_fft, a.n_mels) == (2048, 128)
+    assert a.sample_rate / a.n_fft < 220.0 * (2 ** (1 / 12) - 1)    # STFT bins finer than a semitone at A3
+    _, _, tiny_audio, _ = _params_of_gin("gin/models/mulan_tiny.gin")
+    assert audio == tiny_audio

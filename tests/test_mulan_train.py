@@ -57,6 +57,41 @@ def test_pair_batches_are_resumable_and_padded(clips):
     assert np.all(next(one)["audio"][0, 16000:] == 0)
 
 
+def test_transposed_twins_are_the_same_clip_higher_and_faster_with_the_caption_restated():
+    from musiclm_jax.finetune.rewards import prompt_facts
+    from musiclm_jax.data.synthcaps import theory
+
+    sr, seconds = 16000, 3.0
+    t = np.arange(int(sr * seconds)) / sr
+    tone = {"audio": (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32), "sample_rate": sr,
+            "caption": "A calm folk song in the key of A major at 100 BPM (moderate tempo)."}
+    data = PairBatches([tone] * 4, AUDIO, TextTokenizer(64), batch_size=4, seed=0, twins=0.5, max_semitones=3)
+
+    def semitones(wave):
+        ratio = np.argmax(np.abs(np.fft.rfft(wave))) * sr / AUDIO.window_samples / 440.0
+        k = int(round(12 * np.log2(ratio)))
+        assert abs(ratio - 2 ** (k / 12)) < 0.01
+        return k
+
+    for _ in range(3):
+        batch = next(data)
+        assert [semitones(w) for w in batch["audio"][:2]] == [0, 0]
+        assert all(1 <= abs(semitones(w)) <= 3 for w in batch["audio"][2:])   # the twins
+        assert np.all(batch["audio"][:, -100:].std(-1) > 0)   # the sped-up windows are full length
+    seen = set()
+    for seed in range(12):
+        wave, caption = data.twin(0, np.random.default_rng(seed))
+        k = semitones(wave)
+        facts = prompt_facts(caption)
+        assert facts["tonic"] == theory.tonic_name(9 + k, "major") and facts["mode"] == "major"
+        assert facts["bpm"] == round(100 * 2 ** (k / 12)) and wave.shape == (AUDIO.window_samples,)
+        seen.add(k)
+    assert len(seen) >= 4 and 0 not in seen
+    assert PairBatches([tone] * 4, AUDIO, TextTokenizer(64), batch_size=4, train=False, twins=0.5).num_twins == 0
+    with pytest.raises(ValueError, match="twins must be in"):
+        PairBatches([tone], AUDIO, TextTokenizer(64), batch_size=4, twins=0.8)
+
+
 def test_training_raises_recall_above_chance(clips, trained, loaded):
     model_dir, summary = trained
     assert summary["step"] == 30 and summary["skipped_steps"] == 0
@@ -67,7 +102,11 @@ def test_training_raises_recall_above_chance(clips, trained, loaded):
     assert after["audio_to_text"]["r@5"] >= chance + 0.3, after
     # The checkpoint is the trained model, not the initial one: training metrics moved too.
     assert summary["last_metrics"]["batch_t2a_r1"] > 0.5
-    assert set(after["zero_shot"]) == {"genre", "instrument", "tempo", "mode"}
+    assert set(after["zero_shot"]) == {"genre", "instrument", "tempo", "key", "mode"}
+    assert set(after["swap"]) == set(after["swap_tokens"]) == {"tempo", "key", "mode"}
+    for name in ("swap", "swap_tokens"):
+        for v in after[name].values():
+            assert v["num"] == len(clips) and v["interval"][0] <= v["accuracy"] <= v["interval"][1]
 
 
 def test_quantizer_fitted_and_tokens_from_both_modalities(clips, trained, loaded):
@@ -80,6 +119,28 @@ def test_quantizer_fitted_and_tokens_from_both_modalities(clips, trained, loaded
     assert tokens.shape == (2, 4) and tokens.max() < 8
     audio_tokens = mulan.tokens_from_audio(clips[0]["audio"], clips[0]["sample_rate"])
     assert audio_tokens.shape == (4,) and audio_tokens.dtype == np.int32
+
+
+def test_quantizer_refit_on_audio_and_text_covers_the_text_embeddings(clips, trained, tmp_path):
+    import shutil
+
+    from musiclm_jax.mulan import commands
+    from musiclm_jax.mulan.run import fit_and_save_quantizer
+
+    model_dir = str(tmp_path / "mulan")
+    shutil.copytree(trained[0], model_dir)
+    audio_fit = json.load(open(f"{model_dir}/quantizer_report.json"))
+    joint = fit_and_save_quantizer(model_dir, clips, fit_on="audio+text")
+    assert joint["fit_on"] == "audio+text" and json.load(open(f"{model_dir}/quantizer_report.json")) == joint
+    # The codebooks now also cover where the captions lie: their tokens lose less of them.
+    assert joint["text"]["cosine_lost"] < audio_fit["text"]["cosine_lost"], (joint, audio_fit)
+    tokens = MuLan.from_checkpoint(model_dir).tokens_from_text([clips[0]["caption"]])
+    assert tokens.shape == (1, 4)
+    with pytest.raises(ValueError, match="unknown quantizer fit"):
+        fit_and_save_quantizer(model_dir, clips, fit_on="text")
+    with pytest.raises(ValueError, match="does not exist"):
+        commands.fit_quantizer(argparse.Namespace(model_dir=str(tmp_path / "nope"), synthcaps="tiny", data_dir=None,
+                                                  fit_on="audio", seed=0))
 
 
 def test_cli_embed_and_missing_model_dir(trained, tmp_path, capsys):

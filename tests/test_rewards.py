@@ -25,6 +25,31 @@ def test_prompt_facts_reads_every_caption_template():
     assert rw.prompt_facts("a calm piano piece") == {}
 
 
+def test_restate_rewrites_key_bpm_and_the_words_that_follow_from_them():
+    from musiclm_jax.data.synthcaps import theory
+
+    rng = np.random.default_rng(1)
+    for i in range(60):
+        bpm, tonic, mode = float(rng.integers(60, 161)), str(rng.choice(["C", "F#", "Bb", "G#", "Eb"])), \
+            str(rng.choice(["major", "minor"]))
+        mood = captions.mood_of(mode, bpm)
+        caption = captions.make_caption(rng, "jazz", bpm, tonic, mode, ["piano", "drums"], mood, "soft")
+        k, new_bpm = int(rng.integers(-5, 6)), float(rng.integers(60, 161))
+        out = captions.restate(caption, semitones=k, bpm=new_bpm)
+        want = theory.tonic_name(theory.pitch_class(tonic) + k, mode)
+        assert rw.prompt_facts(out) == {"bpm": new_bpm, "tonic": want, "mode": mode}, (caption, out)
+        # The tempo and mood words are the new facts' (the same synonym slot), the other words untouched.
+        words = captions.TEMPO_SYNONYMS[captions.tempo_word(new_bpm)]
+        assert any(w in out.lower() for w in words), out
+        new_mood = captions.mood_of(mode, new_bpm)
+        assert any(w in out.lower() for w in captions.MOOD_WORDS[new_mood]), out
+        assert all(w in out.lower() for w in ("jazz", "piano", "drums"))
+        other = "minor" if mode == "major" else "major"
+        assert rw.prompt_facts(captions.restate(caption, mode=other))["mode"] == other
+        assert captions.restate(caption) == caption
+    assert captions.restate("a calm piano piece", semitones=2, bpm=90) == "a calm piano piece"
+
+
 def _clicks(bpm: float, seconds: float = 8.0) -> np.ndarray:
     wave = np.zeros(int(seconds * SR), np.float32)
     for t in np.arange(0, seconds, 60.0 / bpm):

@@ -162,6 +162,13 @@ def resample(wave: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return soxr.resample(wave.T, sr_in, sr_out).T.astype(np.float32)  # soxr wants [samples, channels]
 
 
+def change_speed(wave: np.ndarray, ratio: float) -> np.ndarray:
+    """The wave played `ratio` times faster (resampled, as a tape at another speed): pitch and tempo x ratio,
+    length / ratio. ratio = 2 ** (k / 12) transposes by k semitones."""
+    if ratio <= 0:
+        raise ValueError(f"speed ratio must be positive, got {ratio}")
+    return resample(wave, ratio * 1000.0, 1000.0)  # read at one rate, written at another
+
 
 def check_samples(wave: np.ndarray, what: str = "wave") -> np.ndarray:
     """The one check of in-memory audio: one-line errors for an empty wave or NaN/Inf samples; returns `wave`."""

@@ -1,8 +1,10 @@
-"""`musiclm-jax finetune ...`: guidance distillation of a trained MusicLM's semantic stage (`finetune/distill.py`).
+"""`musiclm-jax finetune ...`: guidance distillation (`finetune/distill.py`) and RL finetuning with rewards
+(`finetune/rl.py`) of a trained MusicLM's semantic stage, and the rewards themselves (`finetune/rewards.py`).
 
   musiclm-jax finetune distill-data --model_dir weights/musiclm --prompts train_prompts.jsonl --out distill.npz
   musiclm-jax finetune distill --model_dir weights/musiclm --data distill.npz --out_dir out/distill --steps 300
   musiclm-jax generate --prompt "a calm piano waltz" --model_dir out/distill/musiclm   # semantic stage unguided
+  musiclm-jax finetune rl --model_dir weights/musiclm --prompts train_prompts.jsonl --out_dir out/rl --rewards key
   musiclm-jax finetune score --audio_dir out/gen --rewards tempo key pulse mulan --mulan_dir weights/musiclm/mulan
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 
 
 def register(subparsers) -> None:
-    f = subparsers.add_parser("finetune", help="finetune a trained MusicLM (guidance distillation)",
+    f = subparsers.add_parser("finetune", help="finetune a trained MusicLM (guidance distillation, RL with rewards)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = f.add_subparsers(dest="finetune_command", required=True, metavar="STEP")
     d = sub.add_parser("distill-data", help="the teacher's guided samples and distributions for a prompts file")
@@ -37,6 +39,26 @@ def register(subparsers) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no_progress", action="store_true")
     t.set_defaults(func=distill_train)
+    q = sub.add_parser("rl", help="RL-finetune the semantic stage with rewards on the audio it leads to")
+    q.add_argument("--model_dir", required=True, help="the base: an exported MusicLM (e.g. weights/musiclm)")
+    q.add_argument("--prompts", required=True, help="JSONL with a \"prompt\" per line, or one caption per line "
+                                                    "(keep them apart from the evaluation prompts)")
+    q.add_argument("--out_dir", required=True, help="training dir (OUT/train, resumable), rollouts, the result "
+                                                    "(OUT/musiclm)")
+    q.add_argument("--rewards", nargs="+", default=["key"], choices=("tempo", "key", "pulse", "mulan"),
+                   help="rewards to add up (mulan: the base's own MuLan)")
+    q.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per reward (default 1 each)")
+    q.add_argument("--rounds", type=int, default=8)
+    q.add_argument("--prompts_per_round", type=int, default=16)
+    q.add_argument("--samples_per_prompt", type=int, default=4)
+    q.add_argument("--steps_per_round", type=int, default=8)
+    q.add_argument("--batch_size", type=int, default=16)
+    q.add_argument("--learning_rate", type=float, default=1e-5)
+    q.add_argument("--kl_weight", type=float, default=0.05)
+    q.add_argument("--seconds", type=float, default=None, help="semantic window sampled and scored (default: "
+                                                               "the model's semantic window)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=rl_train)
     r = sub.add_parser("score", help="score generated audio with the finetuning rewards (finetune/rewards.py)")
     r.add_argument("--audio_dir", required=True, help="generated audio with its prompts.jsonl or infer results.jsonl")
     r.add_argument("--prompts", default=None, help="prompts file (default: the folder's)")
@@ -117,4 +139,32 @@ def distill_train(args: argparse.Namespace) -> dict:
                      learning_rate=args.learning_rate, seed=args.seed, progress=not args.no_progress)
     s = result["summary"]
     print(json.dumps({"musiclm": result["musiclm"], "step": s.get("step"), "held_out": result["report"]["held_out"]}))
+    return result
+
+
+def rl_train(args: argparse.Namespace) -> dict:
+    from musiclm_jax.finetune import rewards as rw
+    from musiclm_jax.finetune.distill import read_prompts
+    from musiclm_jax.finetune.rl import finetune_rl
+
+    weights = args.weights or [1.0] * len(args.rewards)
+    if len(weights) != len(args.rewards):
+        raise ValueError(f"--weights gives {len(weights)} weights for {len(args.rewards)} rewards: one each")
+    prompts = read_prompts(args.prompts)
+
+    def reward_of(name):
+        if name == "mulan":
+            from musiclm_jax.mulan.api import MuLan
+            return rw.MuLanReward(MuLan.from_checkpoint(os.path.join(args.model_dir, "mulan")))
+        return {"tempo": rw.TempoReward, "key": rw.KeyReward, "pulse": rw.PulseReward}[name]()
+
+    total = rw.weighted({name: (w, reward_of(name)) for name, w in zip(args.rewards, weights)})
+    result = finetune_rl(args.model_dir, prompts, args.out_dir, reward=lambda *a: total(*a)[0], rounds=args.rounds,
+                         prompts_per_round=args.prompts_per_round, samples_per_prompt=args.samples_per_prompt,
+                         steps_per_round=args.steps_per_round, batch_size=args.batch_size,
+                         learning_rate=args.learning_rate, kl_weight=args.kl_weight, seconds=args.seconds,
+                         seed=args.seed)
+    rounds = result["report"]["rounds"]
+    print(json.dumps({"musiclm": result["musiclm"], "mean_reward_by_round": [round(r["mean_reward"], 4)
+                                                                             for r in rounds]}))
     return result

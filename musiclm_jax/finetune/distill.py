@@ -197,13 +197,32 @@ def held_out_kl(family: GuidanceDistillation, model, data: dict, rows: np.ndarra
     return {"kl": kl / n, "agreement": agree / n, "rows": int(len(rows))}
 
 
+def write_finetuned(model_dir: str, train_dir: str, musiclm_dir: str) -> str:
+    """A complete MusicLM directory: the base's (`model_dir`) parts with the latest checkpoint of `train_dir` as its
+    semantic stage, decoded unguided (musiclm.json "unguided_stages"). The trainer's own operative config does not
+    describe the stage (its family was built in Python): the base stage's config, the same architecture, is put in
+    `train_dir` for the loader."""
+    from musiclm_jax.train.checkpoints import export_inference
+
+    if os.path.exists(musiclm_dir):
+        shutil.rmtree(musiclm_dir)
+    shutil.copytree(model_dir, musiclm_dir, ignore=shutil.ignore_patterns(STAGE_DIR, "eval"))
+    shutil.copy(os.path.join(model_dir, STAGE_DIR, "operative_config.gin"), train_dir)
+    export_inference(train_dir, os.path.join(musiclm_dir, STAGE_DIR), extra_files=["operative_config.gin"])
+    with open(os.path.join(model_dir, "musiclm.json")) as f:
+        manifest = json.load(f)
+    manifest["unguided_stages"] = [STAGE]
+    with open(os.path.join(musiclm_dir, "musiclm.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return musiclm_dir
+
+
 def distill(model_dir: str, data_path: str, out_dir: str, *, steps: int = 300, batch_size: int = 16,
             learning_rate: float = 1e-4, eval_rows: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Trains the student into `out_dir/train` (resumable) and writes the distilled MusicLM to `out_dir/musiclm`.
     Returns {"summary", "musiclm", "report"}; report["held_out"]: KL to the guided teacher on the held-out rows of
     the unguided teacher (where the student starts) and of the unguided student."""
     from musiclm_jax.pipeline import load_stage_lm
-    from musiclm_jax.train.checkpoints import export_inference
     from musiclm_jax.train.optimizers import make_optimizer, make_schedule
     from musiclm_jax.train.trainer import train
 
@@ -235,19 +254,7 @@ def distill(model_dir: str, data_path: str, out_dir: str, *, steps: int = 300, b
                     checkpoint_period=steps, log_period=10, seed=seed, progress=progress, tensorboard=False,
                     optimizer=lambda: make_optimizer("adamw", schedule=schedule), init_from=teacher_dir)
     summary.pop("state", None)
-    # The distilled MusicLM: the teacher's directory with the student as its semantic stage.
-    musiclm_dir = os.path.join(out_dir, "musiclm")
-    if os.path.exists(musiclm_dir):
-        shutil.rmtree(musiclm_dir)
-    shutil.copytree(model_dir, musiclm_dir, ignore=shutil.ignore_patterns(STAGE_DIR, "eval"))
-    # same architecture as the teacher: its config files describe the student too (the loader reads them)
-    shutil.copy(os.path.join(teacher_dir, "operative_config.gin"), train_dir)
-    export_inference(train_dir, os.path.join(musiclm_dir, STAGE_DIR), extra_files=["operative_config.gin"])
-    with open(manifest_path) as f:
-        manifest = json.load(f)
-    manifest["unguided_stages"] = [STAGE]
-    with open(os.path.join(musiclm_dir, "musiclm.json"), "w") as f:
-        json.dump(manifest, f, indent=1)
+    musiclm_dir = write_finetuned(model_dir, train_dir, os.path.join(out_dir, "musiclm"))
     held_out = np.arange(n - eval_rows, n)
     student = load_stage_lm(os.path.join(musiclm_dir, STAGE_DIR))
     report = {"teacher": model_dir, "data": data_path, "rows": n, "eval_rows": eval_rows, "steps": steps,

@@ -18,15 +18,13 @@ embeddings (`eval fit-probe`), which would plug in the same way.
 """
 from __future__ import annotations
 
-import re
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from musiclm_jax.data.synthcaps.captions import BPM_PATTERN, KEY_PATTERN
 from musiclm_jax.eval import metrics
 
-_BPM = re.compile(r"(\d+(?:\.\d+)?)\s*(?:bpm\b|beats per minute)", re.IGNORECASE)
-_KEY = re.compile(r"\bin (?:the key of )?([A-G][#b]?)[ -](major|minor)\b", re.IGNORECASE)
 
 
 class Reward(Protocol):
@@ -37,10 +35,10 @@ def prompt_facts(prompt: str) -> dict:
     """What a caption states that audio can be checked against: {"bpm": float, "tonic": str, "mode": str} (each
     only when stated)."""
     facts = {}
-    m = _BPM.search(prompt)
+    m = BPM_PATTERN.search(prompt)
     if m:
         facts["bpm"] = float(m.group(1))
-    k = _KEY.search(prompt)
+    k = KEY_PATTERN.search(prompt)
     if k:
         facts["tonic"], facts["mode"] = k.group(1)[0].upper() + k.group(1)[1:], k.group(2).lower()
     return facts

@@ -1,4 +1,5 @@
-"""`musiclm-jax mulan {train,eval,embed}`: train MuLan (+ its quantizer), evaluate retrieval, embed text or audio.
+"""`musiclm-jax mulan {train,fit-quantizer,eval,embed}`: train MuLan (+ its quantizer), refit the quantizer,
+evaluate retrieval, embed text or audio.
 
 Imports stay light here; jax, tensorflow-datasets and the model load inside the handlers.
 """
@@ -15,6 +16,7 @@ EXAMPLES = """Examples:
   musiclm-jax data build --dataset synthcaps --config tiny --data_dir ~/tfds
   musiclm-jax mulan train --gin_file=gin/experiments/mulan_tiny_synthcaps.gin --model_dir=/tmp/mulan_tiny \\
       --data_dir ~/tfds --gin_bindings="SYNTHCAPS='tiny'" --steps 300
+  musiclm-jax mulan fit-quantizer --model_dir=/tmp/mulan_tiny --data_dir ~/tfds --synthcaps tiny --fit_on audio+text
   musiclm-jax mulan eval --model_dir=/tmp/mulan_tiny --data_dir ~/tfds --synthcaps tiny --split test
   musiclm-jax mulan embed --model_dir=/tmp/mulan_tiny --text "a calm piano piece" --tokens
   musiclm-jax mulan embed --model_dir=/tmp/mulan_tiny --audio_dir demo_out/synthcaps --out /tmp/embeddings.json
@@ -33,7 +35,17 @@ def register(subparsers) -> None:
     add_steps_argument(t)
     t.set_defaults(func=train)
 
-    e = sub.add_parser("eval", help="retrieval recall@1/5/10 and zero-shot accuracy on SynthCaps, with baselines")
+    q = sub.add_parser("fit-quantizer", help="(re)fit the conditioning RVQ of a trained MuLan on train clips")
+    q.add_argument("--model_dir", required=True)
+    q.add_argument("--synthcaps", default="tiny", help="synthcaps config name (tiny, small, ...)")
+    q.add_argument("--data_dir", default=None)
+    q.add_argument("--fit_on", default="audio", choices=("audio", "audio+text"),
+                   help="embeddings the codebooks are fitted on (default audio, as `train` does)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=fit_quantizer)
+
+    e = sub.add_parser("eval", help="retrieval recall@1/5/10, zero-shot accuracy and swap tests on SynthCaps, "
+                       "with baselines")
     e.add_argument("--model_dir", required=True)
     e.add_argument("--synthcaps", default="tiny", help="synthcaps config name (tiny, small, ...)")
     e.add_argument("--data_dir", default=None)
@@ -71,6 +83,20 @@ def train(args: argparse.Namespace) -> dict:
     return summary
 
 
+def fit_quantizer(args: argparse.Namespace) -> dict:
+    from musiclm_jax.data.synthcaps.clips import synthcaps_clips
+    from musiclm_jax.mulan.run import fit_and_save_quantizer
+
+    if not os.path.isdir(args.model_dir):
+        raise ValueError(f"--model_dir {args.model_dir} does not exist: pass a trained MuLan's directory")
+    data_dir = os.path.expanduser(args.data_dir) if args.data_dir else None
+    clips = synthcaps_clips(split="train", config=args.synthcaps, data_dir=data_dir)
+    report = fit_and_save_quantizer(args.model_dir, clips, seed=args.seed, fit_on=args.fit_on)
+    print(f"quantizer fitted on {args.fit_on} of {len(clips)} train clips: cosine lost "
+          f"{report['audio']['cosine_lost']:.4f} (audio), {report['text']['cosine_lost']:.4f} (text)")
+    return report
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     from musiclm_jax.eval import default_output
     from musiclm_jax.mulan import evaluate as ev
@@ -99,6 +125,11 @@ def evaluate(args: argparse.Namespace) -> dict:
         json.dump(results, f, indent=1)
     print(f"synthcaps/{args.synthcaps} {args.split}: {len(clips)} clips")
     print(ev.markdown_table({k: v for k, v in results.items() if k not in ("quantizer", "text_separation")}))
+    for name in ("swap", "swap_tokens"):
+        if name in results["mulan"]:
+            print(f"{name} (own caption beats the restated one; chance 0.50): " + ", ".join(
+                f"{a} {v['accuracy']:.3f} [{v['interval'][0]:.3f}, {v['interval'][1]:.3f}]"
+                for a, v in results["mulan"][name].items()))
     print("text separation (mean cosines; lower separates): " + ", ".join(f"{k} {v:.3f}" for k, v in separation.items()))
     if "quantizer" in results:
         q = results["quantizer"]

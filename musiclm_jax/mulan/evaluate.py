@@ -2,7 +2,11 @@
 
 Retrieval: for each caption, the rank of its own clip among all clips of the split (text->audio), and the reverse.
 Zero-shot: each clip gets the class whose prompt embedding is nearest to its audio embedding, for genre, lead
-instrument, tempo bucket (SynthCaps' tempo words) and major/minor. Chance is 1 / number of classes present.
+instrument, tempo bucket (SynthCaps' tempo words), key (tonic + mode) and major/minor. Chance is 1 / number of
+classes present.
+Swap tests (what conditioning on tempo and key needs, and zero-shot over short prompts measures poorly): for each
+clip, is its own caption nearer to its audio than the same caption restated with the key a tritone away, the other
+mode, or the tempo 30 % off (`captions.restate`)? Accuracy over clips, chance 0.5, with a 95 % binomial interval.
 
 Baselines, same splits and prompts:
   * random: random unit vectors for audio and text (what chance looks like in these metrics);
@@ -15,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from musiclm_jax.data.synthcaps.captions import tempo_word
+from musiclm_jax.data.synthcaps.captions import BPM_PATTERN, KEY_PATTERN, restate, tempo_word
 
 KS = (1, 5, 10)
 
@@ -23,7 +27,25 @@ PROMPTS = {
     "genre": ("genre", lambda v: f"a song in the style of {v}"),
     "instrument": ("lead_instrument", lambda v: f"a song featuring the {v}"),
     "tempo": ("bpm", lambda v: f"a {v} song"),
+    "key": ("key", lambda v: f"a song in {v}"),
     "mode": ("mode", lambda v: f"a song in a {v} key"),
+}
+
+
+def _swap_tempo(caption: str) -> str:
+    bpm = float(BPM_PATTERN.search(caption).group(1))
+    return restate(caption, bpm=bpm * 1.3 if bpm < 110 else bpm / 1.3)
+
+
+def _swap_mode(caption: str) -> str:
+    return restate(caption, mode="major" if KEY_PATTERN.search(caption).group(2).lower() == "minor" else "minor")
+
+
+# attribute -> (does the caption state it, the caption with it changed)
+SWAPS = {
+    "tempo": (BPM_PATTERN.search, _swap_tempo),
+    "key": (KEY_PATTERN.search, lambda c: restate(c, semitones=6)),
+    "mode": (KEY_PATTERN.search, _swap_mode),
 }
 
 
@@ -42,6 +64,8 @@ def recall_at_k(sims: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
 def attribute_value(clip: dict, attribute: str):
     field = PROMPTS[attribute][0]
     value = clip[field]
+    if attribute == "key":
+        return f"{value} {clip['mode']}"
     return tempo_word(float(value)) if attribute == "tempo" else str(value)
 
 
@@ -60,6 +84,24 @@ def zero_shot(audio_emb: np.ndarray, clips: list[dict], embed_text: Callable[[li
     return out
 
 
+def swap_tests(audio_emb: np.ndarray, text_emb: np.ndarray, clips: list[dict],
+               embed_text: Callable[[list[str]], np.ndarray]) -> dict:
+    """{attribute: {"accuracy", "interval", "num"}}: how often a clip's own caption beats the caption with that
+    attribute changed (see the module docstring); attributes no caption states are left out."""
+    audio, own = _unit(audio_emb), _unit(text_emb)
+    out = {}
+    for attribute, (states, swap) in SWAPS.items():
+        rows = [i for i, c in enumerate(clips) if "caption" in c and states(c["caption"])]
+        if not rows:
+            continue
+        swapped = _unit(embed_text([swap(clips[i]["caption"]) for i in rows]))
+        wins = np.sum(audio[rows] * own[rows], -1) > np.sum(audio[rows] * swapped, -1)
+        acc, n = float(np.mean(wins)), len(rows)
+        half = 1.96 * np.sqrt(max(acc * (1 - acc), 1e-12) / n)
+        out[attribute] = {"accuracy": acc, "interval": [max(acc - half, 0.0), min(acc + half, 1.0)], "num": n}
+    return out
+
+
 def evaluate_embeddings(audio_emb: np.ndarray, text_emb: np.ndarray, clips: list[dict],
                         embed_text: Callable[[list[str]], np.ndarray]) -> dict:
     sims = _unit(audio_emb) @ _unit(text_emb).T  # [audio, text]
@@ -67,7 +109,8 @@ def evaluate_embeddings(audio_emb: np.ndarray, text_emb: np.ndarray, clips: list
     return {"num_clips": n,
             "text_to_audio": recall_at_k(sims.T), "audio_to_text": recall_at_k(sims),
             "chance": {f"r@{k}": min(k, n) / n for k in KS},
-            "zero_shot": zero_shot(audio_emb, clips, embed_text)}
+            "zero_shot": zero_shot(audio_emb, clips, embed_text),
+            "swap": swap_tests(audio_emb, text_emb, clips, embed_text)}
 
 
 # The text-side check of the tempo / key issue: sentences in a wording unlike SynthCaps' templates that differ only in
@@ -103,9 +146,19 @@ def text_separation(embed_text: Callable[[list[str]], np.ndarray], tokens_from_t
 
 
 def evaluate_mulan(mulan, clips: list[dict]) -> dict:
+    """Retrieval, zero-shot and swap tests of the embeddings; with a quantizer also "swap_tokens": the swap tests
+    with each caption's text embedding replaced by its conditioning tokens' decoded embedding (what the stage LMs
+    are conditioned on; two captions with equal tokens count as a failure)."""
     audio = np.stack([mulan.embed_audio(c["audio"], c["sample_rate"]) for c in clips])
-    text = mulan.embed_text([c["caption"] for c in clips])
-    return evaluate_embeddings(audio, text, clips, mulan.embed_text)
+    captions = [c["caption"] for c in clips]
+    out = evaluate_embeddings(audio, mulan.embed_text(captions), clips, mulan.embed_text)
+    if getattr(mulan, "quantizer", None) is not None:
+        from musiclm_jax.quantization import embeddings as rvq_lib
+
+        def quantized(texts):
+            return rvq_lib.decode(mulan.quantizer, mulan.tokens_from_text(texts))
+        out["swap_tokens"] = swap_tests(audio, quantized(captions), clips, quantized)
+    return out
 
 
 def random_baseline(clips: list[dict], dim: int = 128, seed: int = 0) -> dict:
@@ -165,15 +218,19 @@ def minilm_probe_baseline(train_clips: list[dict], test_clips: list[dict], text:
 def markdown_table(results: dict[str, dict]) -> str:
     """{system: evaluate_* result} -> a markdown table (retrieval, then zero-shot accuracy)."""
     attrs = [a for a in PROMPTS if any(a in r["zero_shot"] for r in results.values())]
-    head = ["system", "t→a R@1", "t→a R@5", "t→a R@10", "a→t R@1", "a→t R@5", "a→t R@10"] + attrs
+    swaps = [a for a in SWAPS if any(a in r.get("swap", {}) for r in results.values())]
+    head = ["system", "t→a R@1", "t→a R@5", "t→a R@10", "a→t R@1", "a→t R@5", "a→t R@10"] + attrs + \
+        [f"{a} swap" for a in swaps]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         cells = [name] + [f"{r['text_to_audio'][f'r@{k}']:.2f}" for k in KS] + \
                 [f"{r['audio_to_text'][f'r@{k}']:.2f}" for k in KS] + \
-                [f"{r['zero_shot'][a]['accuracy']:.2f}" if a in r["zero_shot"] else "-" for a in attrs]
+                [f"{r['zero_shot'][a]['accuracy']:.2f}" if a in r["zero_shot"] else "-" for a in attrs] + \
+                [f"{r['swap'][a]['accuracy']:.2f}" if a in r.get("swap", {}) else "-" for a in swaps]
         lines.append("| " + " | ".join(cells) + " |")
     any_r = next(iter(results.values()))
     chance = ["chance"] + [f"{any_r['chance'][f'r@{k}']:.2f}" for k in KS] * 2 + \
-             [f"{any_r['zero_shot'][a]['chance']:.2f}" if a in any_r["zero_shot"] else "-" for a in attrs]
+             [f"{any_r['zero_shot'][a]['chance']:.2f}" if a in any_r["zero_shot"] else "-" for a in attrs] + \
+             ["0.50"] * len(swaps)
     lines.append("| " + " | ".join(chance) + " |")
     return "\n".join(lines)

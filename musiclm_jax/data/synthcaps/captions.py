@@ -5,7 +5,11 @@ word here can be checked against it later (text-adherence metrics).
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
+
+from musiclm_jax.data.synthcaps.theory import pitch_class, tonic_name
 
 # mood category -> words. The category follows from mode and tempo (see `mood_of`), never from chance.
 MOOD_WORDS = {
@@ -35,6 +39,12 @@ def tempo_word(bpm: float) -> str:
 
 TEMPO_SYNONYMS = {"slow": ["slow", "unhurried", "leisurely"], "moderate": ["moderate", "medium", "steady"],
                   "fast": ["fast", "lively", "brisk"], "very fast": ["very fast", "racing", "breakneck"]}
+
+
+# How captions (SynthCaps' and most people's) state tempo and key: "128 BPM" / "beats per minute",
+# "in (the key of) F# minor".
+BPM_PATTERN = re.compile(r"(\d+(?:\.\d+)?)\s*(?:bpm\b|beats per minute)", re.IGNORECASE)
+KEY_PATTERN = re.compile(r"\bin (?:the key of )?([A-G][#b]?)[ -](major|minor)\b", re.IGNORECASE)
 
 
 def mood_of(mode: str, bpm: float) -> str:
@@ -79,3 +89,41 @@ def make_caption(rng: np.random.Generator, genre: str, bpm: float, tonic: str, m
                   Dyn=dyn.capitalize(),
                   genre_cap=genre[:1].upper() + genre[1:])
     return TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(**fields)
+
+
+def _swap_word(text: str, words: dict[str, list[str]], old: str, new: str) -> str:
+    """Replaces the first of `words[old]` found in `text` by the word at the same index of `words[new]`."""
+    if old == new:
+        return text
+    for i in sorted(range(len(words[old])), key=lambda i: -len(words[old][i])):  # "very fast" before "fast"
+        m = re.search(rf"\b{re.escape(words[old][i])}\b", text, re.IGNORECASE)
+        if m:
+            repl = words[new][i % len(words[new])]
+            repl = repl[:1].upper() + repl[1:] if m.group(0)[:1].isupper() else repl
+            return text[:m.start()] + repl + text[m.end():]
+    return text
+
+
+def restate(caption: str, *, semitones: int = 0, bpm: float | None = None, mode: str | None = None) -> str:
+    """The caption of the same clip played `semitones` higher, at `bpm`, or in the other `mode`: the stated key and
+    BPM and the tempo and mood words that follow from them are rewritten; everything else is kept, and a fact the
+    caption does not state stays unstated. Used by MuLan's transposition augmentation and its swap tests."""
+    k, b = KEY_PATTERN.search(caption), BPM_PATTERN.search(caption)
+    old_mode = k.group(2).lower() if k else None
+    old_bpm = float(b.group(1)) if b else None
+    new_mode, new_bpm = mode or old_mode, old_bpm if bpm is None else bpm
+    # Rewrite the later span first so the earlier one's offsets stay valid.
+    edits = []
+    if k and (semitones or new_mode != old_mode):
+        tonic = tonic_name(pitch_class(k.group(1)) + semitones, new_mode)
+        edits.append((k.start(1), k.end(2), f"{tonic}{caption[k.end(1):k.start(2)]}{new_mode}"))
+    if b and new_bpm != old_bpm:
+        edits.append((b.start(1), b.end(1), str(int(round(new_bpm)))))
+    out = caption
+    for start, end, text in sorted(edits, reverse=True):
+        out = out[:start] + text + out[end:]
+    if b and new_bpm != old_bpm:
+        out = _swap_word(out, TEMPO_SYNONYMS, tempo_word(old_bpm), tempo_word(new_bpm))
+    if old_mode and old_bpm is not None:
+        out = _swap_word(out, MOOD_WORDS, mood_of(old_mode, old_bpm), mood_of(new_mode, new_bpm))
+    return out

@@ -1,0 +1,137 @@
+"""RL finetuning (`musiclm-jax finetune rl`): RLOO advantages, the policy-gradient loss (zero at the base with no
+advantage, the exact KL), a reward on a planted token learned by the shipped semantic stage within a few dozen
+steps, resumption, the audio path through the CLI, and one-line errors."""
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from musiclm_jax import cli
+from musiclm_jax.finetune import rl
+from musiclm_jax.finetune.distill import masked_log_softmax
+from musiclm_jax.lm import stages as st
+from musiclm_jax.lm import transformer as tr
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BASE = str(ROOT / "weights" / "musiclm")
+CAPTIONS = ["a calm piano waltz in C major at 90 BPM", "an energetic rock groove in E minor at 140 BPM",
+            "sad violin in A minor, slow tempo around 70 BPM", "upbeat jazz with brushed drums at 120 BPM",
+            "a slow ambient pad in F major", "a fast techno beat at 128 BPM in G minor"]
+
+
+def test_rloo_advantages():
+    adv = rl.rloo_advantages(np.array([1.0, 0.0, 2.0, 2.0]), 2, normalize=False)
+    np.testing.assert_allclose(adv, [1.0, -1.0, 0.0, 0.0])
+    # a nan reward counts as its prompt's mean; a prompt with no score gets no push
+    adv = rl.rloo_advantages(np.array([1.0, np.nan, 3.0, np.nan, np.nan, np.nan]), 3, normalize=False)
+    np.testing.assert_allclose(adv, [-1.5, 0.0, 1.5, 0.0, 0.0, 0.0])
+    assert rl.rloo_advantages(np.array([0.0, 5.0, 1.0, 1.0]), 2).std() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        rl.rloo_advantages(np.zeros(3), 1)
+
+
+def test_policy_gradient_loss_is_zero_at_the_base_and_its_kl_is_exact():
+    layout = st.StageLayout("semantic", st.TINY)
+    cfg = tr.TransformerConfig(vocab_size=layout.vocab_size, num_layers=1, num_heads=2, head_dim=8, d_model=16,
+                               d_ff=32, dropout_rate=0.0, dtype="float32", max_len=64)
+    with nnx.use_eager_sharding(False):
+        base, other = tr.Transformer(cfg, rngs=nnx.Rngs(0)), tr.Transformer(cfg, rngs=nnx.Rngs(1))
+    rng = np.random.default_rng(0)
+    inputs = jnp.asarray(layout.build_inputs(mulan=rng.integers(0, st.TINY.mulan_codes, (3, st.TINY.mulan_levels))))
+    targets = jnp.asarray(layout.build_targets(semantic=rng.integers(0, st.TINY.semantic_codes, (3, 10))))
+    family = rl.PolicyGradient(cfg, kl_weight=0.5)
+    logits, _, _ = family._forward(base, {"inputs": inputs, "targets": targets}, deterministic=True)
+    ref = masked_log_softmax(logits, layout.logit_mask())
+    batch = {"inputs": inputs, "targets": targets, "advantages": jnp.zeros(3), "ref_logprobs": ref}
+    loss, n, metrics = family.loss({"model": base}, batch, jax.random.key(0))
+    assert float(n) == 30 and abs(float(loss)) < 1e-4 and abs(float(metrics["kl"])) < 1e-4
+    # another policy: the KL term is the exact KL over the stage's ids, and the advantage term is -A log pi
+    loss, n, metrics = family.loss({"model": other}, {**batch, "advantages": jnp.asarray([1.0, 0.0, -1.0])},
+                                   jax.random.key(0))
+    o_logits, _, _ = family._forward(other, batch, deterministic=True)
+    o = np.asarray(masked_log_softmax(o_logits, layout.logit_mask()))
+    p, r = np.exp(o), np.asarray(ref)
+    support = r > -1e29
+    want_kl = np.sum(np.where(support, p * (o - np.where(support, r, 0.0)), 0.0))
+    taken = np.take_along_axis(o, np.asarray(targets)[..., None], -1)[..., 0]
+    want_pg = -(taken[0].sum() - taken[2].sum())
+    assert float(metrics["kl"]) == pytest.approx(want_kl, rel=1e-4) and want_kl > 0
+    assert float(metrics["pg"]) == pytest.approx(want_pg, rel=1e-4)
+    assert float(loss) == pytest.approx(want_pg + 0.5 * want_kl, rel=1e-4)
+    with pytest.raises(ValueError, match="advantages"):
+        family.loss({"model": base}, {"inputs": inputs, "targets": targets}, jax.random.key(0))
+
+
+PLANTED = np.arange(8)   # the semantic codes the planted reward asks for (an eighth of the 64)
+
+
+def planted_share(codes) -> np.ndarray:
+    return np.mean(np.isin(np.asarray(codes), PLANTED), axis=-1)
+
+
+def planted_score(layout):
+    def score(targets, prompts):
+        return planted_share(layout.targets_to_codes(targets))
+    return score
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    from musiclm_jax.pipeline import MusicLM
+
+    out = tmp_path_factory.mktemp("rl")
+    layout = MusicLM.from_pretrained(BASE, load_semantic_tokenizer=False).layouts["semantic"]
+    kwargs = dict(score=planted_score(layout), prompts_per_round=4, samples_per_prompt=4, steps_per_round=4,
+                  batch_size=16, learning_rate=3e-3, kl_weight=0.01, seconds=1.0)
+    first = rl.finetune_rl(BASE, CAPTIONS, str(out), rounds=2, **kwargs)
+    again = rl.finetune_rl(BASE, CAPTIONS, str(out), rounds=5, **kwargs)   # resumes: rounds 0-1 are kept
+    return out, first, again
+
+
+def test_a_planted_token_reward_is_learned_within_a_few_dozen_steps(planted):
+    out, first, again = planted
+    rounds = [r["mean_reward"] for r in again["report"]["rounds"]]
+    assert [r["mean_reward"] for r in first["report"]["rounds"]] == rounds[:2]   # kept, not redone
+    assert len(rounds) == 5 and again["report"]["steps"] == 20
+    # 16 policy-gradient steps: the planted codes' share of the samples grows well beyond its start
+    assert rounds[-1] > rounds[0] + 0.15, rounds
+    manifest = json.load(open(pathlib.Path(again["musiclm"]) / "musiclm.json"))
+    assert manifest["unguided_stages"] == ["semantic"]
+    metrics = [json.loads(line) for line in open(out / "train" / "metrics.jsonl")]
+    assert metrics[-1]["step"] == 20 and np.isfinite(metrics[-1]["kl"])
+
+
+def test_the_finetuned_model_generates_with_its_semantic_stage_unguided(planted):
+    from musiclm_jax.pipeline import MusicLM
+
+    lm = MusicLM.from_pretrained(planted[2]["musiclm"], load_semantic_tokenizer=False)
+    gen = lm.generate_full(CAPTIONS[:2], 1.0, seed=0, progress=False)
+    assert gen.waves.shape[0] == 2 and np.isfinite(gen.waves).all()
+    base = MusicLM.from_pretrained(BASE, load_semantic_tokenizer=False).generate_full(CAPTIONS[:2], 1.0, seed=0,
+                                                                                     progress=False)
+    # what the policy learned shows in generation
+    assert planted_share(gen.tokens["semantic"]).mean() > planted_share(base.tokens["semantic"]).mean() + 0.1
+
+
+def test_cli_rl_on_audio_rewards_and_bad_input(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(CAPTIONS[:2]) + "\n")
+    out = tmp_path / "rl"
+    args = ["finetune", "rl", "--model_dir", BASE, "--prompts", str(prompts), "--out_dir", str(out),
+            "--rewards", "key", "pulse", "--rounds", "1", "--prompts_per_round", "2", "--samples_per_prompt", "4",
+            "--steps_per_round", "1", "--batch_size", "8", "--seconds", "1"]
+    assert cli.main(args) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(printed["mean_reward_by_round"]) == 1 and np.isfinite(printed["mean_reward_by_round"][0])
+    with np.load(out / "rollouts" / "round_0.npz") as f:
+        assert f["rewards"].shape == (8,) and np.isfinite(f["rewards"]).all()   # key + pulse: every row scored
+    assert cli.main(args[:-2] + ["--seconds", "1", "--weights", "1"]) == 2
+    assert "one each" in capsys.readouterr().err
+    bad = ["finetune", "rl", "--model_dir", str(tmp_path), "--prompts", str(prompts), "--out_dir", str(out)]
+    assert cli.main(bad) == 2 and "not an exported MusicLM" in capsys.readouterr().err
+    assert cli.main(args[:8] + ["--samples_per_prompt", "1"]) == 2
+    assert "samples_per_prompt >= 2" in capsys.readouterr().err
