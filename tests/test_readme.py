@@ -59,6 +59,11 @@ PLAN = [
      ("shrink", [(r"tiny_8s_n1000", "tiny"), (r"out/quickstart/tfds", "~/tfds"), (r"--limit 200", "--limit 8")])),
     (r"mulan train .*small_5s_n80", ("shrink", [(r"small_5s_n80", "small_5s_n4"), (r"--steps 300", "--steps 2")])),
     (r"mulan eval --model_dir=/tmp/mulan_tiny", ("shrink", [(r"small_5s_n80", "small_5s_n4")])),
+    (r"mulan fit-quantizer --model_dir=/tmp/mulan_tiny", ("shrink", [(r"small_5s_n80", "small_5s_n4")])),
+    (r"mulan train --gin_file=gin/experiments/mulan_tiny_synthcaps_pitch\.gin",
+     ("shrink", [(r"out/quickstart/tfds", "/tmp/tfds"), (r"tiny_8s_n1000", "small_5s_n4"), (r"--steps 600", "--steps 2")])),
+    (r"mulan eval --model_dir=out/mulan_exp/pitch_twins",
+     ("shrink", [(r"out/quickstart/tfds", "/tmp/tfds"), (r"tiny_8s_n1000", "small_5s_n4")])),
     (r"mulan embed --model_dir=/tmp/mulan_tiny", "run"),
     (r"tokenize --tasks='synthcaps_tiny_\.\*'", "run"),
     (r"melody render-bank --config tiny_8s_n1000", ("shrink", [(r"tiny_8s_n1000", "tiny"),
@@ -85,6 +90,8 @@ PLAN = [
     (r"generate --prompt .* --random_init --tiny", ("shrink", [(r"--duration 2", "--duration 0.5")])),
     (r"infer --prompts prompts\.jsonl .*--model_dir weights/musiclm", ("shrink", [(r"--duration 4", "--duration 0.5")])),
     (r"infer --prompts prompts\.jsonl .*--random_init", "run"),
+    (r"eval export-synthcaps .*--out out/rl/ref_train",
+     ("shrink", [(r"out/quickstart/tfds", "~/tfds"), (r"tiny_8s_n1000", "tiny"), (r"--limit 400", "--limit 16")])),
     (r"eval export-synthcaps --data_dir out/quickstart/tfds .*--split test",  # 8 clips: infer generates each
      ("shrink", [(r"out/quickstart/tfds", "~/tfds"), (r"small_5s_n300", "tiny"),
                  (r"--split test", "--split test --limit 8")])),
@@ -98,6 +105,9 @@ PLAN = [
     (r"finetune distill ", ("shrink", [(r"--steps 300", "--steps 2 --batch_size 8 --no_progress")])),  # 8: the fake devices
     (r"generate --prompt .* --model_dir out/distill/out/musiclm", ("shrink", [(r"--duration 4", "--duration 1")])),
     (r"finetune score --audio_dir out/gen ", "run"),
+    (r"finetune rl --model_dir weights/musiclm",   # batch 8: the fake devices
+     ("shrink", [(r"--rounds 8", "--rounds 1 --prompts_per_round 2 --samples_per_prompt 4 --steps_per_round 1 "
+                                 "--batch_size 8 --seconds 1")])),
     (r"^\.venv/bin/musiclm-jax merge --a weights/musiclm", "run"),
     (r"infer --prompts out/eval/ref/infer_prompts\.jsonl", ("shrink", [(r"--duration 5", "--duration 3")])),
     (r"eval --audio_dir out/eval/gen", "run"),
