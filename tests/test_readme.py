@@ -90,6 +90,8 @@ PLAN = [
     (r"generate --prompt .* --random_init --tiny", ("shrink", [(r"--duration 2", "--duration 0.5")])),
     (r"infer --prompts prompts\.jsonl .*--model_dir weights/musiclm", ("shrink", [(r"--duration 4", "--duration 0.5")])),
     (r"infer --prompts prompts\.jsonl .*--random_init", "run"),
+    (r"eval export-synthcaps .*--out out/rl/ref_test",
+     ("shrink", [(r"out/quickstart/tfds", "~/tfds"), (r"tiny_8s_n1000", "tiny"), (r"--limit 48", "--limit 2")])),
     (r"eval export-synthcaps .*--out out/rl/ref_train",
      ("shrink", [(r"out/quickstart/tfds", "~/tfds"), (r"tiny_8s_n1000", "tiny"), (r"--limit 400", "--limit 16")])),
     (r"eval export-synthcaps --data_dir out/quickstart/tfds .*--split test",  # 8 clips: infer generates each
@@ -105,6 +107,9 @@ PLAN = [
     (r"finetune distill ", ("shrink", [(r"--steps 300", "--steps 2 --batch_size 8 --no_progress")])),  # 8: the fake devices
     (r"generate --prompt .* --model_dir out/distill/out/musiclm", ("shrink", [(r"--duration 4", "--duration 1")])),
     (r"finetune score --audio_dir out/gen ", "run"),
+    (r"finetune compare --models base=weights/musiclm",
+     ("shrink", [(r"base_unguided=weights/musiclm:unguided ", ""),
+                 (r"--out out/rl/compare\.json", "--out out/rl/compare.json --seconds 1 --rewards pulse")])),
     (r"finetune rl --model_dir weights/musiclm",   # batch 8: the fake devices
      ("shrink", [(r"--rounds 8", "--rounds 1 --prompts_per_round 2 --samples_per_prompt 4 --steps_per_round 1 "
                                  "--batch_size 8 --seconds 1")])),

@@ -117,6 +117,26 @@ def test_the_finetuned_model_generates_with_its_semantic_stage_unguided(planted)
     assert planted_share(gen.tokens["semantic"]).mean() > planted_share(base.tokens["semantic"]).mean() + 0.1
 
 
+def test_compare_pairs_every_model_with_the_first(planted, tmp_path, capsys):
+    prompts = tmp_path / "held_out.txt"
+    prompts.write_text("\n".join(CAPTIONS[3:5]) + "\n")
+    out = tmp_path / "compare.json"
+    argv = ["finetune", "compare", "--models", f"base={BASE}:unguided", f"rl={planted[2]['musiclm']}", "--prompts",
+            str(prompts), "--out", str(out), "--rewards", "pulse", "mulan", "--seconds", "1", "--batch_size", "2"]
+    assert cli.main(argv) == 0
+    result = json.load(open(out))
+    assert result["reference"] == "base" and result["prompts"] == 2 and result["samples_per_prompt"] == 2
+    base, tuned = result["models"]["base"], result["models"]["rl"]
+    assert set(base) == set(tuned) == {"pulse", "mulan", "diversity"} and "diff" not in base["mulan"]
+    for r in tuned:
+        d = np.asarray(result["per_prompt"]["rl"][r]) - np.asarray(result["per_prompt"]["base"][r])
+        assert tuned[r]["diff"] == pytest.approx(d.mean())
+    assert all(-1.0 <= v <= 1.0 for v in result["per_prompt"]["rl"]["diversity"])
+    assert "rl: pulse" in capsys.readouterr().out
+    assert cli.main(argv[:3] + ["weights/musiclm"] + argv[5:]) == 2
+    assert "NAME=DIR" in capsys.readouterr().err
+
+
 def test_cli_rl_on_audio_rewards_and_bad_input(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(CAPTIONS[:2]) + "\n")

@@ -5,6 +5,8 @@
   musiclm-jax finetune distill --model_dir weights/musiclm --data distill.npz --out_dir out/distill --steps 300
   musiclm-jax generate --prompt "a calm piano waltz" --model_dir out/distill/musiclm   # semantic stage unguided
   musiclm-jax finetune rl --model_dir weights/musiclm --prompts train_prompts.jsonl --out_dir out/rl --rewards key
+  musiclm-jax finetune compare --models base=weights/musiclm:unguided rl=out/rl/musiclm --prompts test_prompts.txt \
+      --out out/rl/compare.json
   musiclm-jax finetune score --audio_dir out/gen --rewards tempo key pulse mulan --mulan_dir weights/musiclm/mulan
 """
 from __future__ import annotations
@@ -59,6 +61,18 @@ def register(subparsers) -> None:
                                                                "the model's semantic window)")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=rl_train)
+    c = sub.add_parser("compare", help="held-out rewards and diversity of several MusicLMs, paired with the first")
+    c.add_argument("--models", nargs="+", required=True, help="NAME=DIR or NAME=DIR:unguided (the semantic stage "
+                                                               "decoded without guidance); the first is the reference")
+    c.add_argument("--prompts", required=True, help="held-out prompts: JSONL with a \"prompt\" per line, or one "
+                                                    "caption per line")
+    c.add_argument("--out", required=True, help="output JSON (means, paired differences, per-prompt scores)")
+    c.add_argument("--rewards", nargs="+", default=["key", "tempo", "pulse", "mulan"],
+                   choices=("tempo", "key", "pulse", "mulan"))
+    c.add_argument("--seconds", type=float, default=8.0)
+    c.add_argument("--samples_per_prompt", type=int, default=2)
+    c.add_argument("--batch_size", type=int, default=16)
+    c.set_defaults(func=compare_models)
     r = sub.add_parser("score", help="score generated audio with the finetuning rewards (finetune/rewards.py)")
     r.add_argument("--audio_dir", required=True, help="generated audio with its prompts.jsonl or infer results.jsonl")
     r.add_argument("--prompts", default=None, help="prompts file (default: the folder's)")
@@ -142,6 +156,34 @@ def distill_train(args: argparse.Namespace) -> dict:
     return result
 
 
+def _reward(name: str, model_dir: str, mulan=None):
+    """A reward of finetune/rewards.py by name; mulan: the model's own MuLan (`model_dir`/mulan)."""
+    from musiclm_jax.finetune import rewards as rw
+
+    if name == "mulan":
+        from musiclm_jax.mulan.api import MuLan
+        return rw.MuLanReward(mulan or MuLan.from_checkpoint(os.path.join(model_dir, "mulan")))
+    return {"tempo": rw.TempoReward, "key": rw.KeyReward, "pulse": rw.PulseReward}[name]()
+
+
+def compare_models(args: argparse.Namespace) -> dict:
+    from musiclm_jax.finetune import compare as cmp
+    from musiclm_jax.finetune.distill import read_prompts
+    from musiclm_jax.mulan.api import MuLan
+
+    _, first_dir, _ = cmp.parse_model(args.models[0])
+    if not os.path.isdir(os.path.join(first_dir, "mulan")):
+        raise ValueError(f"{first_dir} has no mulan/: the first model must be a complete MusicLM directory")
+    mulan = MuLan.from_checkpoint(os.path.join(first_dir, "mulan"))   # one base: one MuLan for all
+    rewards = {name: _reward(name, first_dir, mulan) for name in args.rewards}
+    result = cmp.compare(args.models, read_prompts(args.prompts), rewards, mulan, seconds=args.seconds,
+                         samples_per_prompt=args.samples_per_prompt, batch_size=args.batch_size)
+    cmp.write(result, args.out)
+    print("\n".join(cmp.summary_lines(result)))
+    print(f"wrote {args.out}")
+    return result
+
+
 def rl_train(args: argparse.Namespace) -> dict:
     from musiclm_jax.finetune import rewards as rw
     from musiclm_jax.finetune.distill import read_prompts
@@ -151,14 +193,7 @@ def rl_train(args: argparse.Namespace) -> dict:
     if len(weights) != len(args.rewards):
         raise ValueError(f"--weights gives {len(weights)} weights for {len(args.rewards)} rewards: one each")
     prompts = read_prompts(args.prompts)
-
-    def reward_of(name):
-        if name == "mulan":
-            from musiclm_jax.mulan.api import MuLan
-            return rw.MuLanReward(MuLan.from_checkpoint(os.path.join(args.model_dir, "mulan")))
-        return {"tempo": rw.TempoReward, "key": rw.KeyReward, "pulse": rw.PulseReward}[name]()
-
-    total = rw.weighted({name: (w, reward_of(name)) for name, w in zip(args.rewards, weights)})
+    total = rw.weighted({name: (w, _reward(name, args.model_dir)) for name, w in zip(args.rewards, weights)})
     result = finetune_rl(args.model_dir, prompts, args.out_dir, reward=lambda *a: total(*a)[0], rounds=args.rounds,
                          prompts_per_round=args.prompts_per_round, samples_per_prompt=args.samples_per_prompt,
                          steps_per_round=args.steps_per_round, batch_size=args.batch_size,
