@@ -27,8 +27,9 @@ def export(work_dir: str, out_dir: str, *, sizes: st.TokenSizes = st.QUICKSTART,
     """Exports the trained parts of `work_dir` for inference. `sampling`: the model's recommended decoding settings
     (musiclm.json "sampling", what generate/infer use unless told otherwise); default guidance 3, which the model
     card's evaluation recommends."""
-    from musiclm_jax.mulan.api import load_config
+    from musiclm_jax.mulan.model import MuLanConfig
     from musiclm_jax.train.checkpoints import export_inference
+    from musiclm_jax.train.loader import saved_config
 
     missing = [p for p in PARTS if not os.path.isdir(os.path.join(work_dir, p, "checkpoints"))]
     if missing:
@@ -38,7 +39,7 @@ def export(work_dir: str, out_dir: str, *, sizes: st.TokenSizes = st.QUICKSTART,
     for part in PARTS:
         drop = []
         if part == "mulan":
-            cfg = load_config(os.path.join(work_dir, part))
+            cfg = saved_config(os.path.join(work_dir, part), MuLanConfig)
             if cfg.freeze_text_tower and cfg.text.pretrained:
                 drop = [MULAN_TEXT_TOWER]
         dst = os.path.join(out_dir, part)

@@ -134,7 +134,7 @@ class MusicLM:
         "sampling": the model's recommended decoding settings (optional; see SAMPLING_DEFAULTS),
         "unguided_stages": stages decoded without guidance (optional; a guidance-distilled model)}.
         Each stage directory is a `musiclm_jax.train` model_dir of a stage experiment (gin/experiments/stage_*):
-        its TransformerConfig is read from the stored operative_config.gin. `semantic/` (w2v-BERT + k-means) is
+        its Transformer is rebuilt from the config its checkpoint records. `semantic/` (w2v-BERT + k-means) is
         needed only by `generate_continuation`."""
         from musiclm_jax.codec.api import SoundStream
         from musiclm_jax.mulan.api import MuLan
@@ -447,26 +447,27 @@ def _progress(stage: str, total: int, enabled: bool):
 
 # -- stage LM checkpoints -----------------------------------------------------------------------------------------
 def load_stage_lm(model_dir: str) -> tr.Transformer:
-    """The Transformer of a stage-LM checkpoint (`python -m musiclm_jax.train` with gin/experiments/stage_*)."""
+    """The Transformer of a stage-LM checkpoint (`python -m musiclm_jax.train` with gin/experiments/stage_*, or a
+    finetuning), rebuilt from the model config its checkpoint records (`TokenLM.model_config`)."""
     from musiclm_jax.lm.models import TokenLM
-    from musiclm_jax.train.gin_utils import saved_bindings as gin_bindings
+    from musiclm_jax.train import configs
+    from musiclm_jax.train.checkpoints import Checkpointer
     from musiclm_jax.train.loader import load_for_inference
 
-    config_path = os.path.join(model_dir, "operative_config.gin")
-    if not os.path.exists(config_path):
-        raise ValueError(f"{model_dir} has no operative_config.gin: is it the model_dir of a stage-LM training?")
-    with open(config_path) as f:
-        text = f.read()
-    refs, layout = {}, None
-    stage = gin_bindings(text, "stage_vocab_size").get("stage")
-    if stage is not None:  # a stage experiment: the vocabulary comes from the token layout
-        layout = st.StageLayout(stage, st.TokenSizes(**gin_bindings(text, "TokenSizes")))
-        refs["@stage_vocab_size()"] = layout.vocab_size
-    cfg = tr.TransformerConfig(**gin_bindings(text, "TransformerConfig", refs))
-    if cfg.aligned_inputs and layout is None:
-        raise ValueError(f"{model_dir} was trained with aligned conditioning but its config names no stage")
-    family = TokenLM(cfg, aligned=layout if cfg.aligned_inputs else None)
-    return load_for_inference(family, model_dir).models["model"]
+    if not os.path.isdir(os.path.join(model_dir, "checkpoints")):
+        raise ValueError(f"{model_dir} holds no checkpoints/: is it the model_dir of a stage-LM training?")
+    ckpt = Checkpointer(model_dir, async_save=False)
+    try:
+        record = ckpt.read_meta().get("model_config") or {}
+    finally:
+        ckpt.close()
+    if "transformer" not in record:
+        raise ValueError(f"the checkpoint in {model_dir} records no stage-LM config (written before checkpoints "
+                         "carried one): retrain or re-export it")
+    cfg = configs.from_dict(tr.TransformerConfig, record["transformer"])
+    aligned = record.get("aligned")
+    layout = st.StageLayout(aligned["stage"], configs.from_dict(st.TokenSizes, aligned["sizes"])) if aligned else None
+    return load_for_inference(TokenLM(cfg, aligned=layout), model_dir).models["model"]
 
 
 # -- tiny random parts (tests, `generate --random_init --tiny`) -------------------------------------------------

@@ -97,3 +97,51 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path):
     resumed = _losses(run_dir)
     after = [s for s in range(killed_at + 1, steps + 1)]
     assert after and [resumed[s] for s in after] == [reference[s] for s in after]
+
+
+def test_checkpoints_record_their_model_config_through_export_and_merge(tmp_path):
+    """The loaders rebuild a model from what its checkpoint records (no side file, no gin text): nested configs
+    round trip; a stage LM's record survives export and merge; an old checkpoint gets one line."""
+    from musiclm_jax.lm import stages as st
+    from musiclm_jax.mulan.audio import AudioConfig
+    from musiclm_jax.mulan.model import MuLanConfig
+    from musiclm_jax.mulan.text import minilm_config
+    from musiclm_jax.pipeline import load_stage_lm
+    from musiclm_jax.train import configs
+    from musiclm_jax.train.checkpoints import export_inference, merge_inference
+    from musiclm_jax.train.loader import saved_config
+    from musiclm_jax.train.trainer import train
+
+    mulan = MuLanConfig(audio=AudioConfig(stage_sizes=(1, 2)), text=minilm_config(max_length=16))
+    assert configs.from_dict(MuLanConfig, json.loads(json.dumps(configs.to_dict(mulan)))) == mulan
+    with pytest.raises(ValueError, match="fields \\['gone'\\]"):
+        configs.from_dict(MuLanConfig, {**configs.to_dict(mulan), "gone": 1})
+
+    layout = st.StageLayout("coarse", st.TINY)
+    aligned = TokenLM(tr.preset("tiny", vocab_size=layout.vocab_size, aligned_inputs=True), aligned=layout)
+    record = json.loads(json.dumps(aligned.model_config()))
+    assert configs.from_dict(st.TokenSizes, record["aligned"]["sizes"]) == st.TINY
+    assert configs.from_dict(tr.TransformerConfig, record["transformer"]) == aligned.config
+
+    cfg = tr.preset("tiny", dtype="float32", num_heads=4, vocab_size=64)
+    family = TokenLM(cfg)
+    mesh = partitioning.make_mesh(devices=jax.devices()[:1])
+    for name in ("a", "b"):
+        train(family, model_dir=str(tmp_path / name), batch_size=2, num_steps=1, seed=ord(name),
+              dataset=lambda **kw: data.synthetic_tokens(vocab_size=64, length=16, **kw),
+              mesh_fn=lambda: mesh, progress=False, tensorboard=False, async_checkpoints=False, rng_impl="rbg")
+    export_inference(str(tmp_path / "a"), str(tmp_path / "export"))
+    merge_inference(str(tmp_path / "a"), str(tmp_path / "b"), 0.5, str(tmp_path / "merged"))
+    for name in ("a", "export", "merged"):
+        model = load_stage_lm(str(tmp_path / name))
+        assert model.cfg == cfg
+    assert saved_config(str(tmp_path / "export"), tr.TransformerConfig,
+                        meta={"model_config": configs.to_dict(cfg)}) == cfg
+
+    old = Checkpointer(str(tmp_path / "old"), async_save=False)   # a checkpoint written without a model config
+    old.save(1, {"params": {"w": np.zeros(2)}}, None, family="token_lm", force=True)
+    old.close()
+    with pytest.raises(ValueError, match="records no stage-LM config"):
+        load_stage_lm(str(tmp_path / "old"))
+    with pytest.raises(ValueError, match="records no model config .* pass the MuLanConfig explicitly"):
+        saved_config(str(tmp_path / "old"), MuLanConfig)

@@ -305,7 +305,7 @@ def test_short_schedule_fits_its_warmup_and_a_missing_length_names_steps():
 def test_semantic_train_steps_sets_the_loop_and_schedule_length(monkeypatch, tmp_path, capsys):
     import gin
 
-    import musiclm_jax.semantic.run as run
+    import musiclm_jax.train.trainer as trainer
     from musiclm_jax.semantic.family import W2vBertFamily
 
     seen = {}
@@ -318,7 +318,7 @@ def test_semantic_train_steps_sets_the_loop_and_schedule_length(monkeypatch, tmp
         family.optimizers(["w2v_bert"], None)  # before: "needs total_steps > warmup_steps" for --steps <= 20
         return {"step": seen["num_steps"], "last_metrics": {}}
 
-    monkeypatch.setattr(run, "train_w2v_bert", fake_train)
+    monkeypatch.setattr(trainer, "train", fake_train)
     try:
         rc, out, err = _run(capsys, ["semantic", "train", "--gin_file=gin/experiments/w2v_bert_tiny_synthetic.gin",
                                      f"--model_dir={tmp_path}", "--steps", "10"])
@@ -341,7 +341,7 @@ def test_mulan_train_has_steps(monkeypatch, tmp_path, capsys):
 
     seen = {}
     monkeypatch.setattr(run, "train_mulan", lambda: seen.update(
-        steps=gin.query_parameter("%TRAIN_STEPS"), loop=str(gin.query_parameter("train_mulan.num_steps")))
+        steps=gin.query_parameter("%TRAIN_STEPS"), loop=str(gin.query_parameter("train.num_steps")))
         or {"step": seen["steps"], "last_metrics": {}})
     try:
         rc, out, err = _run(capsys, ["mulan", "train", "--gin_file=gin/experiments/mulan_tiny_synthcaps.gin",

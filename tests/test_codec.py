@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from musiclm_jax.codec import losses
-from musiclm_jax.codec.api import SoundStream, config_from_gin_text
+from musiclm_jax.codec.api import SoundStream
 from musiclm_jax.codec.discriminators import Discriminators
 from musiclm_jax.codec.model import CodecConfig, build_generator, chunked_decode, chunked_encode
 from musiclm_jax.quantization.kmeans import lloyd as kmeans
@@ -240,14 +240,6 @@ def test_api_round_trip_and_bad_input(micro):
         codec.decode(np.zeros((1, 4, 4), np.int32))
     with pytest.raises(ValueError, match="num_levels"):
         codec.encode(wave, 8000, num_levels=0)
-
-
-def test_config_from_gin_text():
-    text = "import musiclm_jax.codec.model\n\n# Parameters for CodecConfig:\nCodecConfig.channels = 4\n" \
-           "CodecConfig.strides = \\\n    (2, 4)\nCodecConfig.num_levels = 2\ntrain.batch_size = 8\n"
-    config = config_from_gin_text(text)
-    assert (config.channels, config.strides, config.num_levels) == (4, (2, 4), 2)
-    assert config_from_gin_text("train.batch_size = 8") is None
 
 
 def test_experiment_gin_files_parse():

@@ -28,7 +28,6 @@ def run(tmp_path_factory):
                     dataset=lambda **kw: synthetic_tones(num_samples=3200, **kw), checkpoint_period=STEPS,
                     async_checkpoints=False, progress=False,
                     mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:2]))
-    SoundStream.random(TINY).save_config(model_dir)
     with open(os.path.join(model_dir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     return model_dir, summary, rows
@@ -145,7 +144,6 @@ def music_run(tmp_path_factory):
                         waves=train_waves, batch_size=batch_size, num_samples=3200, seed=seed, split=split),
                     checkpoint_period=MUSIC_STEPS, async_checkpoints=False, progress=False,
                     mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]))
-    SoundStream.random(TINY).save_config(model_dir)
     trained = SoundStream.from_checkpoint(model_dir).model
     before = quality_metrics(SoundStream.random(TINY).model, held_out, TINY.codebook_size, reduce="mean")
     after = quality_metrics(trained, held_out, TINY.codebook_size, reduce="mean")

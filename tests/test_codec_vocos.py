@@ -166,7 +166,6 @@ def run(tmp_path_factory):
                     dataset=lambda **kw: synthetic_tones(num_samples=4 * 1024, **kw), checkpoint_period=STEPS,
                     async_checkpoints=False, progress=False,
                     mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:2]))
-    SoundStream.random(MICRO).save_config(model_dir)
     with open(os.path.join(model_dir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     return model_dir, summary, rows

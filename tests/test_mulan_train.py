@@ -1,5 +1,6 @@
 """MuLan trains on tiny SynthCaps with the shared trainer: recall rises above chance; checkpoint, quantizer and CLI."""
 import argparse
+import functools
 import json
 
 import jax
@@ -10,7 +11,7 @@ from musiclm_jax.mulan import evaluate
 from musiclm_jax.mulan.api import MuLan
 from musiclm_jax.mulan.audio import AudioConfig
 from musiclm_jax.data.synthcaps.clips import render_clips
-from musiclm_jax.mulan.data import PairBatches
+from musiclm_jax.mulan.data import PairBatches, mulan_dataset
 from musiclm_jax.mulan.family import MuLanFamily
 from musiclm_jax.mulan.model import MuLanConfig
 from musiclm_jax.mulan.run import train_mulan
@@ -35,9 +36,12 @@ def clips():
 def trained(clips, tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("mulan"))
     family = MuLanFamily(CONFIG, learning_rate=3e-3, warmup_steps=0)
-    summary = train_mulan(model_dir, family, clips_fn=lambda split: clips, batch_size=16, num_steps=30,
-                          mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]), progress=False,
-                          log_period=10, async_checkpoints=False, checkpoint_period=30)
+    clips_fn = lambda split: clips  # noqa: E731
+    dataset = functools.partial(mulan_dataset, clips_fn=clips_fn, audio_cfg=CONFIG.audio,
+                                max_length=CONFIG.text.max_length)
+    summary = train_mulan(clips_fn=clips_fn, family=family, model_dir=model_dir, dataset=dataset, batch_size=16,
+                          num_steps=30, mesh_fn=lambda: partitioning.make_mesh(devices=jax.devices()[:1]),
+                          progress=False, log_period=10, async_checkpoints=False, checkpoint_period=30)
     return model_dir, summary
 
 

@@ -107,5 +107,5 @@ def test_tiny_semantic_stage_trains_and_loads_back(tmp_path):
     np.testing.assert_allclose(np.asarray(again(jnp.asarray(np.concatenate([batch["inputs"], batch["targets"][:, :-1]], 1)),
                                                 prefix_len=jnp.full((4,), batch["inputs"].shape[1]))),
                                np.asarray(logits), atol=1e-6)
-    with pytest.raises(ValueError, match="operative_config"):
+    with pytest.raises(ValueError, match="model_dir of a stage-LM training"):
         pipeline.load_stage_lm(str(tmp_path / "nope"))

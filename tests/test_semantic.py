@@ -143,6 +143,6 @@ def test_gin_experiments_match_presets(name, preset_name):
         cfg = family.config
         expected = wb.preset(preset_name, dtype=cfg.dtype)
         assert cfg == expected
-        assert gin.query_parameter("train_w2v_bert.dataset") is not None
+        assert gin.query_parameter("train.dataset") is not None
     finally:
         gin.clear_config()

@@ -14,7 +14,8 @@ from musiclm_jax.semantic import w2v_bert as wb
 from musiclm_jax.semantic.api import SemanticTokenizer
 from musiclm_jax.semantic.family import W2vBertFamily
 from musiclm_jax.quantization.kmeans import KMeans
-from musiclm_jax.semantic.run import fit_kmeans, train_w2v_bert
+from musiclm_jax.semantic.run import fit_kmeans
+from musiclm_jax.train.trainer import train
 from musiclm_jax.train.partitioning import make_mesh
 
 SR = 16000
@@ -29,10 +30,10 @@ def waves(n, seconds, seed=0):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("w2v"))
-    summary = train_w2v_bert(model_dir=d, family=W2vBertFamily(config=TINY, warmup_steps=1),
-                             dataset=lambda **kw: synthetic_tones(num_samples=16000, **kw), batch_size=8,
-                             num_steps=2, progress=False, tensorboard=False, async_checkpoints=False,
-                             rng_impl="rbg", mesh_fn=lambda: make_mesh(devices=jax.devices()[:1]))
+    summary = train(W2vBertFamily(config=TINY, warmup_steps=1), model_dir=d,
+                    dataset=lambda **kw: synthetic_tones(num_samples=16000, **kw), batch_size=8, num_steps=2,
+                    progress=False, tensorboard=False, async_checkpoints=False, rng_impl="rbg",
+                    mesh_fn=lambda: make_mesh(devices=jax.devices()[:1]))
     assert summary["step"] == 2
     report = fit_kmeans(d, waves(6, 3.0), SR, num_clusters=8, max_frames=1000, batch_size=128, num_steps=10)
     assert report["num_frames"] == 6 * 75 and 0 < report["used_fraction"] <= 1

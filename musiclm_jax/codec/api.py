@@ -19,17 +19,6 @@ from musiclm_jax.codec.model import (CodecConfig, SoundStreamModel, build_genera
                                      chunked_encode, jit_decode, jit_encode)
 
 log = logging.getLogger(__name__)
-CONFIG_FILE = "codec_config.json"
-
-
-def config_from_gin_text(text: str) -> CodecConfig | None:
-    """The CodecConfig bindings of a saved gin config (operative config text), without touching gin's global state."""
-    from musiclm_jax.train.gin_utils import saved_bindings
-
-    values = saved_bindings(text, "CodecConfig")
-    return CodecConfig(**values) if values else None
-
-
 def _as_batch(wave, sample_rate: int, target_rate: int, allow_resample: bool) -> np.ndarray:
     """Validates and normalises input audio to float32 ``[batch, samples]`` at `target_rate`."""
     from musiclm_jax.audio.io import as_mono_batch, resample
@@ -63,39 +52,15 @@ class SoundStream:
     @classmethod
     def from_checkpoint(cls, model_dir: str, step: int | None = None,
                         config: CodecConfig | None = None) -> "SoundStream":
-        """Loads the generator of a codec trained with the shared trainer (`musiclm-jax codec train`).
-
-        The architecture comes from `config`, else `<model_dir>/codec_config.json`, else the gin config stored in
-        the checkpoint.
-        """
+        """Loads the generator of a codec trained with the shared trainer (`musiclm-jax codec train`); the
+        architecture is `config`, else the one its checkpoint records."""
         from musiclm_jax.codec.family import CodecFamily
-        from musiclm_jax.train.checkpoints import Checkpointer
-        from musiclm_jax.train.loader import load_for_inference
+        from musiclm_jax.train.loader import load_for_inference, saved_config
 
         if not os.path.isdir(os.path.join(model_dir, "checkpoints")):
             raise ValueError(f"{model_dir!r} holds no checkpoints/: pass the model_dir of `musiclm-jax codec train`")
-        ckpt = Checkpointer(model_dir, async_save=False)
-        try:
-            if config is None:
-                path = os.path.join(model_dir, CONFIG_FILE)
-                if os.path.exists(path):
-                    with open(path) as f:
-                        config = CodecConfig.from_json(f.read())
-                else:
-                    config = config_from_gin_text(ckpt.read_meta(step).get("gin_config", ""))
-            if config is None:
-                raise ValueError(f"{model_dir!r} has no {CONFIG_FILE} and no CodecConfig in its gin config: "
-                                 "pass config= explicitly")
-        finally:
-            ckpt.close()
+        config = config or saved_config(model_dir, CodecConfig, step)
         return cls(load_for_inference(CodecFamily(config=config), model_dir, step).models["generator"])
-
-    def save_config(self, model_dir: str) -> str:
-        os.makedirs(model_dir, exist_ok=True)
-        path = os.path.join(model_dir, CONFIG_FILE)
-        with open(path, "w") as f:
-            f.write(self.config.to_json())
-        return path
 
     # -- properties -----------------------------------------------------------------------------------------------
     @property

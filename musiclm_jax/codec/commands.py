@@ -69,7 +69,6 @@ def register(subparsers) -> None:
 
 
 def train(args: argparse.Namespace) -> dict:
-    from musiclm_jax.codec.api import CONFIG_FILE
     from musiclm_jax.train.launch import done_line, launch, model_dir_of_config
 
     bindings = list(args.gin_bindings)
@@ -85,17 +84,13 @@ def train(args: argparse.Namespace) -> dict:
             bindings.append(f"synthcaps_audio.data_dir = {os.path.expanduser(args.data_dir)!r}")
     written = {}
 
-    def write_config_then_train() -> dict:
-        from musiclm_jax.codec.model import CodecConfig
+    def train_and_name_dir() -> dict:
         from musiclm_jax.train.trainer import train as run_train
 
-        written["model_dir"] = model_dir = model_dir_of_config()
-        os.makedirs(model_dir, exist_ok=True)
-        with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:  # the API rebuilds the codec from this
-            f.write(CodecConfig().to_json())
-        return run_train()
+        written["model_dir"] = model_dir_of_config()
+        return run_train()   # the checkpoint records the codec's config: the API rebuilds the codec from it
 
-    summary = launch(write_config_then_train, args.gin_file or ["experiments/codec_tiny.gin"], bindings,
+    summary = launch(train_and_name_dir, args.gin_file or ["experiments/codec_tiny.gin"], bindings,
                      args.gin_search_path, registrations=("musiclm_jax.codec.data",), model_dir=args.model_dir,
                      steps=int(args.steps) if args.steps else None)
     print(done_line(summary, "mel_loss", model_dir=written.get("model_dir")))

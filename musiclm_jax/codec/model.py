@@ -99,10 +99,6 @@ class CodecConfig:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
 
-    @classmethod
-    def from_json(cls, text: str) -> "CodecConfig":
-        return cls(**json.loads(text))
-
 
 class SoundStreamModel(nnx.Module):
     """The generator: ``wave [B, S] -> codes [B, S / hop, Q] -> wave [B, S]``."""

@@ -102,16 +102,14 @@ def score(args: argparse.Namespace) -> dict:
     if args.mulan_dir:
         from musiclm_jax.mulan.api import MuLan
         mulan = MuLan.from_checkpoint(args.mulan_dir)
-    rewards = {"tempo": rw.TempoReward(), "key": rw.KeyReward(), "pulse": rw.PulseReward()}
-    if mulan is not None:
-        rewards["mulan"] = rw.MuLanReward(mulan)
     scores = {}
     for name in args.rewards:
         if name == "diversity":  # samples of one prompt: the rows sharing its text
             emb = np.stack([mulan.embed_audio(it.wave, it.sample_rate) for it in items])
             scores[name] = rw.diversity_reward(emb, [it.prompt for it in items])
             continue
-        values = [rewards[name](it.wave[None], it.sample_rate, [it.prompt])[0] for it in items]  # each at its rate
+        reward = _reward(name, mulan)
+        values = [reward(it.wave[None], it.sample_rate, [it.prompt])[0] for it in items]  # each at its rate
         scores[name] = np.asarray(values, np.float32)
     out = args.out or os.path.join(args.audio_dir, "rewards.jsonl")
     with open(out, "w") as f:
@@ -156,13 +154,15 @@ def distill_train(args: argparse.Namespace) -> dict:
     return result
 
 
-def _reward(name: str, model_dir: str, mulan=None):
-    """A reward of finetune/rewards.py by name; mulan: the model's own MuLan (`model_dir`/mulan)."""
+def _reward(name: str, mulan=None):
+    """A per-clip reward of finetune/rewards.py by name (the one mapping of score, rl and compare); "mulan" needs
+    the MuLan that scores it."""
     from musiclm_jax.finetune import rewards as rw
 
     if name == "mulan":
-        from musiclm_jax.mulan.api import MuLan
-        return rw.MuLanReward(mulan or MuLan.from_checkpoint(os.path.join(model_dir, "mulan")))
+        if mulan is None:
+            raise ValueError("the mulan reward needs a MuLan (--mulan_dir, or the model's own mulan/)")
+        return rw.MuLanReward(mulan)
     return {"tempo": rw.TempoReward, "key": rw.KeyReward, "pulse": rw.PulseReward}[name]()
 
 
@@ -175,7 +175,7 @@ def compare_models(args: argparse.Namespace) -> dict:
     if not os.path.isdir(os.path.join(first_dir, "mulan")):
         raise ValueError(f"{first_dir} has no mulan/: the first model must be a complete MusicLM directory")
     mulan = MuLan.from_checkpoint(os.path.join(first_dir, "mulan"))   # one base: one MuLan for all
-    rewards = {name: _reward(name, first_dir, mulan) for name in args.rewards}
+    rewards = {name: _reward(name, mulan) for name in args.rewards}
     result = cmp.compare(args.models, read_prompts(args.prompts), rewards, mulan, seconds=args.seconds,
                          samples_per_prompt=args.samples_per_prompt, batch_size=args.batch_size)
     cmp.write(result, args.out)
@@ -193,7 +193,11 @@ def rl_train(args: argparse.Namespace) -> dict:
     if len(weights) != len(args.rewards):
         raise ValueError(f"--weights gives {len(weights)} weights for {len(args.rewards)} rewards: one each")
     prompts = read_prompts(args.prompts)
-    total = rw.weighted({name: (w, _reward(name, args.model_dir)) for name, w in zip(args.rewards, weights)})
+    mulan = None
+    if "mulan" in args.rewards:   # the base's own MuLan scores the text-audio reward
+        from musiclm_jax.mulan.api import MuLan
+        mulan = MuLan.from_checkpoint(os.path.join(args.model_dir, "mulan"))
+    total = rw.weighted({name: (w, _reward(name, mulan)) for name, w in zip(args.rewards, weights)})
     result = finetune_rl(args.model_dir, prompts, args.out_dir, reward=lambda *a: total(*a)[0], rounds=args.rounds,
                          prompts_per_round=args.prompts_per_round, samples_per_prompt=args.samples_per_prompt,
                          steps_per_round=args.steps_per_round, batch_size=args.batch_size,

@@ -199,16 +199,13 @@ def held_out_kl(family: GuidanceDistillation, model, data: dict, rows: np.ndarra
 
 def write_finetuned(model_dir: str, train_dir: str, musiclm_dir: str) -> str:
     """A complete MusicLM directory: the base's (`model_dir`) parts with the latest checkpoint of `train_dir` as its
-    semantic stage, decoded unguided (musiclm.json "unguided_stages"). The trainer's own operative config does not
-    describe the stage (its family was built in Python): the base stage's config, the same architecture, is put in
-    `train_dir` for the loader."""
+    semantic stage, decoded unguided (musiclm.json "unguided_stages"); its checkpoint records its architecture."""
     from musiclm_jax.train.checkpoints import export_inference
 
     if os.path.exists(musiclm_dir):
         shutil.rmtree(musiclm_dir)
     shutil.copytree(model_dir, musiclm_dir, ignore=shutil.ignore_patterns(STAGE_DIR, "eval"))
-    shutil.copy(os.path.join(model_dir, STAGE_DIR, "operative_config.gin"), train_dir)
-    export_inference(train_dir, os.path.join(musiclm_dir, STAGE_DIR), extra_files=["operative_config.gin"])
+    export_inference(train_dir, os.path.join(musiclm_dir, STAGE_DIR), extra_files=[])
     with open(os.path.join(model_dir, "musiclm.json")) as f:
         manifest = json.load(f)
     manifest["unguided_stages"] = [STAGE]

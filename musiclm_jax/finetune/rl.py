@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from typing import Callable, Sequence
 
 import gin
@@ -227,9 +226,6 @@ def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Sco
     train_dir, rollout_dir = os.path.join(out_dir, "train"), os.path.join(out_dir, "rollouts")
     os.makedirs(rollout_dir, exist_ok=True)
     os.makedirs(train_dir, exist_ok=True)
-    # The policy has the base's architecture: the base's config describes it (the loader reads it); the trainer
-    # writes its own operative config, which does not, so it is put back before the policy is loaded.
-    base_config = os.path.join(base_dir, "operative_config.gin")
     schedule = make_schedule(learning_rate, "constant", warmup_steps=min(10, steps_per_round))
     history, summary = [], {}
     for r in range(rounds):
@@ -239,8 +235,6 @@ def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Sco
             with np.load(path) as f:
                 history.append(_round_stats(r, f["rewards"]))
             continue
-        if done:
-            shutil.copy(base_config, train_dir)
         policy = reference if done == 0 else load_stage_lm(train_dir)
         if os.path.exists(path):    # this round's rollouts were made before a stop: train on them
             with np.load(path) as f:

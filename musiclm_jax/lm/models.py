@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from musiclm_jax.lm import transformer as tr
+from musiclm_jax.train import configs
 from musiclm_jax.train.trainer import Family
 
 
@@ -62,6 +63,13 @@ class TokenLM(Family):
 
     def init(self, rngs: nnx.Rngs) -> dict[str, nnx.Module]:
         return {"model": tr.Transformer(self.config, rngs=rngs)}
+
+    def model_config(self) -> dict:
+        """The Transformer's config and, with time-aligned conditioning, the stage layout the ids come from (what
+        `pipeline.load_stage_lm` rebuilds the model from)."""
+        aligned = None if self.aligned is None else {"stage": self.aligned.stage,
+                                                     "sizes": configs.to_dict(self.aligned.sizes)}
+        return {"transformer": configs.to_dict(self.config), "aligned": aligned}
 
     # -- layout --------------------------------------------------------------------------------------------------
     def _prefix(self, batch: dict) -> jax.Array:

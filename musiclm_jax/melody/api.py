@@ -92,16 +92,12 @@ class Melody:
     @classmethod
     def from_checkpoint(cls, model_dir: str, step: int | None = None) -> "Melody":
         from musiclm_jax.melody.family import GROUP, MelodyFamily
-        from musiclm_jax.train.gin_utils import saved_bindings
-        from musiclm_jax.train.loader import load_for_inference
-
-        path = os.path.join(model_dir, "operative_config.gin")
-        if not os.path.exists(path):
-            raise ValueError(f"{model_dir} has no operative_config.gin: pass the model_dir of `musiclm-jax melody train`")
         from musiclm_jax.quantization.fingerprint import params_fingerprint
+        from musiclm_jax.train.loader import load_for_inference, saved_config
 
-        with open(path) as f:
-            cfg = MelodyConfig(**saved_bindings(f.read(), "MelodyConfig"))
+        if not os.path.isdir(os.path.join(model_dir, "checkpoints")):
+            raise ValueError(f"{model_dir} holds no checkpoints/: pass the model_dir of `musiclm-jax melody train`")
+        cfg = saved_config(model_dir, MelodyConfig, step)
         loaded = load_for_inference(MelodyFamily(config=cfg), model_dir, step)
         quantizer = None
         if os.path.isdir(os.path.join(model_dir, QUANTIZER_DIR)):

@@ -12,7 +12,6 @@ direction is what cosine similarity and the quantizer use). Audio shorter than o
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Sequence
 
@@ -23,39 +22,11 @@ from flax import nnx
 
 from musiclm_jax.audio.io import check_samples, resample
 from musiclm_jax.quantization import embeddings as rvq_lib
-from musiclm_jax.mulan.audio import AudioConfig, audio_windows
+from musiclm_jax.mulan.audio import audio_windows
 from musiclm_jax.mulan.model import MuLanConfig, MuLanModel
-from musiclm_jax.mulan.text import TextConfig, TextTokenizer
+from musiclm_jax.mulan.text import TextTokenizer
 
-CONFIG_FILE = "mulan_config.json"
 QUANTIZER_DIR = "quantizer"
-
-
-def config_to_dict(cfg: MuLanConfig) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def config_from_dict(d: dict) -> MuLanConfig:
-    audio = dict(d["audio"], stage_sizes=tuple(d["audio"]["stage_sizes"]))
-    rest = {k: v for k, v in d.items() if k not in ("audio", "text")}
-    return MuLanConfig(audio=AudioConfig(**audio), text=TextConfig(**d["text"]), **rest)
-
-
-def save_config(model_dir: str, cfg: MuLanConfig) -> str:
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, CONFIG_FILE)
-    with open(path, "w") as f:
-        json.dump(config_to_dict(cfg), f, indent=1)
-    return path
-
-
-def load_config(model_dir: str) -> MuLanConfig:
-    path = os.path.join(model_dir, CONFIG_FILE)
-    if not os.path.exists(path):
-        raise ValueError(f"{model_dir} has no {CONFIG_FILE}: is it a MuLan model directory "
-                         "(made by `musiclm-jax mulan train`)?")
-    with open(path) as f:
-        return config_from_dict(json.load(f))
 
 
 @nnx.jit
@@ -83,16 +54,20 @@ class MuLan:
         """Loads the latest (or `step`) trainer checkpoint of `model_dir`, and its quantizer when present."""
         from musiclm_jax.mulan.family import GROUP, MuLanFamily
         from musiclm_jax.train.checkpoints import Checkpointer, overlay
-        from musiclm_jax.train.loader import load_for_inference
+        from musiclm_jax.train.loader import load_for_inference, saved_config
 
         if not os.path.isdir(model_dir):
             raise ValueError(f"MuLan model directory {model_dir} does not exist")
-        cfg = load_config(model_dir)
+        if not os.path.isdir(os.path.join(model_dir, "checkpoints")):
+            raise ValueError(f"{model_dir} holds no MuLan checkpoints/: pass the model_dir of `musiclm-jax mulan "
+                             "train`")
         ckpt = Checkpointer(model_dir, async_save=False)
         try:
-            dropped = ckpt.read_meta(step).get("dropped", [])
+            meta = ckpt.read_meta(step)
         finally:
             ckpt.close()
+        cfg = saved_config(model_dir, MuLanConfig, meta=meta)
+        dropped = meta.get("dropped", [])
         # The checkpoint holds the (fine-tuned) text tower, unless an export left out a frozen pretrained one: then
         # the tower is read from its package again, and everything else from the checkpoint.
         text_cfg = cfg.text if dropped else dataclasses.replace(cfg.text, pretrained=None)

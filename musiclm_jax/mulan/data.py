@@ -101,17 +101,22 @@ class PairBatches(ResumableBatches):
 @gin.configurable
 def mulan_dataset(*, split: str = "train", batch_size: int, seed: int = 0, shard_index: int = 0, num_shards: int = 1,
                   clips_fn: Callable[..., list[dict]] = synthcaps_clips, audio_cfg: AudioConfig | None = None,
-                  max_length: int = 128, twins: float = 0.0, max_semitones: int = 3) -> PairBatches:
-    """Trainer dataset function. `audio_cfg` defaults to the gin-bound MuLanConfig's audio tower; `twins`: the
-    fraction of each training batch that is transposed copies of its other rows (see the module docstring)."""
-    if audio_cfg is None:
+                  max_length: int | None = None, twins: float = 0.0, max_semitones: int = 3) -> PairBatches:
+    """The trainer's dataset (`train.dataset = @mulan_dataset`): caption-audio pairs of `clips_fn(split=...)`
+    (the trainer's "eval" split reads "validation"). `audio_cfg` and `max_length` default to the gin-bound
+    MuLanConfig's; `twins`: the fraction of each training batch that is transposed copies of its other rows (see
+    the module docstring)."""
+    if audio_cfg is None or max_length is None:
         from musiclm_jax.mulan.model import MuLanConfig
-        audio_cfg = MuLanConfig().audio
-    clips = _cached_clips(clips_fn, split)
+        cfg = MuLanConfig()
+        audio_cfg = audio_cfg or cfg.audio
+        max_length = max_length or cfg.text.max_length
+    clips = cached_clips(clips_fn, "validation" if split == "eval" else split)
     return PairBatches(clips, audio_cfg, TextTokenizer(max_length), batch_size, seed=seed, train=split == "train",
                        shard_index=shard_index, num_shards=num_shards, twins=twins, max_semitones=max_semitones)
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_clips(clips_fn, split):
+def cached_clips(clips_fn: Callable[..., list[dict]], split: str) -> list[dict]:
+    """`clips_fn(split=split)`, read once per process (training, evaluation and the quantizer fit share it)."""
     return clips_fn(split=split)

@@ -4,7 +4,6 @@ Used by `musiclm-jax mulan ...` and by the tests; the training loop itself is `m
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -14,53 +13,30 @@ import gin
 import numpy as np
 
 from musiclm_jax.quantization import embeddings as rvq_lib
-from musiclm_jax.mulan.api import MuLan, save_config
+from musiclm_jax.mulan import data as mulan_data
+from musiclm_jax.mulan.api import MuLan
 from musiclm_jax.data.synthcaps.clips import synthcaps_clips
-from musiclm_jax.mulan.data import PairBatches
-from musiclm_jax.mulan.family import MuLanFamily
-from musiclm_jax.mulan.text import TextTokenizer
 
 log = logging.getLogger(__name__)
 
 
-def _dataset(clips_by_split: Callable[[str], list[dict]], audio_cfg, max_length, twins, max_semitones, *, split,
-             batch_size, seed, shard_index, num_shards):
-    return PairBatches(clips_by_split(split), audio_cfg, TextTokenizer(max_length), batch_size, seed=seed,
-                       train=split == "train", shard_index=shard_index, num_shards=num_shards, twins=twins,
-                       max_semitones=max_semitones)
-
-
 @gin.configurable
-def train_mulan(model_dir: str = gin.REQUIRED, family: MuLanFamily | None = None,
-                clips_fn: Callable[..., list[dict]] = synthcaps_clips, batch_size: int = 16, num_steps: int = 200,
-                eval_period: int = 0, eval_steps: int = 1, fit_quantizer: bool = True, twins: float = 0.0,
-                max_semitones: int = 3, quantizer_fit_on: str = "audio", **train_kwargs) -> dict:
-    """Trains MuLan into `model_dir` (resumable), then fits the conditioning quantizer on train audio embeddings.
-
-    `clips_fn(split=...)` gives the clips of a split (default: the built SynthCaps TFDS dataset). `twins`: the
-    fraction of each training batch made of transposed copies of its other rows (mulan/data.py);
-    `quantizer_fit_on`: see `fit_and_save_quantizer`.
-    Returns the trainer summary plus "quantizer" (the cosine lost by quantization, per number of levels).
-    """
+def train_mulan(fit_quantizer: bool = True, quantizer_fit_on: str = "audio",
+                clips_fn: Callable[..., list[dict]] = synthcaps_clips, **train_kwargs) -> dict:
+    """`mulan train`: the shared trainer (every argument from gin's `train.*`, or from `train_kwargs`; the dataset
+    is `mulan_data.mulan_dataset`), then the conditioning quantizer fitted on the embeddings of the train clips
+    `clips_fn(split="train")` (the ones `mulan_dataset` trains on; default: the built SynthCaps TFDS dataset).
+    `quantizer_fit_on`: see `fit_and_save_quantizer`. Returns the trainer summary plus "quantizer" (the cosine
+    lost by quantization, per number of levels) once training has reached its last step."""
+    from musiclm_jax.train.launch import model_dir_of_config
     from musiclm_jax.train.trainer import train
 
-    family = family or MuLanFamily()
-    cache: dict[str, list[dict]] = {}
-
-    def clips_by_split(split):
-        if split not in cache:
-            cache[split] = clips_fn(split="validation" if split == "eval" else split)
-        return cache[split]
-
-    save_config(model_dir, family.config)
-    dataset = functools.partial(_dataset, clips_by_split, family.config.audio, family.config.text.max_length, twins,
-                                max_semitones)
-    summary = train(family, model_dir=model_dir, dataset=dataset, batch_size=batch_size, num_steps=num_steps,
-                    eval_dataset=dataset if eval_period else None, eval_period=eval_period, eval_steps=eval_steps,
-                    **train_kwargs)
+    summary = train(**train_kwargs)
     summary.pop("state", None)
-    if fit_quantizer and summary["step"] >= num_steps:
-        summary["quantizer"] = fit_and_save_quantizer(model_dir, clips_by_split("train"), fit_on=quantizer_fit_on)
+    if fit_quantizer and summary["step"] >= summary["num_steps"]:
+        model_dir = train_kwargs.get("model_dir") or model_dir_of_config()
+        summary["quantizer"] = fit_and_save_quantizer(model_dir, mulan_data.cached_clips(clips_fn, "train"),
+                                                      fit_on=quantizer_fit_on)
     return summary
 
 

@@ -19,8 +19,6 @@ coarse stage cannot render a key its semantic tokens do not carry. 0 (the paper)
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 
 import jax
@@ -33,26 +31,8 @@ from musiclm_jax.quantization.fingerprint import params_fingerprint
 from musiclm_jax.quantization.kmeans import KMeans
 from musiclm_jax.semantic.w2v_bert import W2vBert, W2vBertConfig
 
-CONFIG_FILE = "w2v_bert_config.json"
 KMEANS_DIR = "kmeans"
 FULL_ATTENTION_CONTEXT = 100  # frames of context (4 s) when attention is unbounded: approximate invariance only
-
-
-def save_config(model_dir: str, cfg: W2vBertConfig) -> str:
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, CONFIG_FILE)
-    with open(path, "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1)
-    return path
-
-
-def load_config(model_dir: str) -> W2vBertConfig:
-    path = os.path.join(model_dir, CONFIG_FILE)
-    if not os.path.exists(path):
-        raise ValueError(f"{model_dir} has no {CONFIG_FILE}: is it a w2v-BERT model directory "
-                         "(made by `musiclm-jax semantic train`)?")
-    with open(path) as f:
-        return W2vBertConfig(**json.load(f))
 
 
 @nnx.jit(static_argnums=(2,))
@@ -91,11 +71,11 @@ class SemanticTokenizer:
                         require_kmeans: bool = True, **kwargs) -> "SemanticTokenizer":
         """Restores the parameters of the latest (or `step`) checkpoint in `model_dir` onto one device."""
         from musiclm_jax.semantic.family import GROUP, W2vBertFamily
-        from musiclm_jax.train.loader import load_for_inference
+        from musiclm_jax.train.loader import load_for_inference, saved_config
 
         if not os.path.isdir(model_dir):
             raise ValueError(f"w2v-BERT model directory {model_dir} does not exist")
-        cfg = load_config(model_dir)
+        cfg = saved_config(model_dir, W2vBertConfig, step)
         kmeans_dir = kmeans_dir or os.path.join(model_dir, KMEANS_DIR)
         if require_kmeans and not os.path.isdir(kmeans_dir):
             raise ValueError(f"no k-means in {kmeans_dir}: run `musiclm-jax semantic fit-kmeans --model_dir "

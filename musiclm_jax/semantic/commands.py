@@ -93,9 +93,10 @@ def train(args: argparse.Namespace) -> dict:
 
     if not args.gin_file:
         raise ValueError("no --gin_file given: pass e.g. --gin_file=gin/experiments/w2v_bert_tiny_synthetic.gin")
-    summary = launch("musiclm_jax.semantic.run:train_w2v_bert", args.gin_file, args.gin_bindings,
-                     args.gin_search_path, registrations=("musiclm_jax.codec.data",), model_dir=args.model_dir,
+    summary = launch("musiclm_jax.train.trainer:train", args.gin_file, args.gin_bindings, args.gin_search_path,
+                     registrations=("musiclm_jax.codec.data", "musiclm_jax.semantic.family"), model_dir=args.model_dir,
                      steps=args.steps)
+    summary.pop("state", None)
     print(done_line(summary, "loss", "contrastive_loss", "mlm_loss"))
     return summary
 

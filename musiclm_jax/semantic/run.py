@@ -1,4 +1,4 @@
-"""w2v-BERT end to end: training with the shared trainer, then k-means on features sampled from the corpus.
+"""w2v-BERT end to end: k-means on features sampled from the corpus (training is the shared trainer: `train.*`).
 
 Used by `musiclm-jax semantic ...` and the tests; the training loop itself is `musiclm_jax.train.trainer.train`.
 """
@@ -7,30 +7,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Callable, Iterable
+from typing import Iterable
 
 import gin
 import jax
 import numpy as np
 
-from musiclm_jax.semantic.api import KMEANS_DIR, SemanticTokenizer, save_config
-from musiclm_jax.semantic.family import W2vBertFamily
+from musiclm_jax.semantic.api import KMEANS_DIR, SemanticTokenizer
 from musiclm_jax.quantization.kmeans import KMeansConfig, cluster_usage, fit
 
 log = logging.getLogger(__name__)
-
-
-@gin.configurable
-def train_w2v_bert(model_dir: str = gin.REQUIRED, family: W2vBertFamily | None = None,
-                   dataset: Callable = gin.REQUIRED, **train_kwargs) -> dict:
-    """Trains w2v-BERT into `model_dir` (resumable; writes w2v_bert_config.json beside the checkpoints)."""
-    from musiclm_jax.train.trainer import train
-
-    family = family or W2vBertFamily()
-    save_config(model_dir, family.config)
-    summary = train(family, model_dir=model_dir, dataset=dataset, **train_kwargs)
-    summary.pop("state", None)
-    return summary
 
 
 def sample_features(tokenizer: SemanticTokenizer, waves: Iterable[np.ndarray], sample_rate: int,

@@ -1,7 +1,8 @@
 """Orbax checkpoints: async save, keep-N, the data iterator's position and the gin config saved with the model.
 
 A checkpoint step holds two items: `state` (the train state pytree: step, params, optimizer state ...) and `meta`
-(JSON: the data iterator state, the family name, every array's shape and dtype, and the gin config text). The
+(JSON: the data iterator state, the family name, every array's shape and dtype, the gin config text and the model
+config that the loaders rebuild the model from, train/configs.py). The
 model directory also gets `config.gin` (and `operative_config.gin`): a checkpoint directory says how it was trained.
 
 Restoring takes an abstract target (ShapeDtypeStruct leaves with shardings): orbax reads each array straight into
@@ -61,10 +62,12 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, data_state: dict | None, *, family: str = "", force: bool = False) -> bool:
-        """Starts an (async) save of `state`; returns whether a save was started."""
+    def save(self, step: int, state, data_state: dict | None, *, family: str = "", model_config: dict | None = None,
+             force: bool = False) -> bool:
+        """Starts an (async) save of `state`; returns whether a save was started. `model_config`: the family's
+        architecture (`Family.model_config()`), what the loaders rebuild the model from."""
         meta = {"step": int(step), "family": family, "data_state": data_state, "shapes": tree_signature(state),
-                "gin_config": gin.config_str()}
+                "gin_config": gin.config_str(), "model_config": model_config}
         if jax.process_count() > 1:  # only the primary host writes meta: it records every host's data position
             meta["data_states"] = _gather_json(data_state)
         saved = self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -215,7 +218,8 @@ def _write_inference(dst_dir: str, step: int, kept: dict, meta: dict, extra_meta
         shutil.rmtree(dst_dir)
     dst = Checkpointer(dst_dir, keep=1, async_save=False)
     new_meta = {"step": int(step), "family": meta.get("family", ""), "data_state": None,
-                "shapes": tree_signature(kept), "gin_config": meta.get("gin_config", ""), "dropped": [],
+                "shapes": tree_signature(kept), "gin_config": meta.get("gin_config", ""),
+                "model_config": meta.get("model_config"), "dropped": [],
                 **extra_meta}
     dst.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(kept), meta=ocp.args.JsonSave(new_meta)),
                      force=True)

@@ -1,5 +1,5 @@
-"""Gin plumbing shared by the entry points: search paths, `--gin_file` / `--gin.KEY=VALUE` flags, REQUIRED check,
-and `saved_bindings`, the one reader of a checkpoint's saved config text (without touching gin's global state).
+"""Gin plumbing shared by the entry points: search paths, `--gin_file` / `--gin.KEY=VALUE` flags, REQUIRED check.
+(Loaders do not read gin text back: a checkpoint records its model config, train/configs.py.)
 
 Gin lets a binding be `%gin.REQUIRED` (directly or through a macro) and then silently passes a sentinel object at
 call time. `check_required()` walks the parsed config first and raises one error naming every such binding.
@@ -7,10 +7,8 @@ call time. `check_required()` walks the parsed config first and raises one error
 from __future__ import annotations
 
 import argparse
-import ast
 import logging
 import pathlib
-import re
 from typing import Sequence
 
 import gin
@@ -187,30 +185,3 @@ def check_required() -> None:
         first = missing[0].split(" ")[0]
         raise ValueError(f"missing required gin binding(s): {', '.join(sorted(set(missing)))}; set them in a gin "
                          f"file or on the command line, e.g. --gin.{first}=...")
-
-
-def saved_bindings(text: str, configurable: str, references: dict | None = None) -> dict:
-    """`Configurable.param = value` bindings of a saved gin config (config.gin / operative_config.gin text) as
-    Python values: continuation lines joined, macros resolved, and `references` mapping a reference such as
-    '@stage_vocab_size()' to its value. Does not touch gin's global state."""
-    logical = []
-    for line in text.splitlines():   # gin wraps long values onto indented lines (after a trailing backslash)
-        if logical and line.startswith((" ", "\t")):
-            logical[-1] = logical[-1].rstrip().removesuffix("\\") + " " + line.strip()
-        else:
-            logical.append(line)
-    joined = "\n".join(line.rstrip().removesuffix("\\").rstrip() for line in logical)
-    macros = dict(re.findall(r"^([A-Z_][A-Z0-9_]*)\s*=\s*(.+)$", joined, re.M))
-    out = {}
-    for name, value in re.findall(rf"^(?:[\w/]*/)?(?:[\w.]+\.)?{configurable}\.(\w+)\s*=\s*(.+)$", joined, re.M):
-        value = value.strip()
-        while value.startswith("%") and value[1:] in macros:
-            value = macros[value[1:]].strip()
-        if references and value in references:
-            out[name] = references[value]
-            continue
-        try:
-            out[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise ValueError(f"cannot read {configurable}.{name} = {value!r} from the saved gin config") from None
-    return out

@@ -1,5 +1,6 @@
 """The one inference loader: a family's modules from a training or an exported checkpoint, without a Trainer.
 
+    cfg = saved_config("weights/codec_vocos", CodecConfig)     # what the checkpoint records of itself
     loaded = load_for_inference(CodecFamily(config=cfg), "weights/codec_vocos")
     generator = loaded.models["generator"]
 
@@ -11,6 +12,7 @@ pretrained tower) come from `fill_dropped(params)`, which returns the full param
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, NamedTuple
 
 import jax
@@ -18,6 +20,27 @@ from flax import nnx
 
 from musiclm_jax.train import partitioning
 from musiclm_jax.train.checkpoints import restore_for_inference
+
+
+def saved_config(model_dir: str, cls, step: int | None = None, *, meta: dict | None = None):
+    """The model config (`cls`, a dataclass) the latest (or `step`) checkpoint of `model_dir` records of itself
+    (train/configs.py); `meta`: that checkpoint's metadata, when already read."""
+    from musiclm_jax.train import configs
+    from musiclm_jax.train.checkpoints import Checkpointer
+
+    if meta is None:
+        if not os.path.isdir(os.path.join(model_dir, "checkpoints")):
+            raise ValueError(f"{model_dir} holds no checkpoints/: pass the model_dir of a training or an export")
+        ckpt = Checkpointer(model_dir, async_save=False)
+        try:
+            meta = ckpt.read_meta(step)
+        finally:
+            ckpt.close()
+    record = meta.get("model_config")
+    if not record:
+        raise ValueError(f"the checkpoint in {model_dir} records no model config (written before checkpoints "
+                         f"carried one): pass the {cls.__name__} explicitly or retrain it")
+    return configs.from_dict(cls, record)
 
 
 class Loaded(NamedTuple):

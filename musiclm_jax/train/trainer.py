@@ -19,6 +19,7 @@ leaves params and optimizer state unchanged and is counted), and `train()`: metr
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -36,7 +37,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from musiclm_jax.train import partitioning
+from musiclm_jax.train import configs, partitioning
 from musiclm_jax.train.optimizers import Optimizer, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,12 @@ class Family:
 
     def flops(self, batch: dict) -> float | None:
         return None
+
+    def model_config(self) -> dict | None:
+        """The architecture as JSON, recorded in every checkpoint's meta ("model_config") for the loaders; default:
+        the family's dataclass `config`, if it has one."""
+        cfg = getattr(self, "config", None)
+        return configs.to_dict(cfg) if dataclasses.is_dataclass(cfg) else None
 
 
 def split_rest(models: dict[str, nnx.Module]) -> dict:
@@ -467,6 +474,7 @@ def train(family: Family = gin.REQUIRED, *, model_dir: str = gin.REQUIRED, datas
             state = trainer.warm_start(state, init_from, grow=init_grow)
     step = int(jax.device_get(state["step"]))
     log.info("%s: %d parameters, mesh %s", family.name, trainer.num_params(), dict(trainer.mesh.shape))
+    model_config = family.model_config()
 
     peak = peak_flops if peak_flops is not None else default_peak_flops()
     writer = _metric_writer(os.path.join(model_dir, "tb"), tensorboard)
@@ -516,18 +524,19 @@ def train(family: Family = gin.REQUIRED, *, model_dir: str = gin.REQUIRED, datas
                     jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
                 summary["last_eval"] = scalars
             if stop:
-                ckpt.save(step, state, data.get_state(), family=family.name, force=True)
+                ckpt.save(step, state, data.get_state(), family=family.name, model_config=model_config, force=True)
                 ckpt.wait()
                 log.warning("SIGTERM: saved step %d to %s, exiting", step, model_dir)
                 summary["preempted"] = True
                 break
             if step % checkpoint_period == 0 or step == num_steps:
-                ckpt.save(step, state, data.get_state(), family=family.name, force=step == num_steps)
+                ckpt.save(step, state, data.get_state(), family=family.name, model_config=model_config,
+                          force=step == num_steps)
     bar.close()
     ckpt.close()
     writer.flush()
     if jsonl:
         jsonl.close()
-    summary.update(step=step, skipped_steps=int(jax.device_get(state["skipped"])), num_params=trainer.num_params())
+    summary.update(step=step, num_steps=num_steps, skipped_steps=int(jax.device_get(state["skipped"])), num_params=trainer.num_params())
     summary["state"] = state
     return summary
