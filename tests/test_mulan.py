@@ -239,3 +239,34 @@ def test_pitch_experiment_resolves_semitones_with_the_same_tower():
     assert a.sample_rate / a.n_fft < 220.0 * (2 ** (1 / 12) - 1)    # STFT bins finer than a semitone at A3
     _, _, tiny_audio, _ = _params_of_gin("gin/models/mulan_tiny.gin")
     assert audio == tiny_audio
+
+
+def _clicks(bpm, seconds=4.0, sr=16000):
+    wave = np.zeros(int(sr * seconds), np.float32)
+    burst = (np.sin(2 * np.pi * 1000 * np.arange(400) / sr) * np.hanning(400)).astype(np.float32)
+    for i in range(0, len(wave) - 400, int(sr * 60 / bpm)):
+        wave[i:i + 400] += burst
+    return wave
+
+
+def test_tempogram_peaks_at_the_beat_and_the_branch_starts_as_the_plain_tower():
+    from musiclm_jax.audio.features import log_mel_spectrogram
+    from musiclm_jax.mulan.audio import TEMPO_RANGE_BPM, AudioEncoder, tempogram
+
+    bpms = np.geomspace(*TEMPO_RANGE_BPM, 32)
+    for bpm in (70, 100, 130):
+        mel = log_mel_spectrogram(jnp.asarray(_clicks(bpm)[None]), 16000, n_fft=1024, hop_length=320, n_mels=64)
+        tg = np.asarray(tempogram(mel, 16000 / 320, 32))[0]
+        assert abs(bpms[np.argmax(tg)] / bpm - 1) < 0.06, (bpm, bpms[np.argmax(tg)])
+    with pytest.raises(ValueError, match="too short for a tempogram"):
+        tempogram(jnp.zeros((1, 40, 8)), 50.0, 8)
+
+    plain = AudioConfig(window_seconds=4.0, n_fft=512, hop_length=320, n_mels=32, stage_sizes=(1,), width=8,
+                        block="basic")
+    with_tempo = dataclasses.replace(plain, tempo_bins=16)
+    a, b = AudioEncoder(plain, nnx.Rngs(0)), AudioEncoder(with_tempo, nnx.Rngs(0))
+    assert not hasattr(a, "tempo_in") and b.tempo_in.kernel.shape == (16, plain.out_features)
+    wave = jnp.asarray(_clicks(120)[None])
+    np.testing.assert_allclose(np.asarray(b(wave)), np.asarray(a(wave)), atol=1e-6)   # zero-init last layer
+    b.tempo_out.kernel.value = jnp.ones_like(b.tempo_out.kernel.value)
+    assert not np.allclose(np.asarray(b(wave)), np.asarray(a(wave)))   # and it reaches the features

@@ -3,7 +3,7 @@
 The stable recipe, all gin-configurable in `CodecFamily`:
 * the generator trains on reconstruction (+ commitment) alone for `disc_start_step` steps; then the discriminators
   start and the generator adds the adversarial and feature-matching terms (hinge GAN, paper weights 1 / 100 / 1);
-* Adam with beta1 = 0.5, global-norm gradient clipping per group, warmup + cosine learning rate;
+* Adam with beta1 = 0.5, global-norm gradient clipping per group (`optimizer`), warmup + cosine learning rate;
 * the trainer's NaN/Inf guard drops a non-finite step entirely (parameters, optimizer state *and* codebooks);
 * codebooks: k-means on the first batch, then EMA updates and dead-code replacement after every step.
 
@@ -13,6 +13,8 @@ checkpointed and restored with everything else (with microbatching it counts mic
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Callable
 
 import gin
 import jax
@@ -24,7 +26,7 @@ from musiclm_jax.codec import losses
 from musiclm_jax.codec.discriminators import Discriminators
 from musiclm_jax.codec.model import CodecConfig, SoundStreamModel, default_mel_scales
 from musiclm_jax.quantization.rvq import usage_and_perplexity
-from musiclm_jax.train.optimizers import Optimizer, make_optimizer, make_schedule
+from musiclm_jax.train.optimizers import Optimizer, family_schedule, make_optimizer
 from musiclm_jax.train.trainer import Family, split_rest
 
 
@@ -60,12 +62,10 @@ class CodecFamily(Family):
     stft_weight: float = 0.0  # weight of a linear-frequency log-magnitude STFT loss (windows 512..2048); 0 = off
     quantizer_dropout: float = 1.0  # probability an example trains with a random number of levels
     disc_start_step: int = 1000
-    # optimizers (one per group)
+    # optimizers (one per group, each `optimizer(schedule=...)`; gin: CodecFamily.optimizer = @codec/make_optimizer)
     generator_lr: float = 3e-4
     discriminator_lr: float = 3e-4
-    b1: float = 0.5
-    b2: float = 0.9
-    clip_norm: float = 1.0
+    optimizer: Callable[..., Optimizer] = functools.partial(make_optimizer, "adamw", clip_norm=1.0, b1=0.5, b2=0.9)
     warmup_steps: int = 100
     total_steps: int | None = None  # cosine decay to 10% at total_steps; None: constant after warmup
 
@@ -77,11 +77,8 @@ class CodecFamily(Family):
                     "discriminator": CodecDiscriminator(self.config, rngs=rngs)}
 
     def optimizers(self, groups, default) -> dict[str, Optimizer]:
-        def one(lr):
-            schedule = make_schedule(lr, "cosine" if self.total_steps else "constant", self.warmup_steps,
-                                     self.total_steps, final_fraction=0.1)
-            return make_optimizer("adamw", clip_norm=self.clip_norm, b1=self.b1, b2=self.b2, schedule=schedule)
-        return {"generator": one(self.generator_lr), "discriminator": one(self.discriminator_lr)}
+        return {g: self.optimizer(schedule=family_schedule(lr, self.warmup_steps, self.total_steps))
+                for g, lr in (("generator", self.generator_lr), ("discriminator", self.discriminator_lr))}
 
     def tokens(self, batch: dict) -> int:  # audio samples, so tokens_per_sec / sample_rate is the real-time factor
         return int(np.prod(np.shape(batch["audio"])))

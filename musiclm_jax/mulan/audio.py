@@ -5,6 +5,10 @@ Design choices (differences from a torchvision ResNet):
     identically on one device or many; a silent window (constant log-mel) normalises to zeros, never NaN.
   * The log-mel is standardised with fixed constants (`mel_mean`, `mel_std`) so the stem sees values near unit scale.
   * `stage_sizes=(3, 4, 6, 3)`, `block="bottleneck"`, `width=64` is ResNet-50; the tiny config is 2 basic stages.
+  * Optional tempogram branch (`tempo_bins`, not in the paper): mean pooling over time keeps what is present, not
+    how often it recurs, so a ResNet embedding barely tells 100 from 130 BPM. The branch reads the window's
+    onset-strength autocorrelation at `tempo_bins` tempi (40-240 BPM, log-spaced) through a small MLP whose last
+    layer starts at zero (the tower starts as the plain one) and adds it to the pooled features.
 """
 from __future__ import annotations
 
@@ -33,11 +37,36 @@ class AudioConfig(WindowedAudio):
     width: int = 64
     block: str = "bottleneck"      # "bottleneck" (ResNet-50 style) or "basic"
     groups: int = 8                # GroupNorm groups (channels must divide)
+    tempo_bins: int = 0            # > 0: a tempogram branch (see `tempogram`) added to the pooled features; 0: off
 
     @property
     def out_features(self) -> int:
         expansion = 4 if self.block == "bottleneck" else 1
         return self.width * 2 ** (len(self.stage_sizes) - 1) * expansion
+
+
+TEMPO_RANGE_BPM = (40.0, 240.0)
+
+
+def tempogram(mel: jax.Array, frame_rate: float, bins: int) -> jax.Array:
+    """log-mel frames [B, T, M] -> [B, bins]: the autocorrelation of the onset strength (positive spectral flux,
+    mean over bands) at the lags of `bins` tempi log-spaced over TEMPO_RANGE_BPM, unbiased (each lag divided by
+    its overlap) and normalised by lag 0, so a steady beat at N BPM peaks at N (and at its multiples)."""
+    import jax.numpy as jnp
+
+    flux = jnp.maximum(jnp.diff(mel, axis=1), 0.0).mean(-1)
+    flux = flux - flux.mean(-1, keepdims=True)
+    t = flux.shape[-1]
+    lags = 60.0 * frame_rate / np.geomspace(*TEMPO_RANGE_BPM, bins)
+    if lags.max() + 1 >= t:
+        raise ValueError(f"a {t}-frame window is too short for a tempogram down to {TEMPO_RANGE_BPM[0]:g} BPM: "
+                         "use longer windows or tempo_bins = 0")
+    spec = jnp.fft.rfft(flux, n=2 * t)
+    ac = jnp.fft.irfft(spec * jnp.conj(spec), n=2 * t)[..., :t] / (t - jnp.arange(t))
+    ac = ac / (ac[..., :1] + 1e-6)
+    lo = np.floor(lags).astype(np.int32)
+    w = jnp.asarray(lags - lo, ac.dtype)
+    return ac[..., lo] * (1 - w) + ac[..., lo + 1] * w
 
 
 def _conv(rngs, c_in, c_out, k, stride=1):
@@ -100,6 +129,14 @@ class AudioEncoder(nnx.Module):
                     blocks.append(Block(c_in, c_mid, 2 if (i == 0 and stage > 0) else 1, cfg.block, cfg.groups, rngs))
                     c_in = c_mid * expansion
             self.blocks = nnx.List(blocks)
+            if cfg.tempo_bins:
+                def dense(d_in, d_out, init, axes):
+                    return nnx.Linear(d_in, d_out, kernel_init=nnx.with_partitioning(init, axes),
+                                      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), axes[1:]),
+                                      rngs=rngs)
+                hidden = cfg.out_features
+                self.tempo_in = dense(cfg.tempo_bins, hidden, nnx.initializers.lecun_normal(), (None, "mlp"))
+                self.tempo_out = dense(hidden, cfg.out_features, nnx.initializers.zeros_init(), ("mlp", None))
 
     def features(self, wave: jax.Array) -> jax.Array:
         c = self.cfg
@@ -110,13 +147,17 @@ class AudioEncoder(nnx.Module):
         if wave.shape[-1] != self.cfg.window_samples:
             raise ValueError(f"audio tower takes windows of {self.cfg.window_samples} samples, got {wave.shape[-1]}: "
                              "use audio_windows() to cut and pad")
-        x = self.features(wave)[..., None]                      # [B, frames, mels, 1]
-        x = with_logical_constraint(x, ("batch", None, None, None))
+        mel = self.features(wave)
+        x = with_logical_constraint(mel[..., None], ("batch", None, None, None))   # [B, frames, mels, 1]
         x = jax.nn.relu(self.stem_norm(self.stem(x)))
         x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         for block in self.blocks:
             x = block(x)
-        return x.mean(axis=(1, 2))
+        pooled = x.mean(axis=(1, 2))
+        if self.cfg.tempo_bins:
+            tempo = tempogram(mel, self.cfg.sample_rate / self.cfg.hop_length, self.cfg.tempo_bins)
+            pooled = pooled + self.tempo_out(jax.nn.relu(self.tempo_in(tempo)))
+        return pooled
 
 
 def audio_windows(wave: np.ndarray, cfg: AudioConfig) -> np.ndarray:

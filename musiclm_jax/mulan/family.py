@@ -7,6 +7,8 @@ each microbatch is contrasted within itself, so keep microbatching off for MuLan
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Callable
 
 import gin
 import jax
@@ -16,7 +18,7 @@ from flax import nnx
 
 from musiclm_jax.mulan import losses
 from musiclm_jax.mulan.model import MuLanConfig, MuLanModel
-from musiclm_jax.train.optimizers import Optimizer, make_optimizer, make_schedule
+from musiclm_jax.train.optimizers import Optimizer, family_schedule, make_optimizer
 from musiclm_jax.train.trainer import Family
 
 GROUP = "mulan"
@@ -50,7 +52,9 @@ class MuLanFamily(Family):
     text_learning_rate: float = 3e-5   # the pretrained text tower fine-tunes slower (ignored when frozen)
     warmup_steps: int = 100
     total_steps: int | None = None     # cosine decay to 10% at total_steps; None: constant after warmup
-    weight_decay: float = 1e-4
+    # each group's `optimizer(schedule=...)`, unclipped: `clip_norm` clips the global norm over both groups
+    # (gin: MuLanFamily.optimizer = @mulan/make_optimizer)
+    optimizer: Callable[..., Optimizer] = functools.partial(make_optimizer, "adamw", clip_norm=None, weight_decay=1e-4)
     clip_norm: float = 1.0
 
     name = "mulan"
@@ -68,9 +72,7 @@ class MuLanFamily(Family):
 
     def optimizers(self, groups, default) -> dict[str, Optimizer]:
         def opt(lr):
-            kind = "cosine" if self.total_steps else "constant"
-            schedule = make_schedule(lr, kind, self.warmup_steps, self.total_steps, final_fraction=0.1)
-            return make_optimizer("adamw", clip_norm=None, weight_decay=self.weight_decay, schedule=schedule)
+            return self.optimizer(schedule=family_schedule(lr, self.warmup_steps, self.total_steps))
 
         main = opt(self.learning_rate)
         text = optax.set_to_zero() if self.config.freeze_text_tower else opt(self.text_learning_rate).tx

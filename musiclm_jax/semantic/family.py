@@ -7,6 +7,8 @@ Losses are summed over masked frames with the masked-frame count as the weight, 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Callable
 
 import gin
 import jax
@@ -14,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from musiclm_jax.semantic.w2v_bert import W2vBertConfig, new_model, num_params
-from musiclm_jax.train.optimizers import Optimizer, make_optimizer, make_schedule
+from musiclm_jax.train.optimizers import Optimizer, family_schedule, make_optimizer
 from musiclm_jax.train.trainer import Family
 
 GROUP = "w2v_bert"
@@ -33,8 +35,9 @@ class W2vBertFamily(Family):
     learning_rate: float = 5e-4
     warmup_steps: int = 100
     total_steps: int | None = None   # cosine decay to 10% at total_steps; None: constant after warmup
-    weight_decay: float = 1e-2
-    clip_norm: float = 1.0
+    # `optimizer(schedule=...)`; gin: W2vBertFamily.optimizer = @w2v_bert/make_optimizer
+    optimizer: Callable[..., Optimizer] = functools.partial(make_optimizer, "adamw", clip_norm=1.0,
+                                                            weight_decay=1e-2, b2=0.98)
 
     name = "w2v_bert"
 
@@ -51,10 +54,7 @@ class W2vBertFamily(Family):
         return count, metrics
 
     def optimizers(self, groups, default) -> dict[str, Optimizer]:
-        schedule = make_schedule(self.learning_rate, "cosine" if self.total_steps else "constant",
-                                 self.warmup_steps, self.total_steps, final_fraction=0.1)
-        opt = make_optimizer("adamw", clip_norm=self.clip_norm, weight_decay=self.weight_decay, b2=0.98,
-                             schedule=schedule)
+        opt = self.optimizer(schedule=family_schedule(self.learning_rate, self.warmup_steps, self.total_steps))
         return {g: opt for g in groups}
 
     def tokens(self, batch: dict) -> int:  # audio samples: tokens_per_sec / sample_rate is the real-time factor

@@ -62,6 +62,13 @@ def make_schedule(learning_rate: float = 1e-2, schedule: str = "rsqrt", warmup_s
     return fn
 
 
+def family_schedule(learning_rate: float, warmup_steps: int, total_steps: int | None) -> Callable:
+    """The model families' schedule: linear warmup, then cosine decay to 10 % at `total_steps`, or constant
+    after the warmup when `total_steps` is None."""
+    return make_schedule(learning_rate, "cosine" if total_steps else "constant", warmup_steps, total_steps,
+                         final_fraction=0.1)
+
+
 @gin.configurable
 def make_optimizer(name: str = "adafactor", clip_norm: float | None = 1.0, weight_decay: float = 0.0,
                    b1: float = 0.9, b2: float = 0.99, eps: float = 1e-8,
