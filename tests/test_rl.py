@@ -144,9 +144,14 @@ def test_cli_rl_on_audio_rewards_and_bad_input(tmp_path, capsys):
     args = ["finetune", "rl", "--model_dir", BASE, "--prompts", str(prompts), "--out_dir", str(out),
             "--rewards", "key", "pulse", "--rounds", "1", "--prompts_per_round", "2", "--samples_per_prompt", "4",
             "--steps_per_round", "1", "--batch_size", "8", "--seconds", "1"]
-    assert cli.main(args) == 0
+    assert cli.main(args + ["--gin.finetune_rl.kl_weight=0.2"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(printed["mean_reward_by_round"]) == 1 and np.isfinite(printed["mean_reward_by_round"][0])
+    # gin configures the job (gin/finetune/rl_semantic.gin, the flags and --gin.K=V): the run records what it used
+    operative = (out / "train" / "operative_config.gin").read_text()
+    assert "finetune_rl.kl_weight = 0.2" in operative and "finetune_rl.rounds = 1" in operative
+    assert json.load(open(out / "musiclm" / "rl.json"))["kl_weight"] == 0.2
+    assert (out / "train" / "tb").is_dir()   # TensorBoard, like the other trainings
     with np.load(out / "rollouts" / "round_0.npz") as f:
         assert f["rewards"].shape == (8,) and np.isfinite(f["rewards"]).all()   # key + pulse: every row scored
     assert cli.main(args[:-2] + ["--seconds", "1", "--weights", "1"]) == 2

@@ -16,7 +16,30 @@ import json
 import os
 
 
+# Hyper-parameter flags of the finetune trainings: shorthands for gin bindings of `distill` / `finetune_rl`, whose
+# defaults live in the gin files (what the run's operative config then records).
+DISTILL_GIN, RL_GIN = "finetune/distill_semantic.gin", "finetune/rl_semantic.gin"
+DISTILL_FLAGS = {"steps": int, "batch_size": int, "learning_rate": float, "seed": int}
+RL_FLAGS = {"rounds": int, "prompts_per_round": int, "samples_per_prompt": int, "steps_per_round": int,
+            "batch_size": int, "learning_rate": float, "kl_weight": float, "seed": int,
+            "seconds": float}   # seconds: the semantic window sampled and scored (default: the model's)
+
+
+def _hyper_parameters(parser, configurable: str, flags: dict) -> None:
+    for name, kind in flags.items():
+        parser.add_argument(f"--{name}", type=kind, default=None,
+                            help=f"= --gin.{configurable}.{name}=VALUE (default: the gin file's)")
+
+
+def _bindings(args: argparse.Namespace, configurable: str, flags: dict) -> list[str]:
+    """The gin bindings of the command: --gin_bindings / --gin.K=V, then the hyper-parameter flags given."""
+    return list(args.gin_bindings) + [f"{configurable}.{name} = {getattr(args, name)!r}" for name in flags
+                                      if getattr(args, name) is not None]
+
+
 def register(subparsers) -> None:
+    from musiclm_jax.train.gin_utils import add_gin_arguments
+
     f = subparsers.add_parser("finetune", help="finetune a trained MusicLM (guidance distillation, RL with rewards)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = f.add_subparsers(dest="finetune_command", required=True, metavar="STEP")
@@ -35,11 +58,9 @@ def register(subparsers) -> None:
     t.add_argument("--model_dir", required=True, help="the teacher MusicLM the data was made with")
     t.add_argument("--data", required=True, help="the .npz of `finetune distill-data`")
     t.add_argument("--out_dir", required=True, help="training dir (OUT/train, resumable) and the result (OUT/musiclm)")
-    t.add_argument("--steps", type=int, default=300)
-    t.add_argument("--batch_size", type=int, default=16)
-    t.add_argument("--learning_rate", type=float, default=1e-4)
-    t.add_argument("--seed", type=int, default=0)
+    _hyper_parameters(t, "distill", DISTILL_FLAGS)
     t.add_argument("--no_progress", action="store_true")
+    add_gin_arguments(t, f"gin file (repeatable; default {DISTILL_GIN})")
     t.set_defaults(func=distill_train)
     q = sub.add_parser("rl", help="RL-finetune the semantic stage with rewards on the audio it leads to")
     q.add_argument("--model_dir", required=True, help="the base: an exported MusicLM (e.g. weights/musiclm)")
@@ -50,16 +71,8 @@ def register(subparsers) -> None:
     q.add_argument("--rewards", nargs="+", default=["key"], choices=("tempo", "key", "pulse", "mulan"),
                    help="rewards to add up (mulan: the base's own MuLan)")
     q.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per reward (default 1 each)")
-    q.add_argument("--rounds", type=int, default=8)
-    q.add_argument("--prompts_per_round", type=int, default=16)
-    q.add_argument("--samples_per_prompt", type=int, default=4)
-    q.add_argument("--steps_per_round", type=int, default=8)
-    q.add_argument("--batch_size", type=int, default=16)
-    q.add_argument("--learning_rate", type=float, default=1e-5)
-    q.add_argument("--kl_weight", type=float, default=0.05)
-    q.add_argument("--seconds", type=float, default=None, help="semantic window sampled and scored (default: "
-                                                               "the model's semantic window)")
-    q.add_argument("--seed", type=int, default=0)
+    _hyper_parameters(q, "finetune_rl", RL_FLAGS)
+    add_gin_arguments(q, f"gin file (repeatable; default {RL_GIN})")
     q.set_defaults(func=rl_train)
     c = sub.add_parser("compare", help="held-out rewards and diversity of several MusicLMs, paired with the first")
     c.add_argument("--models", nargs="+", required=True, help="NAME=DIR or NAME=DIR:unguided (the semantic stage "
@@ -144,11 +157,27 @@ def distill_data(args: argparse.Namespace) -> dict:
     return summary
 
 
-def distill_train(args: argparse.Namespace) -> dict:
-    from musiclm_jax.finetune.distill import distill
+def _launch(run, gin_files, bindings, search_paths, module: str) -> dict:
+    """A finetuning through the one launch path; the gin config is cleared after it (bindings such as a shortened
+    --steps must not reach a later call in the same process)."""
+    import gin
 
-    result = distill(args.model_dir, args.data, args.out_dir, steps=args.steps, batch_size=args.batch_size,
-                     learning_rate=args.learning_rate, seed=args.seed, progress=not args.no_progress)
+    from musiclm_jax.train.launch import launch
+
+    try:
+        return launch(run, gin_files, bindings, search_paths, registrations=(module,))
+    finally:
+        gin.clear_config()
+
+
+def distill_train(args: argparse.Namespace) -> dict:
+    def run() -> dict:
+        from musiclm_jax.finetune.distill import distill
+        return distill(args.model_dir, args.data, args.out_dir)
+
+    bindings = _bindings(args, "distill", DISTILL_FLAGS) + (["distill.progress = False"] if args.no_progress else [])
+    result = _launch(run, args.gin_file or [DISTILL_GIN], bindings, args.gin_search_path,
+                     "musiclm_jax.finetune.distill")
     s = result["summary"]
     print(json.dumps({"musiclm": result["musiclm"], "step": s.get("step"), "held_out": result["report"]["held_out"]}))
     return result
@@ -198,11 +227,9 @@ def rl_train(args: argparse.Namespace) -> dict:
         from musiclm_jax.mulan.api import MuLan
         mulan = MuLan.from_checkpoint(os.path.join(args.model_dir, "mulan"))
     total = rw.weighted({name: (w, _reward(name, mulan)) for name, w in zip(args.rewards, weights)})
-    result = finetune_rl(args.model_dir, prompts, args.out_dir, reward=lambda *a: total(*a)[0], rounds=args.rounds,
-                         prompts_per_round=args.prompts_per_round, samples_per_prompt=args.samples_per_prompt,
-                         steps_per_round=args.steps_per_round, batch_size=args.batch_size,
-                         learning_rate=args.learning_rate, kl_weight=args.kl_weight, seconds=args.seconds,
-                         seed=args.seed)
+    result = _launch(lambda: finetune_rl(args.model_dir, prompts, args.out_dir, reward=lambda *a: total(*a)[0]),
+                     args.gin_file or [RL_GIN], _bindings(args, "finetune_rl", RL_FLAGS), args.gin_search_path,
+                     "musiclm_jax.finetune.rl")
     rounds = result["report"]["rounds"]
     print(json.dumps({"musiclm": result["musiclm"], "mean_reward_by_round": [round(r["mean_reward"], 4)
                                                                              for r in rounds]}))

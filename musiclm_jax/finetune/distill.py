@@ -214,6 +214,7 @@ def write_finetuned(model_dir: str, train_dir: str, musiclm_dir: str) -> str:
     return musiclm_dir
 
 
+@gin.configurable(denylist=["model_dir", "data_path", "out_dir"])
 def distill(model_dir: str, data_path: str, out_dir: str, *, steps: int = 300, batch_size: int = 16,
             learning_rate: float = 1e-4, eval_rows: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Trains the student into `out_dir/train` (resumable) and writes the distilled MusicLM to `out_dir/musiclm`.
@@ -248,7 +249,7 @@ def distill(model_dir: str, data_path: str, out_dir: str, *, steps: int = 300, b
     train_dir = os.path.join(out_dir, "train")
     summary = train(family, model_dir=train_dir, dataset=dataset, eval_dataset=dataset, batch_size=batch_size,
                     num_steps=steps, eval_period=steps, eval_steps=max(1, eval_rows // batch_size),
-                    checkpoint_period=steps, log_period=10, seed=seed, progress=progress, tensorboard=False,
+                    checkpoint_period=steps, log_period=10, seed=seed, progress=progress,
                     optimizer=lambda: make_optimizer("adamw", schedule=schedule), init_from=teacher_dir)
     summary.pop("state", None)
     musiclm_dir = write_finetuned(model_dir, train_dir, os.path.join(out_dir, "musiclm"))

@@ -183,6 +183,7 @@ def audio_scorer(lm, reward: Callable, seconds: float, seed: int = 0, batch_size
     return score
 
 
+@gin.configurable(denylist=["model_dir", "prompts", "out_dir", "score", "reward"])
 def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Scorer | None = None, *,
                 reward: Callable | None = None, rounds: int = 8, prompts_per_round: int = 16,
                 samples_per_prompt: int = 4, steps_per_round: int = 8, batch_size: int = 16,
@@ -254,7 +255,7 @@ def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Sco
 
         summary = train(family, model_dir=train_dir, dataset=dataset, batch_size=batch_size,
                         num_steps=(r + 1) * steps_per_round, checkpoint_period=steps_per_round, log_period=1,
-                        seed=seed, progress=progress, tensorboard=False,
+                        seed=seed, progress=progress,
                         optimizer=lambda: make_optimizer("adamw", schedule=schedule), init_from=base_dir)
         summary.pop("state", None)
     musiclm_dir = write_finetuned(model_dir, train_dir, os.path.join(out_dir, "musiclm"))
