@@ -10,6 +10,8 @@ memory), each logged to `<work_dir>/logs/<step>.log`:
     tokenize   the SynthCaps corpus through the Beam token cache with the three trained tokenizers
     stage_semantic / stage_coarse / stage_fine   the three stage LMs (d=192, 6 layers) on their cached SeqIO
                tasks, on the codec's first 4 levels (2 coarse + 2 fine)
+    (`--recipe adherence`: other MuLan / w2v-BERT configs, chroma k-means, a time-aligned coarse stage, and the
+    codec and fine stage copied from the shipped weights; see `Recipe`)
     export     one `MusicLM.from_pretrained` directory: inference-only checkpoints (no optimizer state; the
                frozen MiniLM text tower is left out and read from its package at load time) + musiclm.json
 
@@ -35,20 +37,40 @@ STEPS = ("data", "mulan", "semantic", "kmeans", "codec", "tokenize", "stage_sema
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """Train steps per part. `full` is the shipped recipe; `smoke` checks the whole chain in minutes."""
+    """Train steps and configs per part. `full` is the shipped recipe; `smoke` checks the whole chain in minutes;
+    `adherence` is the candidate for text adherence (README "Tempo and key in the joint space" and the diagnosis):
+    a MuLan that hears pitch and tempo, semantic tokens that carry pitch and onsets, a time-aligned coarse stage,
+    and the shipped codec and fine stage (which reads coarse codes only) copied instead of retrained."""
 
     num_scores: int = 1000
     clip_seconds: float = 8.0
     mulan_steps: int = 600
+    mulan_gin: str = "gin/experiments/mulan_tiny_synthcaps.gin"
+    mulan_bindings: tuple[str, ...] = ()
     w2v_steps: int = 300
+    w2v_gin: str = "gin/experiments/w2v_bert_tiny_synthcaps.gin"
     kmeans_clusters: int = 64
+    kmeans_chroma_weight: float = 0.0   # > 0: the clusters also see each frame's chroma (semantic fit-kmeans)
     codec_steps: int = 6051       # of a 7,000-step cosine schedule: the shipped codec stopped at the hour
     codec_schedule_steps: int = 7000
     stage_steps: tuple[int, int, int] = (1200, 3000, 800)   # semantic, coarse, fine (coarse: 1,000 stopped short)
+    aligned_coarse: bool = False  # the coarse stage reads its semantic tokens in time (gin ALIGNED)
+    reuse: tuple[str, ...] = ()   # parts copied from `reuse_from` instead of trained (e.g. codec, stage_fine)
+    reuse_from: str = "weights/musiclm"
 
 
 RECIPES = {"full": Recipe(), "smoke": Recipe(mulan_steps=4, w2v_steps=4, kmeans_clusters=64, codec_steps=4,
-                                              stage_steps=(4, 4, 4))}
+                                              stage_steps=(4, 4, 4)),
+           "adherence": Recipe(mulan_gin="gin/experiments/mulan_tiny_synthcaps_tempo.gin",
+                               mulan_bindings=("mulan_dataset.twins = 0.5",), w2v_steps=1500,
+                               w2v_gin="gin/experiments/w2v_bert_small_synthcaps.gin", kmeans_chroma_weight=1.5,
+                               aligned_coarse=True, reuse=("codec", "stage_fine"))}
+
+
+def _copy(src: str, dst: str) -> list[str]:
+    """A step that copies a shipped part into the work dir (safe to rerun)."""
+    code = "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True)"
+    return [sys.executable, "-c", code, src, dst]
 
 
 def _cli(*args: str) -> list[str]:
@@ -64,15 +86,17 @@ def commands(work_dir: str, out_dir: str, recipe: Recipe) -> dict[str, list[str]
         "data": _cli("data", "build", "--dataset", "synthcaps", "--config", "tiny", "--num_scores",
                      str(recipe.num_scores), "--clip_seconds", f"{recipe.clip_seconds:g}", "--data_dir", tfds,
                      "--num_workers", "2"),
-        "mulan": _cli("mulan", "train", "--gin_file=gin/experiments/mulan_tiny_synthcaps.gin", f"--model_dir={w}/mulan",
+        "mulan": _cli("mulan", "train", f"--gin_file={recipe.mulan_gin}", f"--model_dir={w}/mulan",
                       data, f"--gin_bindings=SYNTHCAPS = '{SYNTHCAPS_CONFIG}'",
-                      f"--gin_bindings=TRAIN_STEPS = {recipe.mulan_steps}"),
-        "semantic": _cli("semantic", "train", "--gin_file=gin/experiments/w2v_bert_tiny_synthcaps.gin",
+                      f"--gin_bindings=TRAIN_STEPS = {recipe.mulan_steps}",
+                      *[f"--gin_bindings={b}" for b in recipe.mulan_bindings]),
+        "semantic": _cli("semantic", "train", f"--gin_file={recipe.w2v_gin}",
                          f"--model_dir={w}/semantic", f"--gin_bindings=SYNTHCAPS = '{SYNTHCAPS_CONFIG}'",
                          f"--gin_bindings=synthcaps_audio.data_dir = '{tfds}'",
                          f"--gin_bindings=TRAIN_STEPS = {recipe.w2v_steps}"),
         "kmeans": _cli("semantic", "fit-kmeans", f"--model_dir={w}/semantic", f"--synthcaps={SYNTHCAPS_CONFIG}", data,
-                       f"--num_clusters={recipe.kmeans_clusters}", "--max_frames=50000", "--num_steps=100"),
+                       f"--num_clusters={recipe.kmeans_clusters}", "--max_frames=50000", "--num_steps=100",
+                       *([f"--chroma_weight={recipe.kmeans_chroma_weight:g}"] if recipe.kmeans_chroma_weight else [])),
         "codec": _cli("codec", "train", "--gin_file=gin/experiments/codec_vocos.gin", f"--model_dir={w}/codec",
                       f"--synthcaps={SYNTHCAPS_CONFIG}", data, f"--steps={recipe.codec_steps}",
                       f"--gin_bindings=CodecFamily.total_steps = {recipe.codec_schedule_steps}"),
@@ -85,7 +109,12 @@ def commands(work_dir: str, out_dir: str, recipe: Recipe) -> dict[str, list[str]
             sys.executable, "-m", "musiclm_jax.train", f"--gin_file=gin/experiments/stage_{stage}_quickstart.gin",
             f"--gin.MODEL_DIR='{w}/stage_{stage}'", f"--gin.TRAIN_STEPS={steps}",
             f"--gin.stage_task_dataset.cache_dirs=('{w}/cache',)",
-            *[f"--gin.{b.replace(' ', '')}" for b in tokenizers]]
+            *[f"--gin.{b.replace(' ', '')}" for b in tokenizers],
+            *(["--gin.ALIGNED=True"] if stage == "coarse" and recipe.aligned_coarse else [])]
+    for part in recipe.reuse:
+        if part not in cmds:
+            raise ValueError(f"recipe reuses {part!r}, which is not a part of the recipe: use one of {list(cmds)}")
+        cmds[part] = _copy(f"{recipe.reuse_from.rstrip('/')}/{part}", f"{w}/{part}")
     cmds["export"] = [sys.executable, "-m", "musiclm_jax.export", f"--work_dir={w}", f"--out_dir={out_dir}"]
     return cmds
 

@@ -80,3 +80,33 @@ def test_a_training_stopped_by_sigterm_exits_nonzero(monkeypatch, capsys):
     monkeypatch.setattr(quickstart, "command", lambda args: {"preempted": True, "step": 3})
     assert cli.main(["quickstart"]) == 143
     assert "resume" in capsys.readouterr().err
+
+
+def test_adherence_recipe_swaps_configs_and_copies_the_shipped_codec_and_fine_stage(tmp_path):
+    import subprocess
+
+    r = quickstart.RECIPES["adherence"]
+    cmds = quickstart.commands("out/adh", "weights/y", r)
+    assert tuple(cmds) == quickstart.STEPS
+    for step, cmd in cmds.items():   # every gin file it names exists
+        for arg in cmd:
+            if arg.startswith("--gin_file="):
+                assert (gin_utils.GIN_DIR / arg.split("=", 1)[1].removeprefix("gin/")).exists(), (step, arg)
+    assert "--gin_file=gin/experiments/mulan_tiny_synthcaps_tempo.gin" in cmds["mulan"]
+    assert "--gin_bindings=mulan_dataset.twins = 0.5" in cmds["mulan"]
+    assert "--chroma_weight=1.5" in cmds["kmeans"] and "--gin.ALIGNED=True" in cmds["stage_coarse"]
+    assert "--gin.ALIGNED=True" not in cmds["stage_semantic"]
+    assert cmds["codec"][-2:] == ["weights/musiclm/codec", "out/adh/codec"]
+    assert cmds["stage_fine"][-2:] == ["weights/musiclm/stage_fine", "out/adh/stage_fine"]
+    full = quickstart.commands("out/adh", "weights/y", quickstart.RECIPES["full"])
+    assert not any("chroma_weight" in a or "ALIGNED" in a for cmd in full.values() for a in cmd)
+    import dataclasses
+    with pytest.raises(ValueError, match="not a part of the recipe"):
+        quickstart.commands("out/adh", "weights/y", dataclasses.replace(r, reuse=("vocoder",)))
+    shipped = tmp_path / "shipped" / "codec" / "checkpoints"
+    shipped.mkdir(parents=True)
+    (shipped / "x").write_text("1")
+    copy = quickstart.commands(str(tmp_path / "w"), "unused", dataclasses.replace(r, reuse_from=str(tmp_path / "shipped")))
+    for _ in range(2):   # a rerun (after a stop) copies again over what is there
+        subprocess.run(copy["codec"], check=True)
+    assert (tmp_path / "w" / "codec" / "checkpoints" / "x").read_text() == "1"
