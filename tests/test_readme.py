@@ -62,6 +62,8 @@ PLAN = [
     (r"mulan fit-quantizer --model_dir=/tmp/mulan_tiny", ("shrink", [(r"small_5s_n80", "small_5s_n4")])),
     (r"mulan train --gin_file=gin/experiments/mulan_tiny_synthcaps_pitch\.gin",
      ("shrink", [(r"out/quickstart/tfds", "/tmp/tfds"), (r"tiny_8s_n1000", "small_5s_n4"), (r"--steps 600", "--steps 2")])),
+    (r"mulan train --gin_file=gin/experiments/mulan_tiny_synthcaps_tempo\.gin",
+     ("shrink", [(r"out/quickstart/tfds", "/tmp/tfds"), (r"tiny_8s_n1000", "small_5s_n4"), (r"--steps 600", "--steps 2")])),
     (r"mulan eval --model_dir=out/mulan_exp/pitch_twins",
      ("shrink", [(r"out/quickstart/tfds", "/tmp/tfds"), (r"tiny_8s_n1000", "small_5s_n4")])),
     (r"mulan embed --model_dir=/tmp/mulan_tiny", "run"),
