@@ -64,7 +64,7 @@ RECIPES = {"full": Recipe(), "smoke": Recipe(mulan_steps=4, w2v_steps=4, kmeans_
            "adherence": Recipe(mulan_gin="gin/experiments/mulan_tiny_synthcaps_tempo.gin",
                                mulan_bindings=("mulan_dataset.twins = 0.5",), w2v_steps=1500,
                                w2v_gin="gin/experiments/w2v_bert_small_synthcaps.gin", kmeans_chroma_weight=1.5,
-                               aligned_coarse=True, reuse=("codec", "stage_fine"))}
+                               stage_steps=(1200, 2000, 800), aligned_coarse=True, reuse=("codec", "stage_fine"))}
 
 
 def _copy(src: str, dst: str) -> list[str]:
