@@ -78,3 +78,33 @@ def test_models_of_different_bases_are_refused(models, tmp_path, capsys):
     assert "--lam must be in [0, 1]" in capsys.readouterr().err
     assert cli.main(["merge", "--a", str(tmp_path), "--b", str(a), "--lam", "0.5", "--out", str(tmp_path / "y")]) == 2
     assert "is not an exported MusicLM" in capsys.readouterr().err
+
+
+def test_pareto_front_and_monotone():
+    from musiclm_jax.finetune.curve import monotone, pareto_front
+
+    pts = {"a": (0.1, 0.9), "b": (0.5, 0.5), "c": (0.4, 0.4), "d": (0.9, 0.1)}
+    assert pareto_front(pts) == ["a", "b", "d"]          # c is beaten by b on both axes
+    assert monotone([pts["a"], pts["b"], pts["d"]]) and not monotone([pts["a"], pts["c"], pts["b"]])
+
+
+def test_merge_curve_cli_merges_compares_and_plots(models, tmp_path, capsys):
+    import json
+
+    root, a, b = models
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a calm piano waltz\nan energetic rock groove with electric guitar\n")
+    out = tmp_path / "curve"
+    args = ["finetune", "curve", "--a", str(a), "--b", str(b), "--lams", "0", "1", "--prompts", str(prompts),
+            "--out_dir", str(out), "--models", f"base_unguided={a}:unguided", "--rewards", "mulan", "pulse",
+            "--seconds", "1", "--samples_per_prompt", "2", "--batch_size", "4"]
+    assert cli.main(args) == 0
+    curve = json.loads((out / "curve.json").read_text())
+    assert set(curve["points"]) == {"lam0", "lam1", "base_unguided"} and curve["lams"] == [0.0, 1.0]
+    for p in curve["points"].values():
+        assert -1.0 <= p["diversity"] <= 1.0 and np.isfinite(p["mulan"])
+    assert curve["pareto_front"] and set(curve["pareto_front"]) <= set(curve["points"])
+    assert isinstance(curve["monotone"], bool) and (out / "curve.png").stat().st_size > 1000
+    assert (out / "lam_0" / "merge.json").exists() and "pareto front:" in capsys.readouterr().out
+    assert cli.main(args[:6] + ["--lams", "0.5", "0.5"] + args[8:]) == 2
+    assert "at least two different values" in capsys.readouterr().err

@@ -116,6 +116,9 @@ PLAN = [
      ("shrink", [(r"--rounds 8", "--rounds 1 --prompts_per_round 2 --samples_per_prompt 4 --steps_per_round 1 "
                                  "--batch_size 8 --seconds 1")])),
     (r"^\.venv/bin/musiclm-jax merge --a weights/musiclm", "run"),
+    (r"finetune curve --a out/distill/out/musiclm",
+     ("shrink", [(r"--lams 0 0\.25 0\.5 0\.75 1", "--lams 0 1"), (r"base_unguided=weights/musiclm:unguided", ""),
+                 (r"--out_dir out/curve", "--out_dir out/curve --seconds 1 --samples_per_prompt 2 --batch_size 8")])),
     (r"infer --prompts out/eval/ref/infer_prompts\.jsonl", ("shrink", [(r"--duration 5", "--duration 3")])),
     (r"eval --audio_dir out/eval/gen", "run"),
     (r"eval chain --model_dir weights/musiclm .*--conditioning", ("shrink", [(r"--limit 32", "--limit 2")])),

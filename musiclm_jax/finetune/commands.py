@@ -8,6 +8,7 @@
   musiclm-jax finetune compare --models base=weights/musiclm:unguided rl=out/rl/musiclm --prompts test_prompts.txt \
       --out out/rl/compare.json
   musiclm-jax finetune score --audio_dir out/gen --rewards tempo key pulse mulan --mulan_dir weights/musiclm/mulan
+  musiclm-jax finetune curve --a out/distill/musiclm --b out/rl/musiclm --prompts test_prompts.txt --out_dir out/curve
 """
 from __future__ import annotations
 
@@ -86,6 +87,23 @@ def register(subparsers) -> None:
     c.add_argument("--samples_per_prompt", type=int, default=2)
     c.add_argument("--batch_size", type=int, default=16)
     c.set_defaults(func=compare_models)
+    v = sub.add_parser("curve", help="the quality-diversity curve of merging two finetunings at several lam, with a "
+                       "Pareto-front PNG")
+    v.add_argument("--a", required=True, help="an exported MusicLM (lam 0)")
+    v.add_argument("--b", required=True, help="another finetuning of the same base (lam 1)")
+    v.add_argument("--lams", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    v.add_argument("--prompts", required=True, help="held-out prompts: JSONL with a \"prompt\" per line, or one "
+                                                    "caption per line")
+    v.add_argument("--out_dir", required=True, help="the merges (OUT/lam_<lam>), curve.json, curve.png")
+    v.add_argument("--models", nargs="*", default=[], help="other models on the same axes: NAME=DIR[:unguided]")
+    v.add_argument("--unguided", action="store_true", help="decode the merges' semantic stage without guidance")
+    v.add_argument("--quality", default="mulan", choices=("tempo", "key", "pulse", "mulan"), help="the y axis")
+    v.add_argument("--rewards", nargs="+", default=["mulan"], choices=("tempo", "key", "pulse", "mulan"),
+                   help="rewards measured (the quality one included)")
+    v.add_argument("--seconds", type=float, default=8.0)
+    v.add_argument("--samples_per_prompt", type=int, default=2)
+    v.add_argument("--batch_size", type=int, default=16)
+    v.set_defaults(func=merge_curve)
     r = sub.add_parser("score", help="score generated audio with the finetuning rewards (finetune/rewards.py)")
     r.add_argument("--audio_dir", required=True, help="generated audio with its prompts.jsonl or infer results.jsonl")
     r.add_argument("--prompts", default=None, help="prompts file (default: the folder's)")
@@ -210,6 +228,26 @@ def compare_models(args: argparse.Namespace) -> dict:
     cmp.write(result, args.out)
     print("\n".join(cmp.summary_lines(result)))
     print(f"wrote {args.out}")
+    return result
+
+
+def merge_curve(args: argparse.Namespace) -> dict:
+    from musiclm_jax.finetune import curve
+    from musiclm_jax.finetune.distill import read_prompts
+    from musiclm_jax.mulan.api import MuLan
+
+    if not os.path.isdir(os.path.join(args.a, "mulan")):
+        raise ValueError(f"{args.a} has no mulan/: --a must be a complete MusicLM directory")
+    mulan = MuLan.from_checkpoint(os.path.join(args.a, "mulan"))   # one base: its MuLan scores every model
+    rewards = {name: _reward(name, mulan) for name in dict.fromkeys([*args.rewards, args.quality])}
+    result = curve.merge_curve(args.a, args.b, args.lams, read_prompts(args.prompts), rewards, mulan, args.out_dir,
+                               quality=args.quality, unguided=args.unguided, models=args.models,
+                               seconds=args.seconds, samples_per_prompt=args.samples_per_prompt,
+                               batch_size=args.batch_size)
+    for name, p in result["points"].items():
+        print(f"{name}: diversity {p['diversity']:.4f}, {args.quality} {p[args.quality]:.4f}")
+    print(f"pareto front: {', '.join(result['pareto_front'])}; merges monotone: {result['monotone']}; "
+          f"wrote {args.out_dir}/curve.json, {result['png']}")
     return result
 
 
