@@ -20,3 +20,22 @@ def check_duration(duration_s, max_duration_s: float = MAX_DURATION_S, what: str
         raise ValueError(f"{what} {duration_s:g} s is over the limit of {max_duration_s:g} s (decoding time grows "
                          f"with it); raise the limit with --max_duration / max_duration_s= if you mean it")
     return float(duration_s)
+
+
+def add_decoding_args(parser, model_default: str = "default: the model's own (musiclm.json 'sampling'), else %s") -> None:
+    """--temperatures, --top_k, --top_p: the decoding options every generating command shares."""
+    parser.add_argument("--temperatures", type=float, nargs=3, default=None, metavar=("SEMANTIC", "COARSE", "FINE"),
+                        help=model_default % "1.0 0.95 0.4")
+    parser.add_argument("--top_k", type=int, default=None, help=model_default % "0 (off)")
+    parser.add_argument("--top_p", type=float, default=None, help=model_default % "1.0 (off)")
+
+
+def decoding_overrides(args) -> dict:
+    """The decoding options of `add_decoding_args` the user set, checked (one-line error); unset ones are left out
+    so that the model's own settings apply."""
+    t, k, p = args.temperatures, args.top_k, args.top_p
+    if (t is not None and min(t) < 0) or (k is not None and k < 0) or (p is not None and not 0 < p <= 1):
+        raise ValueError(f"need --temperatures >= 0 (semantic, coarse, fine), --top_k >= 0 and 0 < --top_p <= 1, "
+                         f"got {t}, {k}, {p}")
+    given = dict(temperatures=None if t is None else tuple(t), top_k=k, top_p=p)
+    return {name: v for name, v in given.items() if v is not None}

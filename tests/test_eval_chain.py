@@ -184,3 +184,69 @@ def _own(lm, waves):
     n_sem, n_ac = lm._frames(lm.windows.coarse_s)
     tok = clip_tokens(lm, waves, lm.sample_rate, lm.windows.coarse_s)
     return tok["mulan"], tok["semantic"][:, :n_sem], tok["codes"][:, :n_ac]
+
+
+def test_semantic_conditioning_use_swaps_the_mulan_tokens_only(lm, tmp_path, capsys):
+    from musiclm_jax.eval import commands
+
+    sr = lm.sample_rate
+    waves = np.stack([_tone(c, 1.0, sr=sr, seed=i) for i, c in enumerate([(261.6,), (329.6, 392.0), (220.0,)])])
+    res = chain_lib.semantic_conditioning_use(lm, waves, sr, stretch=1.5, semitones=5)
+    assert set(chain_lib.SEMANTIC_CASES) <= set(res) and all(np.isfinite(res[c]) for c in chain_lib.SEMANTIC_CASES)
+    # "own" is the stage's training eval on the clips' own tokens; the unconditional case is the guidance prompt.
+    toks = chain_lib.clip_tokens(lm, waves, sr, lm.windows.semantic_s)
+    layout = lm.layouts["semantic"]
+    inputs, targets = layout.build(mulan=toks["mulan"], semantic=toks["semantic"])
+    assert res["own"] == pytest.approx(chain_lib.stage_nll(lm, "semantic", inputs, targets))
+    assert res["mulan_unconditional"] == pytest.approx(
+        chain_lib.stage_nll(lm, "semantic", layout.uncond_inputs(np.asarray(inputs)), targets))
+    assert res["mulan_unconditional"] != res["own"]
+    for case in ("mulan_of_faster_version", "mulan_of_slower_version", "mulan_of_transposed_version"):
+        assert 0.0 <= res[f"mulan_changed_{case}"] <= 1.0
+        if res[f"mulan_changed_{case}"] == 0.0:   # unchanged tokens cannot change the NLL
+            assert res[case] == pytest.approx(res["own"])
+    # Identical clips: another clip's MuLan tokens are the clip's own, to the last bit.
+    same = chain_lib.semantic_conditioning_use(lm, np.stack([waves[0]] * 2), sr)
+    assert same["mulan_of_another_clip"] == same["own"] and same["delta_mulan_of_another_clip"] == 0.0
+    with pytest.raises(ValueError, match="stretch must be > 1"):
+        chain_lib.semantic_conditioning_use(lm, waves, sr, stretch=0.8)
+    # The CLI: --conditioning semantic on a reference folder.
+    import argparse
+    import soundfile as sf
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    with open(ref / "prompts.jsonl", "w") as f:
+        for i, w in enumerate(waves):
+            sf.write(str(ref / f"c{i}.wav"), w, sr)
+            f.write(json.dumps({"id": f"c{i}", "prompt": "a tone", "wav": f"c{i}.wav"}) + "\n")
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["eval", "chain", "--reference_dir", str(ref), "--conditioning", "semantic",
+                              "--out_dir", str(tmp_path / "out")])
+    items = __import__("musiclm_jax.eval.data", fromlist=["x"]).load_items(str(ref / "prompts.jsonl"))[0]
+    out = commands._conditioning(lm, items, str(tmp_path / "out"), args)
+    assert json.load(open(tmp_path / "out" / "semantic_conditioning.json"))["own"] == out["own"]
+    assert "mulan_of_faster_version" in capsys.readouterr().out
+    args.stretch = 1.0
+    with pytest.raises(ValueError, match="--stretch must be > 1"):
+        commands._conditioning(lm, items, str(tmp_path / "x"), args)
+
+
+def test_chain_sampling_overrides_reach_the_generated_rows(lm, tmp_path):
+    import argparse
+
+    from musiclm_jax.eval import commands
+    refs = [r for r in _refs() if r.id != "short"][:2]
+    rep = chain_lib.diagnose(lm, refs, str(tmp_path / "greedy"), backends={}, rows=["audio"], duration_s=0.3,
+                             bootstrap=10, sampling={"temperatures": (0.0, 0.0, 0.0)})
+    assert rep["sampling"]["temperatures"] == [0.0, 0.0, 0.0]
+    # Greedy decoding ignores the seed; sampling at temperature 1 does not.
+    rep2 = chain_lib.diagnose(lm, refs, str(tmp_path / "greedy2"), backends={}, rows=["audio"], duration_s=0.3,
+                              bootstrap=10, seed=7, sampling={"temperatures": (0.0, 0.0, 0.0)})
+    a = [open(tmp_path / d / "audio" / "clip0.wav", "rb").read() for d in ("greedy", "greedy2")]
+    assert a[0] == a[1] and rep2["seed"] == 7
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["eval", "chain", "--reference_dir", "x", "--temperatures", "1", "-1", "0"])
+    with pytest.raises(ValueError, match="--temperatures >= 0"):
+        commands.decoding_overrides(args)

@@ -10,6 +10,8 @@ import argparse
 import json
 import os
 
+from musiclm_jax.sampling import add_decoding_args, decoding_overrides
+
 EXAMPLES = """Examples:
   musiclm-jax generate --prompt "a calm piano waltz" --duration 10 --out song.wav   # the shipped weights
   musiclm-jax generate --prompt "a calm piano waltz" --duration 10 --out song.wav --model_dir weights/musiclm
@@ -61,10 +63,7 @@ def add_sampling_args(g, seed_help: str | None = None) -> None:
     """--seed and the decoding options of `MusicLM.generate_full`. Shared with `infer`."""
     model_default = "default: the model's own (musiclm.json 'sampling'), else %s"
     g.add_argument("--seed", type=int, default=0, help=seed_help)
-    g.add_argument("--temperatures", type=float, nargs=3, default=None, metavar=("SEMANTIC", "COARSE", "FINE"),
-                   help=model_default % "1.0 0.95 0.4")
-    g.add_argument("--top_k", type=int, default=None, help=model_default % "0 (off)")
-    g.add_argument("--top_p", type=float, default=None, help=model_default % "1.0 (off)")
+    add_decoding_args(g, model_default)
     g.add_argument("--guidance_scale", type=float, default=None,
                    help="classifier-free guidance (> 1: closer to text); " + model_default % "1.0")
     g.add_argument("--num_samples", type=int, default=1, help="> 1: keep the best by MuLan text-audio score")
@@ -73,9 +72,9 @@ def add_sampling_args(g, seed_help: str | None = None) -> None:
 def sampling_kwargs(args: argparse.Namespace, model=None) -> dict:
     """The `generate_full` keyword arguments set by `add_sampling_args` (all but the seed); options left unset take
     `model.sampling` (the model's recommended settings) when a model is given, else are left out."""
-    given = dict(temperatures=None if args.temperatures is None else tuple(args.temperatures), top_k=args.top_k,
-                 top_p=args.top_p, guidance_scale=args.guidance_scale)
-    out = {k: v for k, v in given.items() if v is not None}
+    out = decoding_overrides(args)
+    if args.guidance_scale is not None:
+        out["guidance_scale"] = args.guidance_scale
     if model is not None:
         out = {**model.sampling, **out}
     return {**out, "num_samples": args.num_samples}
@@ -94,10 +93,9 @@ def check_text(value: str, flag: str) -> str:
 
 
 def check_sampling(args: argparse.Namespace) -> None:
-    t, k, p, n = args.temperatures, args.top_k, args.top_p, args.num_samples
-    if (t is not None and min(t) < 0) or (k is not None and k < 0) or (p is not None and not 0 < p <= 1) or n < 1:
-        raise ValueError(f"need --temperatures >= 0, --top_k >= 0, 0 < --top_p <= 1 and --num_samples >= 1, got "
-                         f"{t}, {k}, {p}, {n}")
+    decoding_overrides(args)
+    if args.num_samples < 1:
+        raise ValueError(f"need --num_samples >= 1, got {args.num_samples}")
 
 
 def load_model(args: argparse.Namespace):

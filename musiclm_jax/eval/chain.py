@@ -65,13 +65,14 @@ def clip_tokens(model, waves: np.ndarray, sample_rate: int, duration_s: float) -
 
 
 def row_waves(model, row: str, refs: Sequence[Item], tokens: dict, duration_s: float, *, seed: int,
-              guidance_scale: float | None, progress: bool = False) -> np.ndarray:
-    """Waves [b, samples] of one row for a batch of reference clips (per-clip seeds: batch size does not matter)."""
+              guidance_scale: float | None, progress: bool = False, sampling: dict | None = None) -> np.ndarray:
+    """Waves [b, samples] of one row for a batch of reference clips (per-clip seeds: batch size does not matter).
+    `sampling`: overrides of the model's temperatures / top_k / top_p for every generated row."""
     n = round(duration_s * model.sample_rate)
     if row == "codec":
         return model.codec.decode(tokens["codes"], num_samples=n)
     seeds = [seed + i for i in range(len(refs))]
-    opts = dict(seed=seeds, progress=progress)
+    opts = dict(seed=seeds, progress=progress, **(sampling or {}))
     cq = model.sizes.coarse_levels
     if row == "fine":
         gen = model.generate_from_tokens(tokens["mulan"], duration_s, semantic=tokens["semantic"],
@@ -95,7 +96,7 @@ def _cut(wave: np.ndarray, samples: int) -> np.ndarray:
 
 def run_chain(model, refs: Sequence[Item], out_dir: str, *, rows: Sequence[str] = tuple(ROWS),
               duration_s: float = 8.0, batch_size: int = 8, seed: int = 0, guidance_scale: float | None = None,
-              progress: bool = False) -> tuple[dict[str, list[Item]], dict]:
+              progress: bool = False, sampling: dict | None = None) -> tuple[dict[str, list[Item]], dict]:
     """Writes OUT_DIR/<row>/<id>.wav + prompts.jsonl for every generated row; returns ({row: items}, timings).
     References shorter than `duration_s` are skipped by the caller (see `usable_references`)."""
     from musiclm_jax.audio.io import resample, write_wav
@@ -119,7 +120,7 @@ def run_chain(model, refs: Sequence[Item], out_dir: str, *, rows: Sequence[str] 
             if tokens is None and row != "text" and row != "text_guided":
                 tokens = clip_tokens(model, waves, sr, duration_s)
             out = row_waves(model, row, batch, tokens or {}, duration_s, seed=seed + start, guidance_scale=g,
-                            progress=progress)
+                            progress=progress, sampling=sampling)
             timings[row] += time.perf_counter() - t0
             folder = os.path.join(out_dir, row)
             os.makedirs(folder, exist_ok=True)
@@ -172,8 +173,10 @@ def table(results: dict, guidance_scale: float) -> str:
 
 def diagnose(model, refs: Sequence[Item], out_dir: str, *, backends: dict, probes: Sequence = (),
              rows: Sequence[str] = tuple(ROWS), duration_s: float = 8.0, batch_size: int = 8, seed: int = 0,
-             guidance_scale: float | None = None, bootstrap: int = 1000, skipped=None, progress: bool = False) -> dict:
-    """Runs and scores the chain; writes OUT_DIR/chain.json and chain.md; returns the JSON."""
+             guidance_scale: float | None = None, bootstrap: int = 1000, skipped=None, progress: bool = False,
+             sampling: dict | None = None) -> dict:
+    """Runs and scores the chain; writes OUT_DIR/chain.json and chain.md; returns the JSON. `sampling` overrides
+    the model's temperatures / top_k / top_p (recorded in the JSON with what the rows used)."""
     from musiclm_jax.eval.data import Skipped
     from musiclm_jax.eval.evaluate import Evaluator
 
@@ -187,12 +190,15 @@ def diagnose(model, refs: Sequence[Item], out_dir: str, *, backends: dict, probe
     cut_refs = [Item(prompt=r.prompt, wave=_cut(r.wave, round(duration_s * r.sample_rate)), sample_rate=r.sample_rate,
                      id=r.id, path=r.path, truth=dict(r.truth)) for r in refs]
     systems, timings = run_chain(model, cut_refs, out_dir, rows=rows, duration_s=duration_s, batch_size=batch_size,
-                                 seed=seed, guidance_scale=g, progress=progress)
+                                 seed=seed, guidance_scale=g, progress=progress, sampling=sampling)
     ev = Evaluator(cut_refs, backends, mulan=model.mulan, probes=probes, seed=seed, bootstrap=bootstrap)
     results = {row: ev.evaluate(row, items, split_half_fad=row == "real") for row, items in systems.items()}
     report = {"rows": {r: {"description": ROWS[r].format(g=g), **results[r]} for r in results},
               "seconds": {r: round(t, 1) for r, t in timings.items()}, "clips": len(refs), "duration_s": duration_s,
-              "samples": n, "guidance_scale": g, "seed": seed, "backends": list(backends),
+              "samples": n, "guidance_scale": g,
+              "sampling": {k: list(v) if k == "temperatures" else v for k, v in {
+                  **{k: model.sampling[k] for k in ("temperatures", "top_k", "top_p")}, **(sampling or {})}.items()},
+              "seed": seed, "backends": list(backends),
               "probes": [p.attribute + ":" + p.backend for p in probes], "skipped": skipped.to_json()}
     with open(os.path.join(out_dir, "chain.json"), "w") as f:
         json.dump(report, f, indent=1, default=float)
@@ -212,18 +218,23 @@ CONDITIONING_CASES = ("own", "semantic_shifted_later", "semantic_shifted_earlier
                       "semantic_constant", "mulan_of_another_clip")
 
 
-def coarse_nll(model, mulan: np.ndarray, semantic: np.ndarray, codes: np.ndarray) -> float:
-    """Mean teacher-forced NLL (nats per target token) of `codes` [b, Ta, >= Qc] given the conditioning: the
-    training family's own eval (TokenLM.eval), aligned conditioning included when the coarse LM has it."""
+def stage_nll(model, stage: str, inputs, targets) -> float:
+    """Mean teacher-forced NLL (nats per target token) of a stage's `targets` given its `inputs` (both as the
+    stage's layout builds them): the training family's own eval (TokenLM.eval), aligned conditioning included when
+    the stage LM has it."""
     import jax.numpy as jnp
 
     from musiclm_jax.lm.models import TokenLM
 
-    layout, lm = model.layouts["coarse"], model.models["coarse"]
-    inputs, targets = (jnp.asarray(x) for x in layout.build(mulan=mulan, semantic=semantic, acoustic=codes))
+    layout, lm = model.layouts[stage], model.models[stage]
     family = TokenLM(lm.cfg, aligned=layout if lm.cfg.aligned_inputs else None)
-    weight, metrics = family.eval({"model": lm}, {"inputs": inputs, "targets": targets})
+    weight, metrics = family.eval({"model": lm}, {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)})
     return float(metrics["loss"] / weight)
+
+
+def coarse_nll(model, mulan: np.ndarray, semantic: np.ndarray, codes: np.ndarray) -> float:
+    """Mean teacher-forced NLL of `codes` [b, Ta, >= Qc] given MuLan and semantic tokens (see `stage_nll`)."""
+    return stage_nll(model, "coarse", *model.layouts["coarse"].build(mulan=mulan, semantic=semantic, acoustic=codes))
 
 
 def conditioning_use(model, waves: np.ndarray, sample_rate: int, crop_s: float | None = None,
@@ -250,4 +261,54 @@ def conditioning_use(model, waves: np.ndarray, sample_rate: int, crop_s: float |
     out = {name: coarse_nll(model, m, s, codes) for name, (m, s) in cases.items()}
     out.update({f"delta_{k}": v - out["own"] for k, v in list(out.items()) if k != "own"})
     out.update(clips=int(len(waves)), crop_s=float(crop_s), shift_s=shift / model.semantic_rate)
+    return out
+
+
+# --- does the semantic stage read what its MuLan tokens say? -------------------------------------------------------
+# Teacher-forced NLL of each clip's own semantic tokens (one semantic window) given the MuLan tokens of the clip
+# itself, of another clip, none (the guidance's unconditional prompt), and of the same clip played faster, slower
+# or transposed (time-stretched / pitch-shifted by librosa: same music, one property changed). A stage that follows
+# the tempo its conditioning states gets worse under the tempo-changed tokens; one that only reads genre and
+# timbre, under another clip's only. `mulan_changed_*` says how many of the MuLan tokens each change altered (an
+# NLL that does not move under unchanged tokens says nothing).
+
+SEMANTIC_CASES = ("own", "mulan_of_another_clip", "mulan_unconditional", "mulan_of_faster_version",
+                  "mulan_of_slower_version", "mulan_of_transposed_version")
+
+
+def semantic_conditioning_use(model, waves: np.ndarray, sample_rate: int, *, stretch: float = 1.25,
+                              semitones: float = 6.0) -> dict:
+    """NLL of each case of `SEMANTIC_CASES` for equal-length `waves` [b, samples] (b >= 2, at least one semantic
+    window long): faster/slower = tempo x `stretch` / divided by it, transposed = `semitones` up. Returns
+    {case: nll}, "delta_<case>" (minus own) and "mulan_changed_<case>" (share of MuLan tokens that differ)."""
+    import librosa
+
+    waves = np.asarray(waves, np.float32)
+    if waves.ndim != 2 or len(waves) < 2:
+        raise ValueError(f"semantic_conditioning_use needs a batch of at least 2 equal-length clips, got shape "
+                         f"{waves.shape}")
+    if stretch <= 1.0:
+        raise ValueError(f"stretch must be > 1 (the faster version's tempo factor), got {stretch}")
+    crop_s = model.windows.semantic_s
+    n_sem, _ = model._frames(crop_s)
+    tok = clip_tokens(model, waves, sample_rate, crop_s)
+    mulan, own = tok["mulan"], tok["semantic"][:, :n_sem]
+    layout = model.layouts["semantic"]
+
+    def mulan_of(fn):
+        return np.stack([model.mulan.tokens_from_audio(fn(w), sample_rate) for w in waves]).astype(np.int32)
+
+    swapped = {"mulan_of_another_clip": np.roll(mulan, 1, axis=0),
+               "mulan_of_faster_version": mulan_of(lambda w: librosa.effects.time_stretch(w, rate=stretch)),
+               "mulan_of_slower_version": mulan_of(lambda w: librosa.effects.time_stretch(w, rate=1 / stretch)),
+               "mulan_of_transposed_version": mulan_of(
+                   lambda w: librosa.effects.pitch_shift(w, sr=sample_rate, n_steps=semitones))}
+    inputs, targets = layout.build(mulan=mulan, semantic=own)
+    out = {"own": stage_nll(model, "semantic", inputs, targets),
+           "mulan_unconditional": stage_nll(model, "semantic", layout.uncond_inputs(np.asarray(inputs)), targets)}
+    for case, m in swapped.items():
+        out[case] = stage_nll(model, "semantic", layout.build_inputs(mulan=m), targets)
+        out[f"mulan_changed_{case}"] = float(np.mean(m != mulan))
+    out.update({f"delta_{k}": out[k] - out["own"] for k in SEMANTIC_CASES[1:]})
+    out.update(clips=int(len(waves)), crop_s=float(crop_s), stretch=float(stretch), semitones=float(semitones))
     return out

@@ -10,6 +10,8 @@ import json
 import logging
 import os
 
+from musiclm_jax.sampling import add_decoding_args, decoding_overrides
+
 EXAMPLES = """Examples:
   musiclm-jax eval export-synthcaps --data_dir ~/tfds --config small --split test --out eval/ref
   musiclm-jax eval export-synthcaps --data_dir ~/tfds --config small --split train --out eval/train --limit 500
@@ -72,15 +74,22 @@ def register(subparsers) -> None:
     c.add_argument("--duration", type=float, default=8.0, help="seconds per clip (references are cut to it)")
     c.add_argument("--batch_size", type=int, default=8)
     c.add_argument("--guidance_scale", type=float, default=None, help="of the text_guided row (default: the model's)")
+    add_decoding_args(c, "of every generated row; default: the model's own (musiclm.json 'sampling'), else %s")
     c.add_argument("--backend", action="append", default=None, help="embedding backend(s) for FAD (default mel)")
     c.add_argument("--probe", action="append", default=[], help="probe .npz from `eval fit-probe` (repeatable)")
     c.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95 %% intervals")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out_dir", default=None, help="default out/eval/<model folder>/chain")
-    c.add_argument("--conditioning", action="store_true",
-                   help="only measure whether the coarse stage uses its conditioning: teacher-forced NLL of the "
-                   "clips' own codes given their semantic tokens, shifted ones, another clip's, and another "
-                   "clip's MuLan tokens (no generation; writes conditioning.json)")
+    c.add_argument("--conditioning", nargs="?", const="coarse", default=None, choices=("coarse", "semantic"),
+                   help="only measure whether a stage uses its conditioning (no generation). coarse (the default): "
+                   "teacher-forced NLL of the clips' own codes given their semantic tokens, shifted ones, another "
+                   "clip's, and another clip's MuLan tokens (writes conditioning.json); semantic: NLL of the clips' "
+                   "own semantic tokens given the MuLan tokens of the clip, of another clip, none, and of the clip "
+                   "played faster, slower or transposed (writes semantic_conditioning.json)")
+    c.add_argument("--stretch", type=float, default=1.25, help="with --conditioning semantic: tempo factor of the "
+                   "faster version (the slower one divides by it)")
+    c.add_argument("--semitones", type=float, default=6.0, help="with --conditioning semantic: transposition of "
+                   "the transposed version")
     c.add_argument("--shift_s", type=float, default=0.2, help="with --conditioning: how far the shifted semantic "
                    "tokens move (seconds)")
     c.set_defaults(func=chain)
@@ -243,6 +252,7 @@ def chain(args: argparse.Namespace) -> dict:
     from musiclm_jax.resources import shipped_musiclm_dir
 
     rows = chain_lib.check_rows(args.rows or list(chain_lib.ROWS))
+    sampling = decoding_overrides(args)
     if args.duration <= 0 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--duration must be > 0, --batch_size and --limit >= 1")
     probes = [metrics.Probe.load(os.path.expanduser(p)) for p in args.probe]
@@ -259,7 +269,8 @@ def chain(args: argparse.Namespace) -> dict:
     backends = {spec: get_backend(spec) for spec in args.backend or ["mel"]}
     report = chain_lib.diagnose(model, refs, out_dir, backends=backends, probes=probes, rows=rows,
                                 duration_s=args.duration, batch_size=args.batch_size, seed=args.seed,
-                                guidance_scale=args.guidance_scale, bootstrap=args.bootstrap, skipped=skipped)
+                                guidance_scale=args.guidance_scale, bootstrap=args.bootstrap, skipped=skipped,
+                                sampling=sampling)
     with open(os.path.join(out_dir, "chain.md")) as f:
         print(f.read())
     if len(skipped):
@@ -279,13 +290,30 @@ def _conditioning(model, refs, out_dir: str, args: argparse.Namespace) -> dict:
     sr = model.sample_rate
     if args.shift_s < 0:
         raise ValueError(f"--shift_s must be >= 0 seconds, got {args.shift_s}")
-    need = round((model.windows.coarse_s + args.shift_s) * sr)
+    semantic = getattr(args, "conditioning", "coarse") == "semantic"
+    if semantic and (args.stretch <= 1 or not np.isfinite(args.semitones)):
+        raise ValueError(f"--stretch must be > 1 and --semitones a number, got {args.stretch}, {args.semitones}")
+    seconds = model.windows.semantic_s if semantic else model.windows.coarse_s + args.shift_s
+    need = round(seconds * sr)
     waves = [resample(np.asarray(r.wave, np.float32), r.sample_rate, sr) for r in refs]
     waves = np.stack([w[:need] for w in waves if len(w) >= need]) if waves else np.zeros((0, need))
     if len(waves) < 2:
         raise ValueError(f"--conditioning needs at least 2 reference clips of >= {need / sr:.1f} s")
-    res = chain_lib.conditioning_use(model, waves, sr, shift_s=args.shift_s)
     os.makedirs(out_dir, exist_ok=True)
+    if semantic:
+        res = chain_lib.semantic_conditioning_use(model, waves, sr, stretch=args.stretch, semitones=args.semitones)
+        with open(os.path.join(out_dir, "semantic_conditioning.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        print(f"semantic stage, teacher-forced NLL (nats/token) of {res['clips']} clips' own semantic tokens, "
+              f"{res['crop_s']:g} s crops, given the MuLan tokens of:")
+        for case in chain_lib.SEMANTIC_CASES:
+            delta = "" if case == "own" else f"  ({res['delta_' + case]:+.3f})"
+            changed = res.get(f"mulan_changed_{case}")
+            changed = "" if changed is None else f"  [{changed:.0%} of MuLan tokens differ]"
+            print(f"  {case:28s} {res[case]:.3f}{delta}{changed}")
+        print(f"wrote {out_dir}/semantic_conditioning.json")
+        return res
+    res = chain_lib.conditioning_use(model, waves, sr, shift_s=args.shift_s)
     with open(os.path.join(out_dir, "conditioning.json"), "w") as f:
         json.dump(res, f, indent=1)
     print(f"coarse stage, teacher-forced NLL (nats/token) of {res['clips']} clips' own codes, {res['crop_s']:g} s crops:")
