@@ -160,3 +160,79 @@ def test_cli_rl_on_audio_rewards_and_bad_input(tmp_path, capsys):
     assert cli.main(bad) == 2 and "not an exported MusicLM" in capsys.readouterr().err
     assert cli.main(args[:8] + ["--samples_per_prompt", "1"]) == 2
     assert "samples_per_prompt >= 2" in capsys.readouterr().err
+
+
+def test_the_distillation_term_is_the_kl_to_the_guided_teacher():
+    from musiclm_jax.finetune.distill import kl_per_position
+
+    layout = st.StageLayout("semantic", st.TINY)
+    cfg = tr.TransformerConfig(vocab_size=layout.vocab_size, num_layers=1, num_heads=2, head_dim=8, d_model=16,
+                               d_ff=32, dropout_rate=0.0, dtype="float32", max_len=64)
+    with nnx.use_eager_sharding(False):
+        student, teacher = tr.Transformer(cfg, rngs=nnx.Rngs(0)), tr.Transformer(cfg, rngs=nnx.Rngs(1))
+    rng = np.random.default_rng(0)
+    inputs = jnp.asarray(layout.build_inputs(mulan=rng.integers(0, st.TINY.mulan_codes, (3, st.TINY.mulan_levels))))
+    targets = jnp.asarray(layout.build_targets(semantic=rng.integers(0, st.TINY.semantic_codes, (3, 10))))
+    family = rl.PolicyGradient(cfg, kl_weight=0.0, reward_weight=0.0, distill_weight=2.0, temperature=0.5)
+    logp = lambda m: masked_log_softmax(family._forward(m, {"inputs": inputs, "targets": targets},  # noqa: E731
+                                                        deterministic=True)[0] / 0.5, layout.logit_mask())
+    batch = {"inputs": inputs, "targets": targets, "advantages": jnp.asarray([1.0, -1.0, 0.0]),
+             "ref_logprobs": logp(student), "teacher_logprobs": logp(student)}
+    loss, _, metrics = family.loss({"model": student}, batch, jax.random.key(0))
+    assert abs(float(loss)) < 1e-4 and abs(float(metrics["distill_kl"])) < 1e-4   # the advantages weigh 0
+    batch["teacher_logprobs"] = logp(teacher)
+    loss, _, metrics = family.loss({"model": student}, batch, jax.random.key(0))
+    s_logits = family._forward(student, batch, deterministic=True)[0]
+    want = float(jnp.sum(kl_per_position(batch["teacher_logprobs"], s_logits / 0.5)))
+    assert float(metrics["distill_kl"]) == pytest.approx(want, rel=1e-4) and want > 0
+    assert float(loss) == pytest.approx(2.0 * want, rel=1e-4)
+    with pytest.raises(ValueError, match="teacher_logprobs"):
+        family.loss({"model": student}, {k: v for k, v in batch.items() if k != "teacher_logprobs"},
+                    jax.random.key(0))
+    with pytest.raises(ValueError, match="distill_weight >= 0"):
+        rl.PolicyGradient(cfg, distill_weight=-1.0)
+
+
+def test_on_policy_distillation_moves_the_unguided_student_toward_the_guided_base(tmp_path):
+    from musiclm_jax.finetune import distill
+    from musiclm_jax.pipeline import MusicLM, load_stage_lm
+
+    lm = MusicLM.from_pretrained(BASE, load_semantic_tokenizer=False)
+    # measured on the guided base's own samples (not the student's, which it trains on) and its distributions there
+    held = distill.make_distill_set(lm, CAPTIONS[:4] * 2, seconds=1.0, guidance_scale=3.0, batch_size=8)
+    zero = lambda targets, prompts: np.zeros(len(prompts), np.float32)   # noqa: E731  (no reward: distillation only)
+    out = rl.finetune_rl(BASE, CAPTIONS[:4], str(tmp_path), score=zero, rounds=3, prompts_per_round=4,
+                         samples_per_prompt=2, steps_per_round=4, batch_size=8, learning_rate=3e-4, kl_weight=0.0,
+                         distill_weight=1.0, teacher_guidance=3.0, seconds=1.0)
+    with np.load(tmp_path / "rollouts" / "round_0.npz") as f:
+        assert f["teacher_logprobs"].shape == f["ref_logprobs"].shape
+    family = distill.GuidanceDistillation(lm.models["semantic"].cfg)
+    rows = np.arange(len(held["targets"]))
+    before = distill.held_out_kl(family, lm.models["semantic"], held, rows, batch_size=8)["kl"]
+    after = distill.held_out_kl(family, load_stage_lm(f"{out['musiclm']}/stage_semantic"), held, rows,
+                                batch_size=8)["kl"]
+    assert after < 0.8 * before, (before, after)   # measured: 0.102 -> 0.057
+    assert out["report"]["distill_weight"] == 1.0 and out["report"]["teacher_guidance"] == 3.0
+    # rollouts of a run without the teacher cannot feed a distillation run
+    with pytest.raises(ValueError, match="teacher_guidance 1"):
+        rl.finetune_rl(BASE, CAPTIONS[:4], str(tmp_path / "x"), score=zero, distill_weight=1.0, teacher_guidance=1.0)
+
+
+def test_cli_diversity_rewarded_distillation(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(CAPTIONS[:2]) + "\n")
+    out = tmp_path / "div"
+    args = ["finetune", "rl", "--model_dir", BASE, "--prompts", str(prompts), "--out_dir", str(out),
+            "--rewards", "diversity", "--gin_file", "finetune/distill_diversity_semantic.gin", "--rounds", "1",
+            "--prompts_per_round", "2", "--samples_per_prompt", "4", "--steps_per_round", "1", "--batch_size", "8",
+            "--seconds", "1"]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    report = json.load(open(out / "musiclm" / "rl.json"))
+    assert report["distill_weight"] == 1.0 and report["kl_weight"] == 0.0 and report["teacher_guidance"] == 3.0
+    with np.load(out / "rollouts" / "round_0.npz") as f:
+        # every sample is scored against the 3 others of its prompt: minus a mean cosine
+        assert f["rewards"].shape == (8,) and np.all((f["rewards"] >= -1.0001) & (f["rewards"] <= 1.0001))
+        assert "teacher_logprobs" in f.files
+    metrics = [json.loads(line) for line in open(out / "train" / "metrics.jsonl")]
+    assert np.isfinite(metrics[-1]["distill_kl"])

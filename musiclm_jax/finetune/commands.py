@@ -22,7 +22,8 @@ import os
 DISTILL_GIN, RL_GIN = "finetune/distill_semantic.gin", "finetune/rl_semantic.gin"
 DISTILL_FLAGS = {"steps": int, "batch_size": int, "learning_rate": float, "seed": int}
 RL_FLAGS = {"rounds": int, "prompts_per_round": int, "samples_per_prompt": int, "steps_per_round": int,
-            "batch_size": int, "learning_rate": float, "kl_weight": float, "seed": int,
+            "batch_size": int, "learning_rate": float, "kl_weight": float, "reward_weight": float,
+            "distill_weight": float, "teacher_guidance": float, "seed": int,
             "seconds": float}   # seconds: the semantic window sampled and scored (default: the model's)
 
 
@@ -69,8 +70,9 @@ def register(subparsers) -> None:
                                                     "(keep them apart from the evaluation prompts)")
     q.add_argument("--out_dir", required=True, help="training dir (OUT/train, resumable), rollouts, the result "
                                                     "(OUT/musiclm)")
-    q.add_argument("--rewards", nargs="+", default=["key"], choices=("tempo", "key", "pulse", "mulan"),
-                   help="rewards to add up (mulan: the base's own MuLan)")
+    q.add_argument("--rewards", nargs="+", default=["key"], choices=("tempo", "key", "pulse", "mulan", "diversity"),
+                   help="rewards to add up (mulan: the base's own MuLan; diversity: minus the MuLan-audio cosine "
+                   "between a prompt's samples)")
     q.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per reward (default 1 each)")
     _hyper_parameters(q, "finetune_rl", RL_FLAGS)
     add_gin_arguments(q, f"gin file (repeatable; default {RL_GIN})")
@@ -206,10 +208,10 @@ def _reward(name: str, mulan=None):
     the MuLan that scores it."""
     from musiclm_jax.finetune import rewards as rw
 
-    if name == "mulan":
+    if name in ("mulan", "diversity"):
         if mulan is None:
-            raise ValueError("the mulan reward needs a MuLan (--mulan_dir, or the model's own mulan/)")
-        return rw.MuLanReward(mulan)
+            raise ValueError(f"the {name} reward needs a MuLan (--mulan_dir, or the model's own mulan/)")
+        return rw.MuLanReward(mulan) if name == "mulan" else rw.DiversityReward(mulan)
     return {"tempo": rw.TempoReward, "key": rw.KeyReward, "pulse": rw.PulseReward}[name]()
 
 
@@ -261,7 +263,7 @@ def rl_train(args: argparse.Namespace) -> dict:
         raise ValueError(f"--weights gives {len(weights)} weights for {len(args.rewards)} rewards: one each")
     prompts = read_prompts(args.prompts)
     mulan = None
-    if "mulan" in args.rewards:   # the base's own MuLan scores the text-audio reward
+    if {"mulan", "diversity"} & set(args.rewards):   # the base's own MuLan scores them
         from musiclm_jax.mulan.api import MuLan
         mulan = MuLan.from_checkpoint(os.path.join(args.model_dir, "mulan"))
     total = rw.weighted({name: (w, _reward(name, mulan)) for name, w in zip(args.rewards, weights)})

@@ -42,12 +42,14 @@ def masked_log_softmax(logits: jax.Array, mask) -> jax.Array:
     return jax.nn.log_softmax(masked.astype(jnp.float32), axis=-1)
 
 
-def guided_logprobs(family: TokenLM, model, inputs, targets, uncond_inputs, scale: float, mask) -> jax.Array:
-    """[b, T, V] log-probabilities the guided teacher samples target t from (teacher-forced on `targets`)."""
+def guided_logprobs(family: TokenLM, model, inputs, targets, uncond_inputs, scale: float, mask,
+                    temperature: float = 1.0) -> jax.Array:
+    """[b, T, V] log-probabilities the guided teacher samples target t from at `temperature` (teacher-forced on
+    `targets`; guidance, then the mask, then the temperature, as `lm/decoding.py` samples)."""
     cond, _, _ = family._forward(model, {"inputs": inputs, "targets": targets}, deterministic=True)
     uncond, _, _ = family._forward(model, {"inputs": uncond_inputs, "targets": targets}, deterministic=True)
     cond, uncond = cond.astype(jnp.float32), uncond.astype(jnp.float32)
-    return masked_log_softmax(uncond + scale * (cond - uncond), mask)
+    return masked_log_softmax((uncond + scale * (cond - uncond)) / temperature, mask)
 
 
 def kl_per_position(teacher_logprobs: jax.Array, student_logits: jax.Array) -> jax.Array:

@@ -11,6 +11,7 @@
   suite), high for a steady beat in a key, low for noise or a drone.
 - `diversity_reward`: for samples of one prompt, minus the mean cosine similarity of each sample's embedding to
   the other samples' (the CFG-distillation follow-up's diversity term); needs an embedder (e.g. MuLan audio).
+  `DiversityReward` is it on MuLan audio embeddings as a reward (samples of one prompt = rows with its text).
 - `weighted`: a weighted sum of rewards, nan-safe (a reward with nothing to say for an item adds 0 there).
 
 Instrument and genre adherence rewards are not built here: the eval suite scores them with probes on a tagger's
@@ -124,6 +125,19 @@ def diversity_reward(embeddings: np.ndarray, groups: Sequence) -> np.ndarray:
         sim = emb[idx] @ emb[idx].T
         out[idx] = -(sim.sum(axis=1) - np.diag(sim)) / (len(idx) - 1)
     return out
+
+
+class DiversityReward:
+    """`diversity_reward` of MuLan audio embeddings, the samples of one prompt (equal prompt text) as a group: a
+    reward on the batch as a whole, so give it every sample of a prompt in one call (`rl.audio_scorer` does)."""
+
+    def __init__(self, mulan):
+        self.mulan = mulan
+
+    def __call__(self, waves, sample_rate, prompts):
+        waves = _check(waves, prompts)
+        emb = np.stack([np.asarray(self.mulan.embed_audio(w, sample_rate), np.float64) for w in waves])
+        return diversity_reward(emb, list(prompts))
 
 
 def weighted(rewards: dict[str, tuple[float, Reward]]) -> Callable:

@@ -15,6 +15,12 @@
              `"unguided_stages": ["semantic"]` (it was trained to be sampled unguided; the coarse stage keeps its
              guidance).
 
+With `distill_weight` > 0 the rollouts also store the *guided* base's log-probabilities along the policy's own
+samples, and the loss adds distill_weight * KL(guided base || pi) per token: on-policy guidance distillation. With
+the diversity reward (`rewards.DiversityReward`) and kl_weight 0 this is diversity-rewarded CFG distillation, the
+follow-up's objective (gin/finetune/distill_diversity_semantic.gin); `finetune/distill.py` is the offline variant
+on the teacher's own samples.
+
 Only the semantic stage is finetuned: the reward reaches it through audio made by the fixed later stages, so what it
 can learn is bounded by what those stages keep of it (the stage-by-stage diagnosis of issue 16 says how much).
 A job is resumable: finished rounds (their rollout file and trainer steps) are skipped.
@@ -32,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from musiclm_jax.finetune.distill import NEG_INF, STAGE, STAGE_DIR, masked_log_softmax, write_finetuned
+from musiclm_jax.finetune.distill import (NEG_INF, STAGE, STAGE_DIR, guided_logprobs, kl_per_position,
+                                         masked_log_softmax, write_finetuned)
 from musiclm_jax.lm.models import TokenLM
 from musiclm_jax.train.data import ResumableBatches
 
@@ -45,21 +52,32 @@ Scorer = Callable[[np.ndarray, Sequence[str]], np.ndarray]
 
 @gin.configurable
 class PolicyGradient(TokenLM):
-    """The token-LM family on rollout batches {"inputs", "targets", "advantages" [b], "ref_logprobs" [b, T, V]}.
-    `loss` = per-token mean of -A log pi(a_t) + kl_weight KL(pi || ref)_t; metrics `kl` (per token), `pg`, and
-    `logprob` (mean log pi of the sampled tokens). `temperature`: the one the rollouts were sampled at."""
+    """The token-LM family on rollout batches {"inputs", "targets", "advantages" [b], "ref_logprobs" [b, T, V]}
+    (+ "teacher_logprobs" [b, T, V] when `distill_weight` > 0). Per token:
+
+        reward_weight * (-A log pi(a_t))  +  kl_weight * KL(pi || ref)_t  +  distill_weight * KL(teacher || pi)_t
+
+    The last term is on-policy guidance distillation (the guided base's distribution along the policy's own
+    samples); with the diversity reward it is the CFG-distillation follow-up's objective (quality by distillation,
+    `reward_weight` = its beta). Metrics: `kl` (to ref, per token), `distill_kl`, `pg`, `logprob` (mean log pi of
+    the sampled tokens). `temperature`: the one the rollouts were sampled at."""
 
     name = "policy_gradient"
 
-    def __init__(self, config, kl_weight: float = 0.05, temperature: float = 1.0, **kwargs):
+    def __init__(self, config, kl_weight: float = 0.05, temperature: float = 1.0, reward_weight: float = 1.0,
+                 distill_weight: float = 0.0, **kwargs):
         super().__init__(config, **kwargs)
-        if kl_weight < 0 or temperature <= 0:
-            raise ValueError(f"PolicyGradient needs kl_weight >= 0 and temperature > 0, got {kl_weight}, "
-                             f"{temperature}")
+        if min(kl_weight, reward_weight, distill_weight) < 0 or temperature <= 0:
+            raise ValueError(f"PolicyGradient needs kl_weight, reward_weight, distill_weight >= 0 and temperature "
+                             f"> 0, got {kl_weight}, {reward_weight}, {distill_weight}, {temperature}")
         self.kl_weight, self.temperature = float(kl_weight), float(temperature)
+        self.reward_weight, self.distill_weight = float(reward_weight), float(distill_weight)
+
+    def row_keys(self) -> tuple[str, ...]:
+        return ROW_KEYS + (("teacher_logprobs",) if self.distill_weight else ())
 
     def _sums(self, models, batch):
-        missing = set(ROW_KEYS) - set(batch)
+        missing = set(self.row_keys()) - set(batch)
         if missing:
             raise ValueError(f"a policy-gradient batch needs {sorted(missing)} (rollouts of `finetune rl`); got "
                              f"{sorted(batch)}")
@@ -71,9 +89,15 @@ class PolicyGradient(TokenLM):
         pg = -batch["advantages"][:, None] * taken
         p = jnp.where(support, jnp.exp(logp), 0.0)
         kl = jnp.sum(p * (jnp.where(support, logp, 0.0) - jnp.where(support, ref, 0.0)), axis=-1)
-        total = jnp.sum(pg + self.kl_weight * kl)
+        per_token = self.reward_weight * pg + self.kl_weight * kl
+        metrics = {"kl": jnp.sum(kl), "pg": jnp.sum(pg), "logprob": jnp.sum(taken)}
+        if self.distill_weight:
+            distill = kl_per_position(batch["teacher_logprobs"], logits.astype(jnp.float32) / self.temperature)
+            per_token = per_token + self.distill_weight * distill
+            metrics["distill_kl"] = jnp.sum(distill)
+        total = jnp.sum(per_token)
         n = jnp.asarray(kl.size, jnp.float32)
-        return total, n, {"loss": total, "kl": jnp.sum(kl), "pg": jnp.sum(pg), "logprob": jnp.sum(taken)}
+        return total, n, {"loss": total, **metrics}
 
     def loss(self, models, batch, rng):
         return self._sums(models, batch)
@@ -101,9 +125,11 @@ def rloo_advantages(rewards: np.ndarray, samples_per_prompt: int, normalize: boo
 
 def rollout(policy, reference, layout, mulan_tokens: np.ndarray, prompts: Sequence[str], score: Scorer, *,
             num_targets: int, samples_per_prompt: int, temperature: float, seed: int, batch_size: int = 16,
-            normalize: bool = True) -> dict[str, np.ndarray]:
+            normalize: bool = True, teacher_guidance: float | None = None) -> dict[str, np.ndarray]:
     """One round's rows: `samples_per_prompt` samples of `num_targets` stage tokens per prompt from `policy` (no
-    guidance), their rewards, RLOO advantages and the `reference` log-probs along them (prompt-major rows)."""
+    guidance), their rewards, RLOO advantages and the `reference` log-probs along them (prompt-major rows); with
+    `teacher_guidance`, also the reference's *guided* log-probs along them ("teacher_logprobs", for on-policy
+    distillation)."""
     from musiclm_jax.lm import decoding
 
     if len(prompts) != len(mulan_tokens):
@@ -118,9 +144,13 @@ def rollout(policy, reference, layout, mulan_tokens: np.ndarray, prompts: Sequen
         return masked_log_softmax(logits.astype(jnp.float32) / temperature, mask)
 
     ref_fn = jax.jit(ref_logprobs)
+    teacher_fn = None
+    if teacher_guidance is not None:
+        teacher_fn = jax.jit(lambda state, i, t, u: guided_logprobs(
+            family, nnx.merge(ref_graph, state), i, t, u, float(teacher_guidance), mask, temperature))
     k = samples_per_prompt
     per_batch = max(1, batch_size // k)   # prompts per sampling call
-    rows = {"inputs": [], "targets": [], "ref_logprobs": []}
+    rows = {"inputs": [], "targets": [], "ref_logprobs": [], **({"teacher_logprobs": []} if teacher_fn else {})}
     key = jax.random.key(seed)
     for start in range(0, len(prompts), per_batch):
         chunk = np.asarray(mulan_tokens[start:start + per_batch], np.int32)
@@ -136,6 +166,10 @@ def rollout(policy, reference, layout, mulan_tokens: np.ndarray, prompts: Sequen
         rows["inputs"].append(inputs)
         rows["targets"].append(targets)
         rows["ref_logprobs"].append(np.asarray(ref_fn(ref_state, jnp.asarray(inputs), jnp.asarray(targets))))
+        if teacher_fn is not None:
+            uncond = np.asarray(layout.uncond_inputs(inputs), np.int32)
+            rows["teacher_logprobs"].append(np.asarray(teacher_fn(ref_state, jnp.asarray(inputs),
+                                                                  jnp.asarray(targets), jnp.asarray(uncond))))
     data = {name: np.concatenate(v) for name, v in rows.items()}
     row_prompts = [p for p in prompts for _ in range(k)]
     rewards = np.asarray(score(data["targets"], row_prompts), np.float32)
@@ -163,23 +197,25 @@ class RolloutBatches(ResumableBatches):
         epoch, i = divmod(max(position - self.offset, 0), per_epoch)
         order = np.random.default_rng([self.seed, self.offset, epoch]).permutation(self.rows)
         pick = np.sort(order[i * self.batch_size:(i + 1) * self.batch_size])
-        return {name: self.data[name][pick] for name in ROW_KEYS}
+        keys = ROW_KEYS + (("teacher_logprobs",) if "teacher_logprobs" in self.data else ())
+        return {name: self.data[name][pick] for name in keys}
 
 
 def audio_scorer(lm, reward: Callable, seconds: float, seed: int = 0, batch_size: int = 16) -> Scorer:
     """Scores sampled semantic windows by the audio the MusicLM's later stages make of them: coarse and fine from
-    the given semantic tokens (the model's sampling settings), the codec, then `reward(waves, sr, prompts)`."""
+    the given semantic tokens (the model's sampling settings), the codec, then `reward(waves, sr, prompts)` once
+    on all of them (so a reward over a prompt's samples, such as diversity, sees the whole group)."""
     layout = lm.layouts[STAGE]
 
     def score(targets, prompts):
         codes = np.asarray(layout.targets_to_codes(np.asarray(targets)))
-        out = []
+        waves = []
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start:start + batch_size])
             gen = lm.generate_from_tokens(lm._text_tokens(chunk), seconds, semantic=codes[start:start + len(chunk)],
                                           seed=seed + start, progress=False, rerank=False)
-            out.append(np.asarray(reward(gen.waves, gen.sample_rate, chunk), np.float32))
-        return np.concatenate(out)
+            waves.append(gen.waves)
+        return np.asarray(reward(np.concatenate(waves), lm.sample_rate, list(prompts)), np.float32)
     return score
 
 
@@ -187,13 +223,17 @@ def audio_scorer(lm, reward: Callable, seconds: float, seed: int = 0, batch_size
 def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Scorer | None = None, *,
                 reward: Callable | None = None, rounds: int = 8, prompts_per_round: int = 16,
                 samples_per_prompt: int = 4, steps_per_round: int = 8, batch_size: int = 16,
-                learning_rate: float = 1e-5, kl_weight: float = 0.05, seconds: float | None = None, seed: int = 0,
-                progress: bool = False) -> dict:
+                learning_rate: float = 1e-5, kl_weight: float = 0.05, reward_weight: float = 1.0,
+                distill_weight: float = 0.0, teacher_guidance: float | None = None, seconds: float | None = None,
+                seed: int = 0, progress: bool = False) -> dict:
     """RL-finetunes the semantic stage of the MusicLM in `model_dir` (see the module docstring); resumable.
 
     `score`: a Scorer on stage tokens (tests), or else `reward` (finetune/rewards.py) on the audio the model makes
-    of them (`audio_scorer`). Each round takes the next `prompts_per_round` prompts (cycling). Writes
-    out_dir/train (trainer), out_dir/rollouts/round_<r>.npz, out_dir/musiclm (the result) and its rl.json."""
+    of them (`audio_scorer`). Each round takes the next `prompts_per_round` prompts (cycling). `distill_weight` > 0
+    adds on-policy guidance distillation towards the base decoded with `teacher_guidance` (default: the model's
+    guidance scale); with the diversity reward and kl_weight 0 that is diversity-rewarded CFG distillation
+    (`PolicyGradient`). Writes out_dir/train (trainer), out_dir/rollouts/round_<r>.npz, out_dir/musiclm (the
+    result) and its rl.json."""
     from musiclm_jax.pipeline import MusicLM, load_stage_lm
     from musiclm_jax.train.checkpoints import Checkpointer
     from musiclm_jax.train.optimizers import make_optimizer, make_schedule
@@ -223,7 +263,15 @@ def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Sco
     seconds = float(lm.windows.semantic_s if seconds is None else seconds)
     num_targets = max(1, int(round(seconds * lm.semantic_rate)))
     score = score or audio_scorer(lm, reward, seconds, seed=seed)
-    family = PolicyGradient(reference.cfg, kl_weight=kl_weight, temperature=temperature)
+    family = PolicyGradient(reference.cfg, kl_weight=kl_weight, temperature=temperature, reward_weight=reward_weight,
+                            distill_weight=distill_weight)
+    if distill_weight:
+        teacher_guidance = float(lm.sampling["guidance_scale"] if teacher_guidance is None else teacher_guidance)
+        if teacher_guidance == 1.0:
+            raise ValueError("distill_weight > 0 distils the guided base: teacher_guidance 1 has no guidance to "
+                             "distil (pass e.g. 3, or a model whose musiclm.json guidance_scale is > 1)")
+    else:
+        teacher_guidance = None
     train_dir, rollout_dir = os.path.join(out_dir, "train"), os.path.join(out_dir, "rollouts")
     os.makedirs(rollout_dir, exist_ok=True)
     os.makedirs(train_dir, exist_ok=True)
@@ -240,11 +288,14 @@ def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Sco
         if os.path.exists(path):    # this round's rollouts were made before a stop: train on them
             with np.load(path) as f:
                 data = {name: f[name] for name in f.files}
+            if distill_weight and "teacher_logprobs" not in data:
+                raise ValueError(f"{path} was made without the guided teacher (distill_weight was 0): use another "
+                                 "out_dir for a distillation run")
         else:
             pick = [prompts[(r * prompts_per_round + i) % len(prompts)] for i in range(prompts_per_round)]
             data = rollout(policy, reference, layout, lm._text_tokens(pick), pick, score, num_targets=num_targets,
                            samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed + 1000 * r,
-                           batch_size=batch_size)
+                           batch_size=batch_size, teacher_guidance=teacher_guidance)
             np.savez_compressed(path, **data)
         history.append(_round_stats(r, data["rewards"]))
         log.info("rl round %d: mean reward %.4f", r, history[-1]["mean_reward"])
@@ -260,6 +311,7 @@ def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Sco
         summary.pop("state", None)
     musiclm_dir = write_finetuned(model_dir, train_dir, os.path.join(out_dir, "musiclm"))
     report = {"base": model_dir, "rounds": history, "steps": rounds * steps_per_round, "kl_weight": kl_weight,
+              "reward_weight": reward_weight, "distill_weight": distill_weight, "teacher_guidance": teacher_guidance,
               "learning_rate": learning_rate, "samples_per_prompt": samples_per_prompt,
               "prompts_per_round": prompts_per_round, "seconds": seconds, "last_metrics": summary.get("last_metrics")}
     with open(os.path.join(musiclm_dir, "rl.json"), "w") as f:
