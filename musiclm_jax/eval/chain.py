@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -270,17 +271,20 @@ def conditioning_use(model, waves: np.ndarray, sample_rate: int, crop_s: float |
 # or transposed (time-stretched / pitch-shifted by librosa: same music, one property changed). A stage that follows
 # the tempo its conditioning states gets worse under the tempo-changed tokens; one that only reads genre and
 # timbre, under another clip's only. `mulan_changed_*` says how many of the MuLan tokens each change altered (an
-# NLL that does not move under unchanged tokens says nothing).
+# NLL that does not move under unchanged tokens says nothing). Over a whole window the clip's own earlier tokens
+# tell most of what comes next, so each case is also scored on the window's first `first_s` seconds alone
+# ("<case>_first"), where the conditioning is all the stage has.
 
 SEMANTIC_CASES = ("own", "mulan_of_another_clip", "mulan_unconditional", "mulan_of_faster_version",
                   "mulan_of_slower_version", "mulan_of_transposed_version")
 
 
 def semantic_conditioning_use(model, waves: np.ndarray, sample_rate: int, *, stretch: float = 1.25,
-                              semitones: float = 6.0) -> dict:
+                              semitones: float = 6.0, first_s: float = 1.0) -> dict:
     """NLL of each case of `SEMANTIC_CASES` for equal-length `waves` [b, samples] (b >= 2, at least one semantic
     window long): faster/slower = tempo x `stretch` / divided by it, transposed = `semitones` up. Returns
-    {case: nll}, "delta_<case>" (minus own) and "mulan_changed_<case>" (share of MuLan tokens that differ)."""
+    {case: nll}, "<case>_first" (the first `first_s` seconds only), "delta_<case>" and "delta_<case>_first"
+    (minus own) and "mulan_changed_<case>" (share of MuLan tokens that differ)."""
     import librosa
 
     waves = np.asarray(waves, np.float32)
@@ -296,19 +300,28 @@ def semantic_conditioning_use(model, waves: np.ndarray, sample_rate: int, *, str
     layout = model.layouts["semantic"]
 
     def mulan_of(fn):
-        return np.stack([model.mulan.tokens_from_audio(fn(w), sample_rate) for w in waves]).astype(np.int32)
+        with warnings.catch_warnings():   # librosa's phase vocoder warns about its own deprecated arguments
+            warnings.simplefilter("ignore", FutureWarning)
+            changed = [fn(w) for w in waves]
+        return np.stack([model.mulan.tokens_from_audio(w, sample_rate) for w in changed]).astype(np.int32)
 
     swapped = {"mulan_of_another_clip": np.roll(mulan, 1, axis=0),
                "mulan_of_faster_version": mulan_of(lambda w: librosa.effects.time_stretch(w, rate=stretch)),
                "mulan_of_slower_version": mulan_of(lambda w: librosa.effects.time_stretch(w, rate=1 / stretch)),
                "mulan_of_transposed_version": mulan_of(
                    lambda w: librosa.effects.pitch_shift(w, sr=sample_rate, n_steps=semitones))}
-    inputs, targets = layout.build(mulan=mulan, semantic=own)
-    out = {"own": stage_nll(model, "semantic", inputs, targets),
-           "mulan_unconditional": stage_nll(model, "semantic", layout.uncond_inputs(np.asarray(inputs)), targets)}
+    inputs = np.asarray(layout.build_inputs(mulan=mulan))
+    n_first = max(1, min(n_sem, round(first_s * model.semantic_rate)))
+    cases = {"own": inputs, "mulan_unconditional": np.asarray(layout.uncond_inputs(inputs)),
+             **{case: np.asarray(layout.build_inputs(mulan=m)) for case, m in swapped.items()}}
+    out = {}
+    for case, case_inputs in cases.items():
+        for suffix, frames in (("", n_sem), ("_first", n_first)):
+            out[case + suffix] = stage_nll(model, "semantic", case_inputs, layout.build_targets(semantic=own[:, :frames]))
     for case, m in swapped.items():
-        out[case] = stage_nll(model, "semantic", layout.build_inputs(mulan=m), targets)
         out[f"mulan_changed_{case}"] = float(np.mean(m != mulan))
-    out.update({f"delta_{k}": out[k] - out["own"] for k in SEMANTIC_CASES[1:]})
-    out.update(clips=int(len(waves)), crop_s=float(crop_s), stretch=float(stretch), semitones=float(semitones))
+    out.update({f"delta_{k}{suffix}": out[k + suffix] - out["own" + suffix] for k in SEMANTIC_CASES[1:]
+                for suffix in ("", "_first")})
+    out.update(clips=int(len(waves)), crop_s=float(crop_s), first_s=n_first / model.semantic_rate,
+               stretch=float(stretch), semitones=float(semitones))
     return out

@@ -305,12 +305,13 @@ def _conditioning(model, refs, out_dir: str, args: argparse.Namespace) -> dict:
         with open(os.path.join(out_dir, "semantic_conditioning.json"), "w") as f:
             json.dump(res, f, indent=1)
         print(f"semantic stage, teacher-forced NLL (nats/token) of {res['clips']} clips' own semantic tokens, "
-              f"{res['crop_s']:g} s crops, given the MuLan tokens of:")
+              f"{res['crop_s']:g} s crops (and their first {res['first_s']:g} s), given the MuLan tokens of:")
         for case in chain_lib.SEMANTIC_CASES:
-            delta = "" if case == "own" else f"  ({res['delta_' + case]:+.3f})"
+            cells = [f"{res[case + sfx]:.3f}" + ("" if case == "own" else f" ({res['delta_' + case + sfx]:+.3f})")
+                     for sfx in ("", "_first")]
             changed = res.get(f"mulan_changed_{case}")
             changed = "" if changed is None else f"  [{changed:.0%} of MuLan tokens differ]"
-            print(f"  {case:28s} {res[case]:.3f}{delta}{changed}")
+            print(f"  {case:28s} {cells[0]:18s} first: {cells[1]:18s}{changed}")
         print(f"wrote {out_dir}/semantic_conditioning.json")
         return res
     res = chain_lib.conditioning_use(model, waves, sr, shift_s=args.shift_s)
