@@ -489,3 +489,38 @@ def test_beam_workers_get_the_jobs_tokenizers_and_refuse_others(env, monkeypatch
     with pytest.raises(ValueError, match="this worker's tokenizers are not the job's .*codec: worker .* vs job "
                                          "0123456789abcdef"):
         list(data.stage_task_dataset(**kw, task=task))
+
+
+def test_speed_variants_tokenize_each_clip_at_other_keys_and_tempi(env):
+    from musiclm_jax.audio.io import change_speed
+    from musiclm_jax.data.synthcaps import captions
+
+    names = registry.register_stage_tasks("tspeed", TFDS_NAME, sizes=TINY, keep=registry.SYNTHCAPS_KEEP,
+                                          tfds_data_dir=env["tfds_dir"], crop_seconds=CROPS, splits=["train"],
+                                          speed_semitones=(-2, 3))
+    task = seqio.get_mixture_or_task(names[0])
+    assert task.splits == ("train",)   # training data only
+    source = seqio.get_mixture_or_task("tt_semantic").source.get_dataset(split="train", shuffle=False)
+    clips = {ex["clip_id"].decode(): ex for ex in source.as_numpy_iterator()}
+    pre = task.source.get_dataset(split="train", shuffle=False)
+    for prep in task.preprocessors[:1]:
+        pre = prep(pre)
+    out = list(pre.as_numpy_iterator())
+    assert len(out) == 3 * len(clips)
+    by_id = {ex["clip_id"].decode(): ex for ex in out}
+    for cid, orig in clips.items():
+        np.testing.assert_array_equal(by_id[cid]["audio"], orig["audio"])   # the originals, unchanged
+        for k in (-2, 3):
+            ex = by_id[f"{cid}@{k:+d}"]
+            want = change_speed(orig["audio"].astype(np.float32), 2 ** (k / 12))
+            assert ex["audio"].dtype == np.int16 and abs(len(ex["audio"]) - len(want)) <= 1
+            assert ex["bpm"] == pytest.approx(orig["bpm"] * 2 ** (k / 12), rel=1e-5)
+            assert ex["caption"].decode() == captions.restate(orig["caption"].decode(), semitones=k,
+                                                              bpm=float(orig["bpm"]) * 2 ** (k / 12))
+            if orig["key"]:
+                assert ex["key"] != orig["key"] or k % 12 == 0
+    # through tokenize and the stage layout: each copy has tokens of its own (shorter / longer) audio
+    stage = list(task.get_dataset(split="train", use_cached=False, shuffle=False, seed=0).as_numpy_iterator())
+    assert len(stage) == 3 * len(clips) and all(ex["targets"].size for ex in stage)
+    with pytest.raises(ValueError, match="non-zero integers"):
+        pp.speed_variants(source, semitones=(0,))

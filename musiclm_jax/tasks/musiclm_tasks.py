@@ -5,6 +5,10 @@
     synthcaps_tiny_{semantic,coarse,fine}        synthcaps/tiny_4s_n4 (8 clips of 4 s), TINY sizes, for the tiny
                                                  random tokenizers (`random:0`) in tests and demos
     synthcaps_quickstart_{semantic,coarse,fine}  synthcaps/tiny_8s_n1000 (`make quickstart`), QUICKSTART sizes
+    synthcaps_quickstart_speed_{semantic,coarse,fine}   its train split, each clip also played 2 semitones
+                                                 lower and higher (key +-2, tempo x 0.89 / 1.12: the augmentation
+                                                 of issue 16; evaluate on synthcaps_quickstart_*)
+    synthcaps_tiny_speed_*                       the same on the tiny corpus (tests)
     synthcaps_tiny_melody_*, synthcaps_quickstart_melody_*   the same with melody conditioning of the semantic
                                                  stage (TINY_MELODY / QUICKSTART_MELODY: tokenize with a melody
                                                  embedder, 2 Hz melody frames)
@@ -14,9 +18,14 @@ from musiclm_jax.tasks.registry import SYNTHCAPS_KEEP, register_defaults, regist
 
 TINY_TFDS = "synthcaps/tiny_4s_n4:1.0.0"
 QUICKSTART_TFDS = "synthcaps/tiny_8s_n1000:1.0.0"
+SPEED_SEMITONES = (-2, 2)
 
 register_defaults()
 register_stage_tasks("synthcaps_tiny", TINY_TFDS, sizes=TINY, keep=SYNTHCAPS_KEEP)
 register_stage_tasks("synthcaps_quickstart", QUICKSTART_TFDS, sizes=QUICKSTART, keep=SYNTHCAPS_KEEP)
+register_stage_tasks("synthcaps_quickstart_speed", QUICKSTART_TFDS, sizes=QUICKSTART, keep=SYNTHCAPS_KEEP,
+                     splits=["train"], speed_semitones=SPEED_SEMITONES)
+register_stage_tasks("synthcaps_tiny_speed", TINY_TFDS, sizes=TINY, keep=SYNTHCAPS_KEEP, splits=["train"],
+                     speed_semitones=SPEED_SEMITONES)
 register_stage_tasks("synthcaps_tiny_melody", TINY_TFDS, sizes=TINY_MELODY, keep=SYNTHCAPS_KEEP)
 register_stage_tasks("synthcaps_quickstart_melody", QUICKSTART_TFDS, sizes=QUICKSTART_MELODY, keep=SYNTHCAPS_KEEP)

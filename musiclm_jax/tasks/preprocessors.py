@@ -117,6 +117,55 @@ def tokenize(ds: tf.data.Dataset, *, task_name: str, audio_key: str = "audio",
     return ds.map(fn, num_parallel_calls=1)  # tokenizers hold a lock: parallel calls would only queue
 
 
+def speed_variants(ds: tf.data.Dataset, *, semitones: tuple[int, ...], audio_key: str = "audio") -> tf.data.Dataset:
+    """Every clip, followed (as a second pass over the data) by one copy per k of `semitones` played 2^(k/12)
+    times faster, as a tape at another speed: key +k semitones, tempo x 2^(k/12), length / 2^(k/12). A copy's
+    id gets "@+k"/"@-k", and its stated bpm, key and caption are restated (`captions.restate`) when the example
+    has them. Before `tokenize`: each copy gets the tokens of its own audio, MuLan's included, so a stage LM
+    trained on them sees the same music in several keys and tempi with conditioning that says which, and has to
+    read it (the issue-16 augmentation; MuLan's transposed twins do the same for MuLan). Training data only."""
+    from musiclm_jax.audio.io import change_speed
+    from musiclm_jax.data.synthcaps import captions, theory
+
+    if any(int(k) != k or k == 0 for k in semitones):
+        raise ValueError(f"speed_variants: semitones must be non-zero integers, got {semitones}")
+
+    def variant(k: int):
+        ratio = 2.0 ** (k / 12.0)
+
+        def resample(audio):
+            wave = change_speed(audio.astype(np.float32), ratio)
+            return np.clip(np.round(wave), -32768, 32767).astype(audio.dtype) if audio.dtype == np.int16 \
+                else wave.astype(audio.dtype)
+
+        def restate(caption, key, mode, bpm):
+            caption, key, mode = (x.decode() for x in (caption, key, mode))
+            if key and mode:
+                key = theory.tonic_name(theory.pitch_class(key) + k, mode)
+            return (captions.restate(caption, semitones=k, bpm=float(bpm) * ratio).encode(), key.encode(),
+                    np.float32(bpm * ratio))
+
+        def fn(ex):
+            ex = dict(ex)
+            audio = tf.numpy_function(resample, [ex[audio_key]], ex[audio_key].dtype, stateful=False)
+            ex[audio_key] = tf.ensure_shape(audio, [None])
+            for id_key in ID_KEYS:
+                if id_key in ex:
+                    ex[id_key] = tf.strings.join([ex[id_key], f"@{k:+d}"])
+            if all(name in ex for name in ("caption", "key", "mode", "bpm")):
+                cap, key, bpm = tf.numpy_function(restate, [ex["caption"], ex["key"], ex["mode"], ex["bpm"]],
+                                                  [tf.string, tf.string, tf.float32], stateful=False)
+                ex["caption"], ex["key"], ex["bpm"] = (tf.ensure_shape(cap, []), tf.ensure_shape(key, []),
+                                                       tf.ensure_shape(bpm, []))
+            return ex
+        return fn
+
+    out = ds   # concatenate relaxes the audio's static length: the copies' lengths differ
+    for k in semitones:
+        out = out.concatenate(ds.map(variant(int(k))))
+    return out
+
+
 def read_cache_record(task_name: str) -> dict | None:
     """The tokenizer record stored with a task's cache, or None when the task is not cached."""
     task = seqio.get_mixture_or_task(task_name)

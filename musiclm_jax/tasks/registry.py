@@ -44,12 +44,15 @@ def stage_output_features(stage: str, sizes: TokenSizes) -> dict[str, seqio.Feat
 def register_stage_tasks(name: str, tfds_name: str, *, sizes: TokenSizes = PAPER, keep: tuple[str, ...] = (),
                          splits=None, tfds_data_dir: str | None = None, semantic_rate: float = 25.0,
                          acoustic_rate: float = 50.0, crop_seconds: dict[str, float] | None = None,
-                         audio_key: str = "audio", melody_rate: float = 2.0) -> list[str]:
+                         audio_key: str = "audio", melody_rate: float = 2.0,
+                         speed_semitones: tuple[int, ...] = ()) -> list[str]:
     """Registers `<name>_<stage>` for the three stages (replacing earlier ones of that name); returns the names.
 
     `crop_seconds` fixes the crops per stage; None reads gin's `stage_crop_seconds` when the dataset is built.
     `sizes.melody_levels > 0`: the semantic task is melody-conditioned (its cache must hold melody tokens of a
-    `melody_rate` Hz embedder: the melody embedder's 1 / stride_seconds)."""
+    `melody_rate` Hz embedder: the melody embedder's 1 / stride_seconds). `speed_semitones`: each clip is also
+    tokenized played faster / slower by these semitones (`preprocessors.speed_variants`; pass a train-only
+    `splits`, and evaluate on a task without it)."""
     pp.crop_grid(semantic_rate, acoustic_rate)  # bad rates fail at registration
     names = []
     for stage in STAGES:
@@ -60,6 +63,8 @@ def register_stage_tasks(name: str, tfds_name: str, *, sizes: TokenSizes = PAPER
         seqio.TaskRegistry.add(
             task_name, source=source,
             preprocessors=[
+                *([pp.partial(pp.speed_variants, semitones=tuple(speed_semitones), audio_key=audio_key)]
+                  if speed_semitones else []),
                 pp.partial(pp.tokenize, task_name=task_name, audio_key=audio_key, keep=keep),
                 seqio.CacheDatasetPlaceholder(),
                 pp.drop_failed,
