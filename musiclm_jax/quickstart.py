@@ -55,6 +55,7 @@ class Recipe:
     codec_schedule_steps: int = 7000
     stage_steps: tuple[int, int, int] = (1200, 3000, 800)   # semantic, coarse, fine (coarse: 1,000 stopped short)
     aligned_coarse: bool = False  # the coarse stage reads its semantic tokens in time (gin ALIGNED)
+    speed_semantic: bool = False  # the semantic stage trains on the speed-augmented task (keys / tempi +-2 semitones)
     reuse: tuple[str, ...] = ()   # parts copied from `reuse_from` instead of trained (e.g. codec, stage_fine)
     reuse_from: str = "weights/musiclm"
 
@@ -100,13 +101,17 @@ def commands(work_dir: str, out_dir: str, recipe: Recipe) -> dict[str, list[str]
         "codec": _cli("codec", "train", "--gin_file=gin/experiments/codec_vocos.gin", f"--model_dir={w}/codec",
                       f"--synthcaps={SYNTHCAPS_CONFIG}", data, f"--steps={recipe.codec_steps}",
                       f"--gin_bindings=CodecFamily.total_steps = {recipe.codec_schedule_steps}"),
-        "tokenize": _cli("tokenize", "--tasks=synthcaps_quickstart_.*", f"--output_cache_dir={w}/cache",
+        "tokenize": _cli("tokenize", "--tasks=synthcaps_quickstart_(?!speed_).*"
+                         + (",synthcaps_quickstart_speed_semantic" if recipe.speed_semantic else ""),
+                         f"--output_cache_dir={w}/cache",
                          f"--tfds_data_dir={tfds}", "--gin_file=gin/runs/tokenize_quickstart.gin", "--num_workers=1",
                          *[f"--gin_bindings={b}" for b in tokenizers]),
     }
     for stage, steps in zip(("semantic", "coarse", "fine"), recipe.stage_steps):
         cmds[f"stage_{stage}"] = [
-            sys.executable, "-m", "musiclm_jax.train", f"--gin_file=gin/experiments/stage_{stage}_quickstart.gin",
+            sys.executable, "-m", "musiclm_jax.train",
+            f"--gin_file=gin/experiments/stage_{stage}_quickstart"
+            f"{'_speed' if stage == 'semantic' and recipe.speed_semantic else ''}.gin",
             f"--gin.MODEL_DIR='{w}/stage_{stage}'", f"--gin.TRAIN_STEPS={steps}",
             f"--gin.stage_task_dataset.cache_dirs=('{w}/cache',)",
             *[f"--gin.{b.replace(' ', '')}" for b in tokenizers],

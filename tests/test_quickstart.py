@@ -110,3 +110,22 @@ def test_adherence_recipe_swaps_configs_and_copies_the_shipped_codec_and_fine_st
     for _ in range(2):   # a rerun (after a stop) copies again over what is there
         subprocess.run(copy["codec"], check=True)
     assert (tmp_path / "w" / "codec" / "checkpoints" / "x").read_text() == "1"
+
+
+def test_speed_semantic_recipe_tokenizes_and_trains_on_the_augmented_task():
+    import dataclasses
+
+    from musiclm_jax.tasks import cache
+    import musiclm_jax.tasks.musiclm_tasks  # noqa: F401 -- registers the tasks
+
+    def tasks(recipe):
+        flag = quickstart.commands("out/q", "w", recipe)["tokenize"][3]
+        return cache.select_tasks(flag.removeprefix("--tasks=").split(","))
+
+    plain = tasks(quickstart.RECIPES["full"])
+    assert "synthcaps_quickstart_semantic" in plain and not any("speed" in t for t in plain)
+    r = dataclasses.replace(quickstart.RECIPES["adherence"], speed_semantic=True)
+    assert set(tasks(r)) - set(plain) == {"synthcaps_quickstart_speed_semantic"}
+    cmds = quickstart.commands("out/q", "w", r)
+    assert "--gin_file=gin/experiments/stage_semantic_quickstart_speed.gin" in cmds["stage_semantic"]
+    assert "--gin_file=gin/experiments/stage_coarse_quickstart.gin" in cmds["stage_coarse"]
