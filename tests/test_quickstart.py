@@ -119,7 +119,7 @@ def test_speed_semantic_recipe_tokenizes_and_trains_on_the_augmented_task():
     import musiclm_jax.tasks.musiclm_tasks  # noqa: F401 -- registers the tasks
 
     def tasks(recipe):
-        flag = quickstart.commands("out/q", "w", recipe)["tokenize"][3]
+        flag = next(a for a in quickstart.commands("out/q", "w", recipe)["tokenize"] if a.startswith("--tasks="))
         return cache.select_tasks(flag.removeprefix("--tasks=").split(","))
 
     plain = tasks(quickstart.RECIPES["full"])
