@@ -140,6 +140,27 @@ def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_items():
     assert lo <= np.median(x) <= hi
 
 
+def _conditioning_cli(tmp_path, waves, sr, *stage):
+    """Parsed `eval chain --conditioning [stage]` arguments over a reference folder of `waves`, and its items."""
+    import argparse
+
+    import soundfile as sf
+
+    from musiclm_jax.eval import commands
+    from musiclm_jax.eval.data import load_items
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    with open(ref / "prompts.jsonl", "w") as f:
+        for i, w in enumerate(waves):
+            sf.write(str(ref / f"c{i}.wav"), w, sr)
+            f.write(json.dumps({"id": f"c{i}", "prompt": "a tone", "wav": f"c{i}.wav"}) + "\n")
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["eval", "chain", "--reference_dir", str(ref), "--conditioning", *stage,
+                              "--out_dir", str(tmp_path / "out")])
+    return args, load_items(str(ref / "prompts.jsonl"))[0]
+
+
 def test_conditioning_use_measures_swapped_conditioning(lm, tmp_path, capsys):
     from musiclm_jax.eval import chain as chain_lib
     from musiclm_jax.eval import commands
@@ -156,22 +177,8 @@ def test_conditioning_use_measures_swapped_conditioning(lm, tmp_path, capsys):
     assert same["semantic_of_another_clip"] == same["own"] == same["mulan_of_another_clip"]
     assert chain_lib.coarse_nll(lm, *(np.asarray(x) for x in _own(lm, waves))) == pytest.approx(res["own"])
     # The CLI: --conditioning on a reference folder, no generation.
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    import json
-    import soundfile as sf
-    with open(ref / "prompts.jsonl", "w") as f:
-        for i, w in enumerate(waves):
-            sf.write(str(ref / f"c{i}.wav"), w, sr)
-            f.write(json.dumps({"id": f"c{i}", "prompt": "a tone", "wav": f"c{i}.wav"}) + "\n")
-    import argparse
-    parser = argparse.ArgumentParser()
-    commands.register(parser.add_subparsers(dest="cmd"))
-    args = parser.parse_args(["eval", "chain", "--reference_dir", str(ref), "--conditioning", "--out_dir",
-                              str(tmp_path / "out")])
-    args.model_dir = None
-    out = commands._conditioning(lm, __import__("musiclm_jax.eval.data", fromlist=["x"]).load_items(
-        str(ref / "prompts.jsonl"))[0], str(tmp_path / "out"), args)
+    args, items = _conditioning_cli(tmp_path, waves, sr)
+    out = commands._conditioning(lm, items, str(tmp_path / "out"), args)
     assert json.load(open(tmp_path / "out" / "conditioning.json"))["own"] == out["own"]
     assert "semantic_of_another_clip" in capsys.readouterr().out
     with pytest.raises(ValueError, match="at least 2 reference clips"):
@@ -211,19 +218,7 @@ def test_semantic_conditioning_use_swaps_the_mulan_tokens_only(lm, tmp_path, cap
     with pytest.raises(ValueError, match="stretch must be > 1"):
         chain_lib.semantic_conditioning_use(lm, waves, sr, stretch=0.8)
     # The CLI: --conditioning semantic on a reference folder.
-    import argparse
-    import soundfile as sf
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    with open(ref / "prompts.jsonl", "w") as f:
-        for i, w in enumerate(waves):
-            sf.write(str(ref / f"c{i}.wav"), w, sr)
-            f.write(json.dumps({"id": f"c{i}", "prompt": "a tone", "wav": f"c{i}.wav"}) + "\n")
-    parser = argparse.ArgumentParser()
-    commands.register(parser.add_subparsers(dest="cmd"))
-    args = parser.parse_args(["eval", "chain", "--reference_dir", str(ref), "--conditioning", "semantic",
-                              "--out_dir", str(tmp_path / "out")])
-    items = __import__("musiclm_jax.eval.data", fromlist=["x"]).load_items(str(ref / "prompts.jsonl"))[0]
+    args, items = _conditioning_cli(tmp_path, waves, sr, "semantic")
     out = commands._conditioning(lm, items, str(tmp_path / "out"), args)
     assert json.load(open(tmp_path / "out" / "semantic_conditioning.json"))["own"] == out["own"]
     assert "mulan_of_faster_version" in capsys.readouterr().out

@@ -34,15 +34,21 @@ def test_rloo_advantages():
         rl.rloo_advantages(np.zeros(3), 1)
 
 
-def test_policy_gradient_loss_is_zero_at_the_base_and_its_kl_is_exact():
+def _two_tiny_lms():
+    """A tiny semantic layout, its transformer config, two differently initialised LMs, and a batch of 3."""
     layout = st.StageLayout("semantic", st.TINY)
     cfg = tr.TransformerConfig(vocab_size=layout.vocab_size, num_layers=1, num_heads=2, head_dim=8, d_model=16,
                                d_ff=32, dropout_rate=0.0, dtype="float32", max_len=64)
     with nnx.use_eager_sharding(False):
-        base, other = tr.Transformer(cfg, rngs=nnx.Rngs(0)), tr.Transformer(cfg, rngs=nnx.Rngs(1))
+        lms = tr.Transformer(cfg, rngs=nnx.Rngs(0)), tr.Transformer(cfg, rngs=nnx.Rngs(1))
     rng = np.random.default_rng(0)
     inputs = jnp.asarray(layout.build_inputs(mulan=rng.integers(0, st.TINY.mulan_codes, (3, st.TINY.mulan_levels))))
     targets = jnp.asarray(layout.build_targets(semantic=rng.integers(0, st.TINY.semantic_codes, (3, 10))))
+    return layout, cfg, lms, inputs, targets
+
+
+def test_policy_gradient_loss_is_zero_at_the_base_and_its_kl_is_exact():
+    layout, cfg, (base, other), inputs, targets = _two_tiny_lms()
     family = rl.PolicyGradient(cfg, kl_weight=0.5)
     logits, _, _ = family._forward(base, {"inputs": inputs, "targets": targets}, deterministic=True)
     ref = masked_log_softmax(logits, layout.logit_mask())
@@ -165,14 +171,7 @@ def test_cli_rl_on_audio_rewards_and_bad_input(tmp_path, capsys):
 def test_the_distillation_term_is_the_kl_to_the_guided_teacher():
     from musiclm_jax.finetune.distill import kl_per_position
 
-    layout = st.StageLayout("semantic", st.TINY)
-    cfg = tr.TransformerConfig(vocab_size=layout.vocab_size, num_layers=1, num_heads=2, head_dim=8, d_model=16,
-                               d_ff=32, dropout_rate=0.0, dtype="float32", max_len=64)
-    with nnx.use_eager_sharding(False):
-        student, teacher = tr.Transformer(cfg, rngs=nnx.Rngs(0)), tr.Transformer(cfg, rngs=nnx.Rngs(1))
-    rng = np.random.default_rng(0)
-    inputs = jnp.asarray(layout.build_inputs(mulan=rng.integers(0, st.TINY.mulan_codes, (3, st.TINY.mulan_levels))))
-    targets = jnp.asarray(layout.build_targets(semantic=rng.integers(0, st.TINY.semantic_codes, (3, 10))))
+    layout, cfg, (student, teacher), inputs, targets = _two_tiny_lms()
     family = rl.PolicyGradient(cfg, kl_weight=0.0, reward_weight=0.0, distill_weight=2.0, temperature=0.5)
     logp = lambda m: masked_log_softmax(family._forward(m, {"inputs": inputs, "targets": targets},  # noqa: E731
                                                         deterministic=True)[0] / 0.5, layout.logit_mask())
