@@ -63,7 +63,8 @@ class Recipe:
 RECIPES = {"full": Recipe(), "smoke": Recipe(mulan_steps=4, w2v_steps=4, kmeans_clusters=64, codec_steps=4,
                                               stage_steps=(4, 4, 4)),
            "adherence": Recipe(mulan_gin="gin/experiments/mulan_tiny_synthcaps_tempo.gin",
-                               mulan_bindings=("mulan_dataset.twins = 0.5",), w2v_steps=1500,
+                               mulan_bindings=("mulan_dataset.twins = 0.5",
+                                               "train_mulan.quantizer_fit_on = 'audio+text'"), w2v_steps=1500,
                                w2v_gin="gin/experiments/w2v_bert_small_synthcaps.gin", kmeans_chroma_weight=1.5,
                                stage_steps=(1200, 2000, 800), aligned_coarse=True, reuse=("codec", "stage_fine"))}
 

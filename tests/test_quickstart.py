@@ -94,6 +94,7 @@ def test_adherence_recipe_swaps_configs_and_copies_the_shipped_codec_and_fine_st
                 assert (gin_utils.GIN_DIR / arg.split("=", 1)[1].removeprefix("gin/")).exists(), (step, arg)
     assert "--gin_file=gin/experiments/mulan_tiny_synthcaps_tempo.gin" in cmds["mulan"]
     assert "--gin_bindings=mulan_dataset.twins = 0.5" in cmds["mulan"]
+    assert "--gin_bindings=train_mulan.quantizer_fit_on = 'audio+text'" in cmds["mulan"]
     assert "--chroma_weight=1.5" in cmds["kmeans"] and "--gin.ALIGNED=True" in cmds["stage_coarse"]
     assert "--gin.ALIGNED=True" not in cmds["stage_semantic"]
     assert cmds["codec"][-2:] == ["weights/musiclm/codec", "out/adh/codec"]
