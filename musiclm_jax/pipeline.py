@@ -38,6 +38,7 @@ from musiclm_jax.lm import decoding
 from musiclm_jax.lm import stages as st
 from musiclm_jax.lm import transformer as tr
 from musiclm_jax.sampling import MAX_DURATION_S, SAMPLING_DEFAULTS, check_duration  # noqa: F401 (re-exported)
+from musiclm_jax.tempo import bpm_from_text, check_bpm
 
 log = logging.getLogger(__name__)
 MANIFEST = "musiclm.json"
@@ -69,6 +70,7 @@ class Generation:
     tokens: dict               # stage -> raw codes [batch, num_samples, ...] in the same order
     timings: dict              # stage -> seconds
     sample_rate: int
+    bpm: list | None = None    # per prompt: the tempo the semantic stage was given (None: unknown; tempo-conditioned models)
 
 
 class MusicLM:
@@ -108,6 +110,9 @@ class MusicLM:
                 raise ValueError(f"the {name} LM has vocab_size {model.cfg.vocab_size} but its layout needs "
                                  f"{self.layouts[name].num_ids} ids: build it with vocab_size="
                                  f"{self.layouts[name].vocab_size}")
+        if self.layouts["semantic"].has_beat != semantic_lm.cfg.aligned_inputs:
+            raise ValueError("the token sizes' beat_phases and the semantic LM disagree: a tempo-conditioned semantic "
+                             "stage (beat_phases > 0) is trained with aligned_inputs (beat phases), and only it")
         # A codec with more levels than the layout is used at its first `codec_levels` (a lower bitrate).
         if codec.num_levels < sizes.codec_levels or codec.config.codebook_size != sizes.codec_codes:
             raise ValueError(f"the codec has {codec.num_levels} x {codec.config.codebook_size} codes but the token "
@@ -179,14 +184,22 @@ class MusicLM:
         else SAMPLING_DEFAULTS); num_samples=1, seed=0 (an int, or one int per prompt so that each prompt decodes
         as it would alone), progress=True, max_duration_s=MAX_DURATION_S; melody (a melody-conditioned model):
         one mono wave for all prompts, or a list of one per prompt (None items: text only), at
-        melody_sample_rate."""
+        melody_sample_rate; bpm (a tempo-conditioned model, `has_tempo`): one tempo for all prompts or one per
+        prompt (None: unknown); by default each prompt's stated tempo (`tempo.bpm_from_text`)."""
         return self.generate_full(prompts, duration_s, **kwargs).waves
 
     def generate_full(self, prompts: Sequence[str], duration_s: float, *, melody=None,
-                      melody_sample_rate: int | None = None, **kwargs) -> Generation:
+                      melody_sample_rate: int | None = None, bpm="text", **kwargs) -> Generation:
         mulan = self._text_tokens(prompts)
         melody_tokens = self.melody_tokens(melody, melody_sample_rate, len(mulan)) if melody is not None else None
-        return self._run(lambda t: mulan, duration_s, prompts=list(prompts), melody=melody_tokens, **kwargs)
+        if isinstance(bpm, str) and bpm == "text":
+            bpm = [bpm_from_text(p) for p in prompts] if self.has_tempo else None
+        return self._run(lambda t: mulan, duration_s, prompts=list(prompts), melody=melody_tokens, bpm=bpm, **kwargs)
+
+    @property
+    def has_tempo(self) -> bool:
+        """Whether the semantic stage reads a tempo (TokenSizes.beat_phases > 0): then `bpm=` steers it."""
+        return self.layouts["semantic"].has_beat
 
     def melody_tokens(self, melody, sample_rate: int | None, batch: int) -> np.ndarray:
         """A melody wave [samples] (for every row) or a list of `batch` waves (None: text only) -> raw melody
@@ -248,16 +261,18 @@ class MusicLM:
         known = {"semantic": semantic[:, :n_sem], "coarse": codes[:, :n_ac, :self.sizes.coarse_levels],
                  "fine": codes[:, :n_ac, self.sizes.coarse_levels:]}
         mulan = self._text_tokens(prompts)
+        if self.has_tempo:
+            kwargs.setdefault("bpm", [bpm_from_text(p) for p in prompts])
         return self._run(lambda t: mulan, duration_s, prompts=list(prompts), known=known, **kwargs).waves
 
     def generate_from_tokens(self, mulan_tokens, duration_s: float, *, semantic=None, coarse=None,
-                             prompts: Sequence[str] | None = None, melody=None, **kwargs) -> Generation:
+                             prompts: Sequence[str] | None = None, melody=None, bpm=None, **kwargs) -> Generation:
         """Generation from given tokens instead of text: MuLan conditioning tokens [batch, Qm] (e.g. a clip's
         `mulan.tokens_from_audio`, as in training), and optionally the whole semantic tokens [batch, Ts] and/or
         coarse codes [batch, Ta, coarse_levels] of `duration_s` (then those stages are not sampled: what the
         stage-by-stage diagnosis, `musiclm-jax eval chain`, uses). `prompts` only names rows for MuLan re-ranking
         (num_samples > 1). `melody`: raw melody tokens [batch, frames, Ql] (-1: none) of a melody-conditioned
-        model. kwargs as `generate`."""
+        model. `bpm`: the tempo of a tempo-conditioned model (default unknown). kwargs as `generate`."""
         mulan = np.asarray(mulan_tokens, np.int32)
         if mulan.ndim != 2 or mulan.shape[1] != self.sizes.mulan_levels:
             raise ValueError(f"mulan_tokens must be [batch, {self.sizes.mulan_levels}], got {mulan.shape}")
@@ -278,7 +293,7 @@ class MusicLM:
             raise ValueError(f"{len(prompts)} prompts for {mulan.shape[0]} rows of mulan_tokens")
         kwargs.setdefault("rerank", prompts is not None)   # without captions there is nothing to re-rank against
         names = list(prompts) if prompts is not None else [f"clip {i}" for i in range(mulan.shape[0])]
-        return self._run(lambda t: mulan, duration_s, prompts=names, known=known, melody=melody, **kwargs)
+        return self._run(lambda t: mulan, duration_s, prompts=names, known=known, melody=melody, bpm=bpm, **kwargs)
 
     # -- internals ------------------------------------------------------------------------------------------------
     def _text_tokens(self, prompts) -> np.ndarray:
@@ -293,8 +308,12 @@ class MusicLM:
              temperatures=None, top_k: int | None = None, top_p: float | None = None,
              guidance_scale: float | None = None, num_samples: int = 1, seed: int | Sequence[int] = 0,
              progress: bool = True, rerank: bool = True, known: dict | None = None,
-             boundaries: tuple = (), max_duration_s: float = MAX_DURATION_S, melody=None) -> Generation:
+             boundaries: tuple = (), max_duration_s: float = MAX_DURATION_S, melody=None, bpm=None) -> Generation:
         duration_s = check_duration(duration_s, max_duration_s)
+        if bpm is not None and not self.has_tempo:
+            raise ValueError("this model has no tempo conditioning (musiclm.json beat_phases = 0): generate without "
+                             "bpm=, or use a tempo-conditioned model")
+        bpm = check_bpm(bpm, len(prompts)) if bpm is not None else [None] * len(prompts)
         if melody is not None and not self.sizes.has_melody:
             raise ValueError("this model is not melody-conditioned (musiclm.json melody_levels = 0): generate "
                              "without a melody")
@@ -331,9 +350,13 @@ class MusicLM:
                 c["melody"] = part
             return c
 
+        bpm_rows = rep(np.asarray([np.nan if v is None else v for v in bpm], np.float64))
+
         def semantic_cond(a, b, done):
-            return with_melody("semantic", {"mulan": cond(done / self.semantic_rate)}, a / self.semantic_rate,
-                               b / self.semantic_rate)
+            c = {"mulan": cond(done / self.semantic_rate)}
+            if self.has_tempo:   # the window's first frame sits at a / rate seconds on the beat grid
+                c["tempo"] = st.tempo_of(bpm_rows, a / self.semantic_rate, self.semantic_rate)
+            return with_melody("semantic", c, a / self.semantic_rate, b / self.semantic_rate)
         n_sem, n_ac = self._frames(duration_s)
         key = _seed_keys(seed, batch, ns)
         sem_per_ac = self.semantic_rate / self.acoustic_rate
@@ -379,7 +402,8 @@ class MusicLM:
                                             order.reshape(batch, ns, *([1] * (x.ndim - 1))), axis=1)
         all_waves = pick(waves)
         return Generation(waves=all_waves[:, 0], all_waves=all_waves, scores=np.take_along_axis(scores, order, 1),
-                          tokens={k: pick(v) for k, v in out.items()}, timings=timings, sample_rate=self.sample_rate)
+                          tokens={k: pick(v) for k, v in out.items()}, timings=timings, sample_rate=self.sample_rate,
+                          bpm=bpm if self.has_tempo else None)
 
     def mulan_scores(self, prompts: Sequence[str], waves: np.ndarray) -> np.ndarray:
         """Cosine between MuLan's text embedding of each prompt and audio embedding of its wave -> [n]."""
@@ -500,7 +524,8 @@ def tiny_random(seed: int = 0, sizes: st.TokenSizes | None = None, melody: bool 
                                            num_levels=sizes.codec_levels, codebook_size=sizes.codec_codes), seed)
     lms = {}
     for i, (name, layout) in enumerate(st.layouts(sizes).items()):
-        cfg = tr.preset("tiny", vocab_size=layout.vocab_size, max_len=256, dtype="float32")
+        cfg = tr.preset("tiny", vocab_size=layout.vocab_size, max_len=256, dtype="float32",
+                        aligned_inputs=layout.has_beat)   # a tempo-conditioned semantic stage reads beat phases
         lms[name] = tr.Transformer(cfg, rngs=nnx.Rngs(seed + 1 + i))
     # codec frames at 8000 / 40 = 200 Hz; semantic at half the acoustic rate, as in the paper (25 vs 50 Hz)
     return MusicLM(mulan=mulan, codec=codec, semantic_lm=lms["semantic"], coarse_lm=lms["coarse"],

@@ -40,6 +40,9 @@ def register(subparsers) -> None:
     g.add_argument("--melody", default=None,
                    help="a hummed/whistled/played melody (audio file) to follow, for every prompt (a "
                         "melody-conditioned model: musiclm.json melody_levels > 0, melody/ embedder)")
+    g.add_argument("--bpm", type=float, default=None,
+                   help="tempo for every prompt (a tempo-conditioned model: musiclm.json beat_phases > 0); default: "
+                        "the tempo each prompt states (e.g. '... at 120 BPM'), else the model's choice")
     g.add_argument("--no_progress", action="store_true", help="hide the per-stage progress bars")
     g.set_defaults(func=generate)
 
@@ -151,6 +154,11 @@ def generate(args: argparse.Namespace) -> dict:
     check_duration(args.duration, args.max_duration, "--duration")
     check_sampling(args)
     paths = output_paths(args)
+    tempo = {}
+    if getattr(args, "bpm", None) is not None:
+        from musiclm_jax.tempo import check_bpm
+
+        tempo = {"bpm": check_bpm(args.bpm, len(prompts), "--bpm")}
     melody = {}
     if args.melody:
         from musiclm_jax.audio.io import load_audio
@@ -163,8 +171,11 @@ def generate(args: argparse.Namespace) -> dict:
     if args.melody and lm.melody is None:
         raise ValueError(f"--melody needs a melody-conditioned model; {args.model_dir or 'this model'} has none "
                          "(musiclm.json melody_levels = 0): drop --melody or pass such a --model_dir")
+    if tempo and not lm.has_tempo:
+        raise ValueError(f"--bpm needs a tempo-conditioned model; {args.model_dir or 'this model'} has none "
+                         "(musiclm.json beat_phases = 0): drop --bpm or pass such a --model_dir")
     result = lm.generate_full(prompts, args.duration, **sampling_kwargs(args), seed=args.seed,
-                              progress=not args.no_progress, max_duration_s=args.max_duration, **melody)
+                              progress=not args.no_progress, max_duration_s=args.max_duration, **melody, **tempo)
     # The kept sample's MuLan text-audio cosine (reranking already scored it when num_samples > 1).
     best = result.scores[:, 0] if args.num_samples > 1 else lm.mulan_scores(prompts, result.waves)
     outputs = []
@@ -177,7 +188,7 @@ def generate(args: argparse.Namespace) -> dict:
                         "mulan_scores": [None if s != s else float(s) for s in result.scores[i]]})
     summary = {"outputs": outputs, "sample_rate": result.sample_rate, "seed": args.seed, "untrained": args.random_init,
                "model_dir": None if args.random_init else args.model_dir, "sampling": sampling_kwargs(args, lm),
-               "melody": args.melody,
+               "melody": args.melody, "bpm": result.bpm,
                "timings_s": {k: round(v, 3) for k, v in result.timings.items()}}
     print(json.dumps(summary))
     return summary

@@ -65,15 +65,34 @@ def clip_tokens(model, waves: np.ndarray, sample_rate: int, duration_s: float) -
     return {"mulan": mulan, "semantic": semantic, "codes": codes}
 
 
+# Where a tempo-conditioned model's tempo comes from (`--tempo`): "prompt": the text rows read what the caption
+# states (what `generate` does), the token rows have none; "reference": every row gets the clip's true BPM (an
+# oracle: how well the stages follow a tempo they are given); "none": unknown everywhere.
+TEMPO_SOURCES = ("prompt", "reference", "none")
+
+
+def row_tempo(model, row: str, refs: Sequence[Item], tempo: str) -> dict:
+    """The `bpm=` keyword of one row's generation (empty: the generation's default)."""
+    if tempo not in TEMPO_SOURCES:
+        raise ValueError(f"unknown tempo source {tempo!r}: choose from {', '.join(TEMPO_SOURCES)}")
+    if not model.has_tempo or (tempo == "prompt" and row.startswith("text")):
+        return {}
+    if tempo == "reference":
+        return {"bpm": [r.truth.get("bpm") for r in refs]}
+    return {"bpm": None} if row.startswith("text") else {}
+
+
 def row_waves(model, row: str, refs: Sequence[Item], tokens: dict, duration_s: float, *, seed: int,
-              guidance_scale: float | None, progress: bool = False, sampling: dict | None = None) -> np.ndarray:
+              guidance_scale: float | None, progress: bool = False, sampling: dict | None = None,
+              tempo: str = "prompt") -> np.ndarray:
     """Waves [b, samples] of one row for a batch of reference clips (per-clip seeds: batch size does not matter).
-    `sampling`: overrides of the model's temperatures / top_k / top_p for every generated row."""
+    `sampling`: overrides of the model's temperatures / top_k / top_p for every generated row; `tempo`: one of
+    TEMPO_SOURCES."""
     n = round(duration_s * model.sample_rate)
     if row == "codec":
         return model.codec.decode(tokens["codes"], num_samples=n)
     seeds = [seed + i for i in range(len(refs))]
-    opts = dict(seed=seeds, progress=progress, **(sampling or {}))
+    opts = dict(seed=seeds, progress=progress, **(sampling or {}), **row_tempo(model, row, refs, tempo))
     cq = model.sizes.coarse_levels
     if row == "fine":
         gen = model.generate_from_tokens(tokens["mulan"], duration_s, semantic=tokens["semantic"],
@@ -97,7 +116,8 @@ def _cut(wave: np.ndarray, samples: int) -> np.ndarray:
 
 def run_chain(model, refs: Sequence[Item], out_dir: str, *, rows: Sequence[str] = tuple(ROWS),
               duration_s: float = 8.0, batch_size: int = 8, seed: int = 0, guidance_scale: float | None = None,
-              progress: bool = False, sampling: dict | None = None) -> tuple[dict[str, list[Item]], dict]:
+              progress: bool = False, sampling: dict | None = None,
+              tempo: str = "prompt") -> tuple[dict[str, list[Item]], dict]:
     """Writes OUT_DIR/<row>/<id>.wav + prompts.jsonl for every generated row; returns ({row: items}, timings).
     References shorter than `duration_s` are skipped by the caller (see `usable_references`)."""
     from musiclm_jax.audio.io import resample, write_wav
@@ -121,7 +141,7 @@ def run_chain(model, refs: Sequence[Item], out_dir: str, *, rows: Sequence[str] 
             if tokens is None and row != "text" and row != "text_guided":
                 tokens = clip_tokens(model, waves, sr, duration_s)
             out = row_waves(model, row, batch, tokens or {}, duration_s, seed=seed + start, guidance_scale=g,
-                            progress=progress, sampling=sampling)
+                            progress=progress, sampling=sampling, tempo=tempo)
             timings[row] += time.perf_counter() - t0
             folder = os.path.join(out_dir, row)
             os.makedirs(folder, exist_ok=True)
@@ -175,9 +195,10 @@ def table(results: dict, guidance_scale: float) -> str:
 def diagnose(model, refs: Sequence[Item], out_dir: str, *, backends: dict, probes: Sequence = (),
              rows: Sequence[str] = tuple(ROWS), duration_s: float = 8.0, batch_size: int = 8, seed: int = 0,
              guidance_scale: float | None = None, bootstrap: int = 1000, skipped=None, progress: bool = False,
-             sampling: dict | None = None) -> dict:
+             sampling: dict | None = None, tempo: str = "prompt") -> dict:
     """Runs and scores the chain; writes OUT_DIR/chain.json and chain.md; returns the JSON. `sampling` overrides
-    the model's temperatures / top_k / top_p (recorded in the JSON with what the rows used)."""
+    the model's temperatures / top_k / top_p (recorded in the JSON with what the rows used); `tempo`: where a
+    tempo-conditioned model's tempo comes from (TEMPO_SOURCES)."""
     from musiclm_jax.eval.data import Skipped
     from musiclm_jax.eval.evaluate import Evaluator
 
@@ -191,7 +212,7 @@ def diagnose(model, refs: Sequence[Item], out_dir: str, *, backends: dict, probe
     cut_refs = [Item(prompt=r.prompt, wave=_cut(r.wave, round(duration_s * r.sample_rate)), sample_rate=r.sample_rate,
                      id=r.id, path=r.path, truth=dict(r.truth)) for r in refs]
     systems, timings = run_chain(model, cut_refs, out_dir, rows=rows, duration_s=duration_s, batch_size=batch_size,
-                                 seed=seed, guidance_scale=g, progress=progress, sampling=sampling)
+                                 seed=seed, guidance_scale=g, progress=progress, sampling=sampling, tempo=tempo)
     ev = Evaluator(cut_refs, backends, mulan=model.mulan, probes=probes, seed=seed, bootstrap=bootstrap)
     results = {row: ev.evaluate(row, items, split_half_fad=row == "real") for row, items in systems.items()}
     report = {"rows": {r: {"description": ROWS[r].format(g=g), **results[r]} for r in results},
@@ -199,7 +220,7 @@ def diagnose(model, refs: Sequence[Item], out_dir: str, *, backends: dict, probe
               "samples": n, "guidance_scale": g,
               "sampling": {k: list(v) if k == "temperatures" else v for k, v in {
                   **{k: model.sampling[k] for k in ("temperatures", "top_k", "top_p")}, **(sampling or {})}.items()},
-              "seed": seed, "backends": list(backends),
+              "tempo": tempo if model.has_tempo else None, "seed": seed, "backends": list(backends),
               "probes": [p.attribute + ":" + p.backend for p in probes], "skipped": skipped.to_json()}
     with open(os.path.join(out_dir, "chain.json"), "w") as f:
         json.dump(report, f, indent=1, default=float)

@@ -75,6 +75,9 @@ def register(subparsers) -> None:
     c.add_argument("--batch_size", type=int, default=8)
     c.add_argument("--guidance_scale", type=float, default=None, help="of the text_guided row (default: the model's)")
     add_decoding_args(c, "of every generated row; default: the model's own (musiclm.json 'sampling'), else %s")
+    c.add_argument("--tempo", default="prompt", choices=("prompt", "reference", "none"),
+                   help="a tempo-conditioned model's tempo: prompt (text rows read the caption's stated BPM, token "
+                   "rows get none), reference (every row gets the clip's true BPM: an oracle), none")
     c.add_argument("--backend", action="append", default=None, help="embedding backend(s) for FAD (default mel)")
     c.add_argument("--probe", action="append", default=[], help="probe .npz from `eval fit-probe` (repeatable)")
     c.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95 %% intervals")
@@ -270,7 +273,7 @@ def chain(args: argparse.Namespace) -> dict:
     report = chain_lib.diagnose(model, refs, out_dir, backends=backends, probes=probes, rows=rows,
                                 duration_s=args.duration, batch_size=args.batch_size, seed=args.seed,
                                 guidance_scale=args.guidance_scale, bootstrap=args.bootstrap, skipped=skipped,
-                                sampling=sampling)
+                                sampling=sampling, tempo=args.tempo)
     with open(os.path.join(out_dir, "chain.md")) as f:
         print(f.read())
     if len(skipped):

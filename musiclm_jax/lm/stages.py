@@ -58,6 +58,7 @@ class TokenSizes:
     melody_levels: int = 0     # melody conditioning (paper: 24 x 512); 0 = none
     melody_codes: int = 0
     melody_stages: tuple[str, ...] = ("semantic", "coarse")   # the stages whose prefix reads the melody tokens
+    beat_phases: int = 0       # tempo conditioning of the semantic stage: beat-phase ids per beat; 0 = none
 
     def __post_init__(self):
         stages = self.melody_stages
@@ -69,7 +70,7 @@ class TokenSizes:
             if f.name == "melody_stages":
                 continue
             v = getattr(self, f.name)
-            low = 0 if f.name.startswith("melody_") else 1
+            low = 0 if f.name.startswith("melody_") or f.name == "beat_phases" else 1
             if not isinstance(v, int) or v < low:
                 raise ValueError(f"TokenSizes.{f.name} must be an int >= {low}, got {v!r}")
         if (self.melody_levels == 0) != (self.melody_codes == 0):
@@ -87,6 +88,10 @@ class TokenSizes:
     def has_melody(self) -> bool:
         return self.melody_levels > 0
 
+    @property
+    def has_beat(self) -> bool:
+        return self.beat_phases > 0
+
 
 # Paper sizes and the tiny ones used by CPU tests and `--tiny` demos.
 PAPER = TokenSizes()
@@ -100,6 +105,30 @@ QUICKSTART = TokenSizes(mulan_levels=4, mulan_codes=16, semantic_codes=64, codec
 # (melody.api.tiny_config), and gin/models/melody_tiny.gin's 4 x 64.
 TINY_MELODY = dataclasses.replace(TINY, melody_levels=2, melody_codes=8)
 QUICKSTART_MELODY = dataclasses.replace(QUICKSTART, melody_levels=4, melody_codes=64)
+# With tempo conditioning of the semantic stage (8 beat phases per beat).
+TINY_BEAT = dataclasses.replace(TINY, beat_phases=8)
+QUICKSTART_BEAT = dataclasses.replace(QUICKSTART, beat_phases=8)
+
+# Tempo tokens: the beat period in semantic frames on a log grid (TEMPO_STEPS per octave over [TEMPO_FRAMES)),
+# so the layout needs no frame rate (25 Hz: 23-750 BPM; quantisation error <= 0.7 %), and the crop's start phase
+# in START_PHASES steps of a beat.
+TEMPO_FRAMES = (2.0, 64.0)
+TEMPO_STEPS = 48
+TEMPO_IDS = int(round(np.log2(TEMPO_FRAMES[1] / TEMPO_FRAMES[0]) * TEMPO_STEPS)) + 1
+START_PHASES = 32
+
+
+def tempo_of(bpm, start_seconds, frame_rate: float) -> np.ndarray:
+    """The semantic stage's tempo conditioning [b, 2] (frames per beat, beat phase of the crop's first frame in
+    [0, 1)) of a crop starting `start_seconds` into music at `bpm` whose beat 0 is at 0 s; bpm <= 0 or NaN:
+    unknown (frames per beat 0)."""
+    bpm = np.atleast_1d(np.asarray(bpm, np.float64))
+    start = np.broadcast_to(np.asarray(start_seconds, np.float64), bpm.shape)
+    known = np.isfinite(bpm) & (bpm > 0)
+    safe = np.where(known, bpm, 1.0)
+    frames = np.where(known, 60.0 * frame_rate / safe, 0.0)
+    phase = np.where(known, np.mod(start * safe / 60.0, 1.0), 0.0)
+    return np.stack([frames, phase], axis=-1).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +177,8 @@ class StageLayout:
             sizes += [(f"acoustic{q}", s.codec_codes) for q in range(s.codec_levels)]
         if self.has_melody:
             sizes += [(f"melody{q}", s.melody_codes) for q in range(s.melody_levels)]
+        if self.has_beat:
+            sizes += [("tempo", TEMPO_IDS), ("beat_start", START_PHASES)]
         out, start = {}, NUM_SPECIAL
         for name, n in sizes:
             out[name] = (start, start + n)
@@ -192,6 +223,38 @@ class StageLayout:
     def has_melody(self) -> bool:
         """Whether this stage's prefix holds melody tokens (melody_levels > 0 and the stage in melody_stages)."""
         return self.sizes.has_melody and self.stage in self.sizes.melody_stages
+
+    @property
+    def has_beat(self) -> bool:
+        """Whether this stage reads tempo conditioning: the semantic stage of sizes with beat_phases > 0. Its
+        prefix ends with two tempo tokens (beat period, start phase) before SEP, and each target gets its beat
+        phase as a time-aligned id (`aligned_ids`), so the beat is where the frames are, not a global hint."""
+        return self.sizes.has_beat and self.stage == "semantic"
+
+    def tempo_ids(self) -> tuple[int, int]:
+        """[lo, hi) of the tempo token ids (`TokenLM.tempo_ids`: tempo dropout finds them by id); (0, 0) without."""
+        return (self.offset("tempo"), self.streams["beat_start"][1]) if self.has_beat else (0, 0)
+
+    def encode_tempo(self, tempo):
+        """Tempo conditioning [b, 2] (`tempo_of`: frames per beat, start phase) -> ids [b, 2]; unknown -> UNCOND."""
+        if not self.has_beat:
+            raise ValueError(f"the {self.stage} stage of these token sizes has no tempo conditioning (TokenSizes "
+                             "beat_phases = 0, or not the semantic stage)")
+        tempo = np.asarray(tempo, np.float64)
+        if tempo.ndim != 2 or tempo.shape[1] != 2:
+            raise ValueError(f"tempo must be [batch, 2] (frames per beat, start phase; lm.stages.tempo_of), got "
+                             f"{tempo.shape}")
+        frames, phase = tempo[:, 0], tempo[:, 1]
+        known = np.isfinite(frames) & (frames > 0)
+        lo, hi = TEMPO_FRAMES
+        step = np.round(np.log2(np.clip(np.where(known, frames, lo), lo, hi) / lo) * TEMPO_STEPS)
+        start = np.round(np.mod(np.nan_to_num(phase), 1.0) * START_PHASES) % START_PHASES
+        ids = np.stack([self.offset("tempo") + step, self.offset("beat_start") + start], axis=1)
+        return np.where(known[:, None], ids, UNCOND).astype(np.int32)
+
+    def no_tempo(self, batch: int) -> np.ndarray:
+        """Tempo conditioning meaning "unknown tempo" ([batch, 2] of 0)."""
+        return np.zeros((batch, 2), np.float32)
 
     def melody_ids(self) -> tuple[int, int]:
         """[lo, hi) of this stage's melody token ids, for `TokenLM.melody_ids` (melody dropout finds the melody
@@ -259,9 +322,13 @@ class StageLayout:
         xp = self._xp(x)
         return xp.full((x.shape[0], 1), SEP, xp.int32)
 
-    def build_inputs(self, *, mulan=None, semantic=None, coarse=None, melody=None):
+    def build_inputs(self, *, mulan=None, semantic=None, coarse=None, melody=None, tempo=None):
         """The conditioning prefix (ends with SEP): semantic: M; coarse: M, S; then melody [b, frames, Ql] when the
-        stage is melody-conditioned (required, -1 codes for none); fine: A[:, :, :Qc] (`coarse`)."""
+        stage is melody-conditioned (required, -1 codes for none); then, with tempo conditioning, the two tempo
+        tokens of `tempo` [b, 2] (`tempo_of`; None: unknown tempo); fine: A[:, :, :Qc] (`coarse`)."""
+        if tempo is not None and not self.has_beat:
+            raise ValueError(f"the {self.stage} stage of these token sizes takes no tempo (TokenSizes beat_phases = 0,"
+                             " or not the semantic stage)")
         if melody is not None and not self.has_melody:
             raise ValueError(f"the {self.stage} stage of these token sizes takes no melody tokens (TokenSizes "
                              "melody_levels = 0, or the stage is not in melody_stages)")
@@ -281,6 +348,9 @@ class StageLayout:
                 parts.append(self.encode_semantic(semantic))
             if self.has_melody:
                 parts.append(self.encode_melody(melody))
+            if self.has_beat:
+                ids = self.encode_tempo(self.no_tempo(parts[0].shape[0]) if tempo is None else tempo)
+                parts.append(self._xp(parts[0]).asarray(ids))
         xp = self._xp(parts[0])
         return xp.concatenate(parts + [self._sep(parts[0])], axis=1)
 
@@ -308,13 +378,14 @@ class StageLayout:
             acoustic = acoustic[..., levels[0]:levels[-1] + 1]
         return self.encode_acoustic(acoustic, levels)
 
-    def build(self, *, mulan=None, semantic=None, acoustic=None, melody=None):
+    def build(self, *, mulan=None, semantic=None, acoustic=None, melody=None, tempo=None):
         """(inputs, targets) for training from raw token arrays of one aligned crop.
 
-        semantic: mulan [b, Qm], semantic [b, Ts]; coarse: + acoustic [b, Ta, >= Qc]; both + melody [b, F, Ql] when
-        the stage is melody-conditioned; fine: acoustic [b, Ta, Q]."""
+        semantic: mulan [b, Qm], semantic [b, Ts] (+ tempo [b, 2] with tempo conditioning); coarse: + acoustic
+        [b, Ta, >= Qc]; both + melody [b, F, Ql] when the stage is melody-conditioned; fine: acoustic [b, Ta, Q]."""
         if self.stage == "semantic":
-            return self.build_inputs(mulan=mulan, melody=melody), self.build_targets(semantic=semantic)
+            return (self.build_inputs(mulan=mulan, melody=melody, tempo=tempo),
+                    self.build_targets(semantic=semantic))
         if acoustic is None or np.ndim(acoustic) != 3:
             raise ValueError(f"the {self.stage} stage needs acoustic=[b, frames, levels] codec codes")
         if self.stage == "coarse":
@@ -334,9 +405,12 @@ class StageLayout:
         frame sees the semantic token it sounds with instead of finding it by attention. `inputs` [b, P] hold
         M, S, SEP; the Ts semantic tokens and the num_targets / Qc acoustic frames span the same time, so frame f
         reads semantic token (f * Ts) // Ta."""
+        if self.has_beat:
+            return self._beat_ids(inputs, num_targets)
         if self.stage != "coarse":
             raise ValueError(f"time-aligned conditioning is defined for the coarse stage (semantic tokens over "
-                             f"acoustic frames), not the {self.stage} stage")
+                             f"acoustic frames) and the semantic stage with tempo conditioning (TokenSizes "
+                             f"beat_phases > 0), not the {self.stage} stage")
         if self.has_melody:
             raise ValueError("time-aligned conditioning of a melody-conditioned coarse stage is not supported: use "
                              "TokenSizes.melody_stages = ('semantic',) with ALIGNED")
@@ -350,6 +424,24 @@ class StageLayout:
         frames = -(-num_targets // k)
         idx = start + (np.arange(num_targets) // k * ts) // frames
         ids = inputs[:, idx].astype(xp.int32)
+        return xp.concatenate([xp.full((inputs.shape[0], inputs.shape[1] - 1), -1, xp.int32), ids], axis=1)
+
+    def _beat_ids(self, inputs, num_targets: int):
+        """Beat phases of the semantic stage: target j (frame j of the crop) gets the id of its phase within the
+        beat, in beat_phases steps, from the two tempo tokens before SEP (-1 for the prefix and unknown tempo)."""
+        xp = self._xp(inputs)
+        inputs = xp.asarray(inputs)
+        if inputs.ndim != 2 or inputs.shape[1] < 3 or num_targets < 1:
+            raise ValueError(f"semantic stage: aligned_ids needs inputs [b, P >= 3] ending with the tempo tokens and "
+                             f"SEP, and num_targets >= 1, got inputs {inputs.shape}, num_targets {num_targets}")
+        step = inputs[:, -3] - self.offset("tempo")
+        start = inputs[:, -2] - self.offset("beat_start")
+        known = (step >= 0) & (step < TEMPO_IDS) & (start >= 0) & (start < START_PHASES)
+        frames = TEMPO_FRAMES[0] * 2.0 ** (xp.clip(step, 0, TEMPO_IDS - 1).astype(xp.float32) / TEMPO_STEPS)
+        phase0 = xp.clip(start, 0, START_PHASES - 1).astype(xp.float32) / START_PHASES
+        phase = phase0[:, None] + xp.arange(num_targets, dtype=xp.float32)[None, :] / frames[:, None]
+        ids = xp.floor(xp.mod(phase, 1.0) * self.sizes.beat_phases).astype(xp.int32) % self.sizes.beat_phases
+        ids = xp.where(known[:, None], ids, -1).astype(xp.int32)
         return xp.concatenate([xp.full((inputs.shape[0], inputs.shape[1] - 1), -1, xp.int32), ids], axis=1)
 
     # -- back to raw codes -------------------------------------------------------------------------------------
@@ -421,5 +513,12 @@ def stage_aligned(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None,
     if not enabled:
         return None
     layout = StageLayout(stage, sizes or TokenSizes())
-    layout.aligned_ids(np.zeros((1, layout.sizes.mulan_levels + 2), np.int32), 2)  # raises for other stages
+    if not layout.has_beat:
+        layout.aligned_ids(np.zeros((1, layout.sizes.mulan_levels + 2), np.int32), 2)  # raises for other stages
     return layout
+
+
+@gin.configurable
+def stage_tempo_ids(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None) -> tuple[int, int]:
+    """`TokenLM.tempo_ids = @stage_tempo_ids()`: the ids tempo-conditioning dropout turns into UNCOND."""
+    return StageLayout(stage, sizes or TokenSizes()).tempo_ids()

@@ -12,8 +12,11 @@
     synthcaps_tiny_melody_*, synthcaps_quickstart_melody_*   the same with melody conditioning of the semantic
                                                  stage (TINY_MELODY / QUICKSTART_MELODY: tokenize with a melody
                                                  embedder, 2 Hz melody frames)
+    synthcaps_tiny_beat_*, synthcaps_quickstart_beat_*   the same with tempo conditioning of the semantic stage
+                                                 (TINY_BEAT / QUICKSTART_BEAT: the clip's stated BPM as tempo tokens
+                                                 and beat phases; the same token cache as the plain tasks)
 """
-from musiclm_jax.lm.stages import QUICKSTART, QUICKSTART_MELODY, TINY, TINY_MELODY
+from musiclm_jax.lm.stages import QUICKSTART, QUICKSTART_BEAT, QUICKSTART_MELODY, TINY, TINY_BEAT, TINY_MELODY
 from musiclm_jax.tasks.registry import SYNTHCAPS_KEEP, register_defaults, register_stage_tasks
 
 TINY_TFDS = "synthcaps/tiny_4s_n4:1.0.0"
@@ -29,3 +32,5 @@ register_stage_tasks("synthcaps_tiny_speed", TINY_TFDS, sizes=TINY, keep=SYNTHCA
                      speed_semitones=SPEED_SEMITONES)
 register_stage_tasks("synthcaps_tiny_melody", TINY_TFDS, sizes=TINY_MELODY, keep=SYNTHCAPS_KEEP)
 register_stage_tasks("synthcaps_quickstart_melody", QUICKSTART_TFDS, sizes=QUICKSTART_MELODY, keep=SYNTHCAPS_KEEP)
+register_stage_tasks("synthcaps_tiny_beat", TINY_TFDS, sizes=TINY_BEAT, keep=SYNTHCAPS_KEEP)
+register_stage_tasks("synthcaps_quickstart_beat", QUICKSTART_TFDS, sizes=QUICKSTART_BEAT, keep=SYNTHCAPS_KEEP)

@@ -284,16 +284,19 @@ def aligned_crop(ds: tf.data.Dataset, *, stage: str, crop_seconds: float | None 
     return fn(ds)  # seeds come from seqio's seed manager (the `seed` of get_dataset)
 
 
-def to_stage(ds: tf.data.Dataset, *, stage: str, sizes) -> tf.data.Dataset:
-    """Raw token streams -> {"inputs", "targets"} of `stage` (layout from musiclm_jax/lm/stages.py)."""
-    from musiclm_jax.lm.stages import StageLayout
+def to_stage(ds: tf.data.Dataset, *, stage: str, sizes, semantic_rate: float = 25.0) -> tf.data.Dataset:
+    """Raw token streams -> {"inputs", "targets"} of `stage` (layout from musiclm_jax/lm/stages.py). A stage with
+    tempo conditioning reads the clip's stated `bpm` (beat 0 at 0 s, as SynthCaps renders) and the crop's start;
+    a clip without `bpm` gets "unknown tempo"."""
+    from musiclm_jax.lm.stages import StageLayout, tempo_of
 
     layout = StageLayout(stage, sizes)
 
-    def build(mulan, semantic, acoustic, melody):
+    def build(mulan, semantic, acoustic, melody, bpm, start):
         acoustic = acoustic[:, :sizes.codec_levels]   # a cache of a codec with more levels: its first ones
+        tempo = tempo_of(bpm, start, semantic_rate) if layout.has_beat else None
         inputs, targets = layout.build(mulan=mulan[None], semantic=semantic[None], acoustic=acoustic[None],
-                                       melody=melody[None] if layout.has_melody else None)
+                                       melody=melody[None] if layout.has_melody else None, tempo=tempo)
         return inputs[0].astype(np.int32), targets[0].astype(np.int32)
 
     def fn(ex):
@@ -301,9 +304,11 @@ def to_stage(ds: tf.data.Dataset, *, stage: str, sizes) -> tf.data.Dataset:
             raise ValueError("the task's token sizes want melody tokens but its clips have none: tokenize with a "
                              "melody embedder (tokenizer_spec.melody or $MUSICLM_MELODY_DIR)")
         melody = ex["melody_tokens"] if layout.has_melody else tf.zeros((0, 0), tf.int32)
+        bpm = tf.cast(ex["bpm"], tf.float32) if "bpm" in ex else tf.constant(0.0)
+        start = ex.get("crop_start_seconds", tf.constant(0.0))
         inputs, targets = tf.numpy_function(build, [ex["mulan_tokens"], ex["semantic_tokens"],
-                                                    ex["acoustic_tokens"], melody], [tf.int32, tf.int32],
-                                            stateful=False)
+                                                    ex["acoustic_tokens"], melody, bpm, start],
+                                            [tf.int32, tf.int32], stateful=False)
         inputs.set_shape([None]), targets.set_shape([None])
         keep = {k: ex[k] for k in ("clip_id", "crop_start_seconds") if k in ex}
         return {"inputs": inputs, "targets": targets, **keep}

@@ -70,7 +70,7 @@ def register_stage_tasks(name: str, tfds_name: str, *, sizes: TokenSizes = PAPER
                 pp.drop_failed,
                 pp.partial(pp.aligned_crop, stage=stage, semantic_rate=semantic_rate, acoustic_rate=acoustic_rate,
                            crop_seconds=(crop_seconds or {}).get(stage), melody_rate=melody_rate),
-                pp.partial(pp.to_stage, stage=stage, sizes=sizes),
+                pp.partial(pp.to_stage, stage=stage, sizes=sizes, semantic_rate=semantic_rate),
             ],
             output_features=stage_output_features(stage, sizes), task_cls=StageTask,
             tokenizer_check=dict(sizes=sizes, semantic_rate=semantic_rate, acoustic_rate=acoustic_rate,
