@@ -8,7 +8,8 @@ command: musiclm_jax/cli/infer.py).
     summary = run_infer(MusicLM.from_pretrained("weights/musiclm"), "prompts.jsonl", "out/", duration_s=10)
 
 Input: one prompt per line, a JSON object {"prompt": str, "id": str (optional), "seed": int (optional),
-"duration_s": float (optional), "melody": audio path (optional; melody-conditioned models)} or a bare JSON string.
+"duration_s": float (optional), "melody": audio path (optional; melody-conditioned models), "bpm": float (optional;
+tempo-conditioned models, default: the tempo the prompt states)} or a bare JSON string.
 Blank lines are ignored. A malformed line (bad JSON, missing or empty prompt, bad id / seed / duration, unknown key,
 duplicate id) is reported with its line number, counted and skipped; it never stops the job.
 
@@ -48,8 +49,9 @@ import time
 from typing import Callable
 
 from musiclm_jax.sampling import MAX_DURATION_S, check_duration
+from musiclm_jax.tempo import bpm_from_text, check_bpm
 
-PROMPT_KEYS = ("prompt", "id", "seed", "duration_s", "melody")
+PROMPT_KEYS = ("prompt", "id", "seed", "duration_s", "melody", "bpm")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 STAGES = ("semantic", "coarse", "fine")
 
@@ -63,6 +65,7 @@ class Prompt:
     seed: int
     duration_s: float
     melody: str | None = None   # an audio file to follow (melody-conditioned models)
+    bpm: float | None = None    # the tempo (tempo-conditioned models); None: what the prompt states
 
 
 def derive_seed(base_seed: int, line: int) -> int:
@@ -99,8 +102,13 @@ def _parse_line(text: str, line: int, *, duration_s: float, base_seed: int, max_
     melody = obj.get("melody")
     if melody is not None and (not isinstance(melody, str) or not melody.strip()):
         raise ValueError(f"bad 'melody' {melody!r}: the path of an audio file")
+    bpm = obj.get("bpm")
+    if bpm is not None:
+        if isinstance(bpm, bool) or not isinstance(bpm, (int, float)):
+            raise ValueError(f"bad 'bpm' {bpm!r}: a number of beats per minute")
+        bpm = check_bpm(bpm, 1, "'bpm'")[0]
     return Prompt(line=line, id=pid, prompt=prompt, seed=derive_seed(base_seed, line) if seed is None else seed,
-                  duration_s=float(dur), melody=melody)
+                  duration_s=float(dur), melody=melody, bpm=bpm)
 
 
 def read_prompts(path: str, *, duration_s: float, base_seed: int,
@@ -321,8 +329,10 @@ def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.
             texts = [p.prompt for p in call]
             try:
                 melody = _melodies(call, prompts_path)
+                tempo = ({"bpm": [bpm_from_text(p.prompt) if p.bpm is None else p.bpm for p in call]}
+                         if any(p.bpm is not None for p in call) else {})
                 gen = model.generate_full(texts, call[0].duration_s, **sampling, seed=[p.seed for p in call],
-                                         progress=progress, max_duration_s=max_duration_s, **melody)
+                                         progress=progress, max_duration_s=max_duration_s, **melody, **tempo)
                 timings = dict(gen.timings)
                 scores = gen.scores[:, 0]
                 if not np.isfinite(scores).all():  # num_samples == 1: not reranked; score the kept waves here
@@ -344,7 +354,8 @@ def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.
                                  "batch": {"size": len(call), "row": row}, "wav": wav, "tokens": tokens,
                                  "timings_s": {n: round(v, 4) for n, v in timings.items()},
                                  "mulan_score": _finite(scores[row]), "untrained": untrained,
-                                 **({"melody": p.melody} if p.melody else {})})
+                                 **({"melody": p.melody} if p.melody else {}),
+                                 **({"bpm": gen.bpm[row]} if gen.bpm is not None else {})})
                     audio_s += wave.shape[-1] / gen.sample_rate
             except Exception as e:  # noqa: BLE001 - a failed prompt is counted and named; the job goes on
                 rows = [r for r in rows if r["line"] not in {p.line for p in call}]

@@ -34,6 +34,7 @@ def export(work_dir: str, out_dir: str, *, sizes: st.TokenSizes = st.QUICKSTART,
     missing = [p for p in PARTS if not os.path.isdir(os.path.join(work_dir, p, "checkpoints"))]
     if missing:
         raise ValueError(f"{work_dir} lacks trained {missing}: run `musiclm-jax quickstart` (it resumes) first")
+    sizes = dataclasses.replace(sizes, beat_phases=_beat_phases(os.path.join(work_dir, "stage_semantic")))
     os.makedirs(out_dir, exist_ok=True)
     report = {"parts": {}}
     for part in PARTS:
@@ -62,6 +63,19 @@ def export(work_dir: str, out_dir: str, *, sizes: st.TokenSizes = st.QUICKSTART,
     with open(os.path.join(out_dir, "export.json"), "w") as f:
         json.dump(report, f, indent=1)
     return report
+
+
+def _beat_phases(stage_dir: str) -> int:
+    """The beat phases of a semantic-stage checkpoint (> 0: it was trained with tempo conditioning), from the
+    layout its checkpoint records; the manifest's sizes must say the same."""
+    from musiclm_jax.train.checkpoints import Checkpointer
+
+    ckpt = Checkpointer(stage_dir, async_save=False)
+    try:
+        aligned = (ckpt.read_meta().get("model_config") or {}).get("aligned") or {}
+    finally:
+        ckpt.close()
+    return int((aligned.get("sizes") or {}).get("beat_phases", 0))
 
 
 STAGES = ("stage_semantic", "stage_coarse", "stage_fine")

@@ -56,6 +56,7 @@ class Recipe:
     stage_steps: tuple[int, int, int] = (1200, 3000, 800)   # semantic, coarse, fine (coarse: 1,000 stopped short)
     aligned_coarse: bool = False  # the coarse stage reads its semantic tokens in time (gin ALIGNED)
     speed_semantic: bool = False  # the semantic stage trains on the speed-augmented task (keys / tempi +-2 semitones)
+    beat_semantic: bool = False   # the semantic stage is told the stated tempo (tempo tokens + beat phases)
     reuse: tuple[str, ...] = ()   # parts copied from `reuse_from` instead of trained (e.g. codec, stage_fine)
     reuse_from: str = "weights/musiclm"
 
@@ -111,8 +112,7 @@ def commands(work_dir: str, out_dir: str, recipe: Recipe) -> dict[str, list[str]
     for stage, steps in zip(("semantic", "coarse", "fine"), recipe.stage_steps):
         cmds[f"stage_{stage}"] = [
             sys.executable, "-m", "musiclm_jax.train",
-            f"--gin_file=gin/experiments/stage_{stage}_quickstart"
-            f"{'_speed' if stage == 'semantic' and recipe.speed_semantic else ''}.gin",
+            f"--gin_file=gin/experiments/stage_{stage}_quickstart{_variant(stage, recipe)}.gin",
             f"--gin.MODEL_DIR='{w}/stage_{stage}'", f"--gin.TRAIN_STEPS={steps}",
             f"--gin.stage_task_dataset.cache_dirs=('{w}/cache',)",
             *[f"--gin.{b.replace(' ', '')}" for b in tokenizers],
@@ -123,6 +123,15 @@ def commands(work_dir: str, out_dir: str, recipe: Recipe) -> dict[str, list[str]
         cmds[part] = _copy(f"{recipe.reuse_from.rstrip('/')}/{part}", f"{w}/{part}")
     cmds["export"] = [sys.executable, "-m", "musiclm_jax.export", f"--work_dir={w}", f"--out_dir={out_dir}"]
     return cmds
+
+
+def _variant(stage: str, recipe: Recipe) -> str:
+    if stage != "semantic" or not (recipe.speed_semantic or recipe.beat_semantic):
+        return ""
+    if recipe.speed_semantic and recipe.beat_semantic:
+        raise ValueError("a recipe's semantic stage is speed-augmented or tempo-conditioned, not both (no gin "
+                         "experiment has both yet)")
+    return "_speed" if recipe.speed_semantic else "_beat"
 
 
 def run(work_dir: str, out_dir: str, recipe: Recipe, *, only: list[str] | None = None, dry_run: bool = False,

@@ -124,17 +124,17 @@ def test_malformed_lines_are_reported_counted_and_skipped(lm, tmp_path):
     lines = ['{"prompt": "ok one"}', '{"prompt": ', '{"id": "x"}', '{"prompt": "  "}', "",
              '{"prompt": "a", "duration_s": -1}', '{"prompt": "a", "duration_s": "long"}', '{"prompt": "a", "dur": 1}',
              '[1, 2]', '{"prompt": "a", "id": "../evil"}', '{"prompt": "a", "seed": -3}', '"ok two"',
-             '{"prompt": "dup", "id": "line-000001"}']
+             '{"prompt": "dup", "id": "line-000001"}', '{"prompt": "a", "bpm": 1000}', '{"prompt": "a", "bpm": "fast"}']
     prompts = _write_prompts(tmp_path / "p.jsonl", lines)
     s, logs = _run(lm, prompts, tmp_path / "o", chunk_size=4)
     bad = {m["line"]: m["error"] for m in s["malformed_lines"]}
-    assert sorted(bad) == [2, 3, 4, 6, 7, 8, 9, 10, 11, 13]  # line 5 is blank: ignored, not malformed
+    assert sorted(bad) == [2, 3, 4, 6, 7, 8, 9, 10, 11, 13, 14, 15]  # line 5 is blank: ignored, not malformed
     assert "not JSON" in bad[2] and "prompt" in bad[3] and "prompt" in bad[4] and "duration_s" in bad[6]
     assert "duration_s" in bad[7] and "unknown key" in bad[8] and "id" in bad[10] and "seed" in bad[11]
-    assert "duplicate id" in bad[13] and "line 1" in bad[13]
-    assert (s["done"], s["malformed"], s["failed"]) == (2, 10, 0)
+    assert "duplicate id" in bad[13] and "line 1" in bad[13] and "bpm" in bad[14] and "bpm" in bad[15]
+    assert (s["done"], s["malformed"], s["failed"]) == (2, 12, 0)
     assert any(msg.startswith("infer: malformed line 7 ") for msg in logs)
-    assert "10 malformed" in logs[-1]
+    assert "12 malformed" in logs[-1]
     assert [r["id"] for r in _rows(tmp_path / "o")] == ["line-000001", "line-000012"]
 
 

@@ -130,3 +130,24 @@ def test_speed_semantic_recipe_tokenizes_and_trains_on_the_augmented_task():
     cmds = quickstart.commands("out/q", "w", r)
     assert "--gin_file=gin/experiments/stage_semantic_quickstart_speed.gin" in cmds["stage_semantic"]
     assert "--gin_file=gin/experiments/stage_coarse_quickstart.gin" in cmds["stage_coarse"]
+
+
+def test_beat_semantic_recipe_trains_the_tempo_conditioned_stage_from_the_plain_tokenization():
+    import dataclasses
+
+    from musiclm_jax.tasks import cache
+    import musiclm_jax.tasks.musiclm_tasks  # noqa: F401 -- registers the tasks
+
+    r = dataclasses.replace(quickstart.RECIPES["adherence"], beat_semantic=True)
+    cmds = quickstart.commands("out/q", "w", r)
+    assert "--gin_file=gin/experiments/stage_semantic_quickstart_beat.gin" in cmds["stage_semantic"]
+    flag = next(a for a in cmds["tokenize"] if a.startswith("--tasks="))
+    beat = "synthcaps_quickstart_beat_semantic"
+    assert beat in cache.select_tasks(flag.removeprefix("--tasks=").split(","))
+    # It shares the plain task's pre-cache part: one tokenization writes both caches.
+    import seqio
+
+    assert cache._precache_key(seqio.TaskRegistry.get(beat)) == cache._precache_key(
+        seqio.TaskRegistry.get("synthcaps_quickstart_semantic"))
+    with pytest.raises(ValueError, match="not both"):
+        quickstart.commands("out/q", "w", dataclasses.replace(r, speed_semantic=True))

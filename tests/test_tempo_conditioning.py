@@ -165,6 +165,22 @@ def test_pipeline_reads_the_prompt_tempo_or_the_one_given():
                  semantic_rate=lm.semantic_rate, windows=lm.windows)
 
 
+def test_infer_reads_a_bpm_per_line_and_fails_it_on_a_model_without_tempo(tmp_path):
+    import json
+
+    from musiclm_jax.batch_decode import run_infer
+    from musiclm_jax.pipeline import tiny_random
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "drums at 100 bpm", "id": "a"}\n{"prompt": "drums", "id": "b", "bpm": 140}\n')
+    s = run_infer(tiny_random(seed=0, sizes=st.TINY_BEAT), str(prompts), str(tmp_path / "o"), duration_s=0.2,
+                  batch_size=2, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert s["done"] == 2 and [r["bpm"] for r in rows] == [100.0, 140.0]
+    s = run_infer(tiny_random(seed=0), str(prompts), str(tmp_path / "p"), duration_s=0.2, progress=False)
+    assert (s["done"], s["failed"]) == (1, 1) and "no tempo conditioning" in s["failed_prompts"][0]["error"]
+
+
 def test_chain_tempo_sources():
     from musiclm_jax.eval.chain import row_tempo
     from musiclm_jax.eval.data import Item
