@@ -180,7 +180,8 @@ class MusicLM:
         """Captions -> float32 waves [batch, duration_s * sample_rate] (the best of `num_samples` per prompt).
 
         kwargs: temperatures (semantic, coarse, fine), top_k, top_p, guidance_scale (> 1 sharpens towards the text;
-        semantic and coarse stages): each defaults to the model's own (`self.sampling`: musiclm.json's "sampling",
+        semantic and coarse stages), guide_tempo (the guidance also sharpens a tempo-conditioned stage's beat): each
+        defaults to the model's own (`self.sampling`: musiclm.json's "sampling",
         else SAMPLING_DEFAULTS); num_samples=1, seed=0 (an int, or one int per prompt so that each prompt decodes
         as it would alone), progress=True, max_duration_s=MAX_DURATION_S; melody (a melody-conditioned model):
         one mono wave for all prompts, or a list of one per prompt (None items: text only), at
@@ -306,8 +307,8 @@ class MusicLM:
 
     def _run(self, mulan_at: Callable[[float], np.ndarray], duration_s: float, *, prompts,
              temperatures=None, top_k: int | None = None, top_p: float | None = None,
-             guidance_scale: float | None = None, num_samples: int = 1, seed: int | Sequence[int] = 0,
-             progress: bool = True, rerank: bool = True, known: dict | None = None,
+             guidance_scale: float | None = None, guide_tempo: bool | None = None, num_samples: int = 1,
+             seed: int | Sequence[int] = 0, progress: bool = True, rerank: bool = True, known: dict | None = None,
              boundaries: tuple = (), max_duration_s: float = MAX_DURATION_S, melody=None, bpm=None) -> Generation:
         duration_s = check_duration(duration_s, max_duration_s)
         if bpm is not None and not self.has_tempo:
@@ -322,6 +323,7 @@ class MusicLM:
         top_k = d["top_k"] if top_k is None else top_k
         top_p = d["top_p"] if top_p is None else top_p
         guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
+        guide_tempo = bool(d["guide_tempo"] if guide_tempo is None else guide_tempo)
         if len(temperatures) != 3 or min(temperatures) < 0:
             raise ValueError(f"temperatures must be 3 values >= 0 (semantic, coarse, fine), got {temperatures}")
         if not isinstance(num_samples, int) or num_samples < 1:
@@ -368,7 +370,7 @@ class MusicLM:
         out["semantic"] = self._decode_stage(
             "semantic", n_sem, self.semantic_rate, self.windows.semantic_s,
             semantic_cond, known.get("semantic"),
-            decoding.fold_in(key, 0), temperatures[0], stage_scale("semantic"), **opts)
+            decoding.fold_in(key, 0), temperatures[0], stage_scale("semantic"), guide_tempo=guide_tempo, **opts)
         timings["semantic"] = time.perf_counter() - t0
 
         def coarse_cond(a, b, done):
@@ -412,7 +414,7 @@ class MusicLM:
         return np.sum(text * audio, axis=-1).astype(np.float32)
 
     def _decode_stage(self, stage: str, total: int, rate: float, crop_s: float, cond_for, known, rng, temperature,
-                      guidance_scale, *, top_k, top_p, progress, boundaries) -> np.ndarray:
+                      guidance_scale, *, top_k, top_p, progress, boundaries, guide_tempo=False) -> np.ndarray:
         """Decodes `total` frames of one stage in sliding windows; `cond_for(start, end, done)` gives the raw
         conditioning of window [start, end) whose frames from `done` on are new. Returns raw codes."""
         layout, model = self.layouts[stage], self.models[stage]
@@ -434,14 +436,19 @@ class MusicLM:
             inputs = np.asarray(layout.build_inputs(**cond_for(start, end, done)))
             prompt = np.concatenate([inputs, ids[:, start * k:done * k]], axis=1) if ids.size else inputs
             guided = guidance_scale != 1.0 and layout.cond_span() != (0, 0)
-            uncond = np.asarray(layout.uncond_inputs(prompt)) if guided else None
+            uncond = np.asarray(layout.uncond_inputs(prompt, drop_tempo=guide_tempo)) if guided else None
             need = prompt.shape[1] + (end - done) * k
             if need > model.cfg.max_len:
                 raise ValueError(f"the {stage} window needs {need} tokens but the LM's max_len is "
                                  f"{model.cfg.max_len}: shorten Windows.{stage}_s or raise max_len")
             aligned = (jnp.asarray(layout.aligned_ids(inputs, (end - start) * k)) if model.cfg.aligned_inputs
                        else None)
+            uncond_aligned = None
+            if guided and guide_tempo and layout.has_beat:
+                uncond_aligned = jnp.asarray(layout.aligned_ids(layout.uncond_inputs(inputs, drop_tempo=True),
+                                                                (end - start) * k))
             new, _ = decoding.sample(model, jnp.asarray(prompt), max_new_tokens=(end - done) * k, aligned=aligned,
+                                     uncond_aligned=uncond_aligned,
                                      rng=decoding.fold_in(rng, window), temperature=temperature, top_k=top_k,
                                      top_p=top_p, logit_mask_fn=layout.logit_mask(), guidance_scale=guidance_scale,
                                      uncond_prompts=None if uncond is None else jnp.asarray(uncond),

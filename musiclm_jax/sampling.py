@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 
 # Decoding settings a model uses unless told otherwise; musiclm.json's "sampling" holds a trained model's own.
-SAMPLING_DEFAULTS = {"temperatures": (1.0, 0.95, 0.4), "top_k": 0, "top_p": 1.0, "guidance_scale": 1.0}
+# guide_tempo: a tempo-conditioned semantic stage's unconditional guidance branch also loses the tempo, so that
+# guidance sharpens the beat as well as the text.
+SAMPLING_DEFAULTS = {"temperatures": (1.0, 0.95, 0.4), "top_k": 0, "top_p": 1.0, "guidance_scale": 1.0,
+                     "guide_tempo": False}
 # Longest audio one call may ask for: generation runs window after window, so a typo such as 1e9 s would run for
 # thousands of hours. Pass max_duration_s= (the CLI: --max_duration) to go further.
 MAX_DURATION_S = 600.0

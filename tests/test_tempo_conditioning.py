@@ -165,6 +165,30 @@ def test_pipeline_reads_the_prompt_tempo_or_the_one_given():
                  semantic_rate=lm.semantic_rate, windows=lm.windows)
 
 
+def test_guidance_can_sharpen_the_beat_too():
+    inputs = SEM.build_inputs(mulan=np.ones((1, st.TINY.mulan_levels), np.int32),
+                              tempo=st.tempo_of(120.0, 0.0, 25.0))
+    kept, dropped = SEM.uncond_inputs(inputs), SEM.uncond_inputs(inputs, drop_tempo=True)
+    assert (kept[:, -3:-1] == inputs[:, -3:-1]).all() and (dropped[:, -3:-1] == st.UNCOND).all()
+    assert (SEM.aligned_ids(dropped, 8) == -1).all() and (SEM.aligned_ids(kept, 8)[:, -8:] >= 0).all()
+    from musiclm_jax.pipeline import tiny_random
+
+    lm = tiny_random(seed=0, sizes=st.TINY_BEAT)
+    table = lm.models["semantic"].aligned_embed
+    table.set_value(jax.random.normal(jax.random.key(1), table[...].shape, table[...].dtype))
+    args = (["drums at 120 bpm"], 0.2)
+    plain = lm.generate_full(*args, guidance_scale=3.0, progress=False).tokens["semantic"]
+    sharp = lm.generate_full(*args, guidance_scale=3.0, guide_tempo=True, progress=False).tokens["semantic"]
+    assert (plain != sharp).any() and lm.sampling["guide_tempo"] is False
+    model = lm.models["semantic"]
+    a = jnp.asarray(SEM.aligned_ids(inputs, 4))
+    with pytest.raises(ValueError, match="uncond_aligned= needs"):
+        dec.sample(model, jnp.asarray(inputs), max_new_tokens=4, rng=jax.random.key(0), aligned=a, uncond_aligned=a)
+    with pytest.raises(ValueError, match="uncond_aligned must have"):
+        dec.sample(model, jnp.asarray(inputs), max_new_tokens=4, rng=jax.random.key(0), aligned=a,
+                   uncond_prompts=jnp.asarray(dropped), guidance_scale=3.0, uncond_aligned=a[:, 1:])
+
+
 def test_infer_reads_a_bpm_per_line_and_fails_it_on_a_model_without_tempo(tmp_path):
     import json
 

@@ -95,7 +95,7 @@ def sample(model: nnx.Module, prompts: jax.Array, *, max_new_tokens: int, rng: j
            uncond_prompts: jax.Array | None = None, uncond_lengths: jax.Array | None = None,
            num_samples: int = 1, eos_id: int | None = None, pad_id: int = 0,
            prefix_len: jax.Array | None = None, use_cache: bool = True,
-           aligned: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+           aligned: jax.Array | None = None, uncond_aligned: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Samples `max_new_tokens` continuations of right-padded `prompts` [b, P] (every prompt needs >= 1 token).
 
     Returns `(tokens, lengths)`: tokens [b * num_samples, max_new_tokens] int32 (the samples of prompt i are rows
@@ -105,7 +105,8 @@ def sample(model: nnx.Module, prompts: jax.Array, *, max_new_tokens: int, rng: j
     `rng`: one key, or one key per prompt [b] (see the module docstring: rows then do not depend on each other).
     `use_cache=False` re-runs the full forward every step (the no-cache baseline for benchmarks and tests).
     `aligned` [b, P + max_new_tokens - 1] (models with `aligned_inputs`): the aligned id of every position of
-    prompt + generated tokens, indexed by position (lm/stages.py `aligned_ids`); the unconditional twins share it.
+    prompt + generated tokens, indexed by position (lm/stages.py `aligned_ids`); the unconditional twins share it,
+    or read `uncond_aligned` (same shape; e.g. all -1, so that guidance also sharpens what the aligned ids say).
     The mesh and rules active in `partitioning.axis_rules(...)` at call time shard the batch and cache.
     """
     tokens, lengths, _ = generate(model, prompts, max_new_tokens=max_new_tokens, rng=rng,
@@ -113,13 +114,13 @@ def sample(model: nnx.Module, prompts: jax.Array, *, max_new_tokens: int, rng: j
                                   logit_mask_fn=logit_mask_fn, guidance_scale=guidance_scale,
                                   uncond_prompts=uncond_prompts, uncond_lengths=uncond_lengths,
                                   num_samples=num_samples, eos_id=eos_id, pad_id=pad_id, prefix_len=prefix_len,
-                                  use_cache=use_cache, aligned=aligned)
+                                  use_cache=use_cache, aligned=aligned, uncond_aligned=uncond_aligned)
     return tokens, lengths
 
 
 def generate(model, prompts, *, max_new_tokens, rng, prompt_lengths=None, temperature=1.0, top_k=0, top_p=1.0,
              logit_mask_fn=None, guidance_scale=1.0, uncond_prompts=None, uncond_lengths=None, num_samples=1,
-             eos_id=None, pad_id=0, prefix_len=None, use_cache=True, aligned=None):
+             eos_id=None, pad_id=0, prefix_len=None, use_cache=True, aligned=None, uncond_aligned=None):
     """Like `sample`, plus the number of loop steps actually run (for tests and benchmarks)."""
     prompts = jnp.asarray(prompts, jnp.int32)
     if prompts.ndim != 2 or prompts.shape[1] < 1:
@@ -149,6 +150,13 @@ def generate(model, prompts, *, max_new_tokens, rng, prompt_lengths=None, temper
         if aligned.shape != (b, prompts.shape[1] + max_new_tokens - 1):
             raise ValueError(f"aligned must be [{b}, {prompts.shape[1] + max_new_tokens - 1}] (prompt width + "
                              f"max_new_tokens - 1), got {aligned.shape}")
+    if uncond_aligned is not None:
+        if aligned is None or not guided:
+            raise ValueError("uncond_aligned= needs aligned= and uncond_prompts= (guidance)")
+        uncond_aligned = jnp.asarray(uncond_aligned, jnp.int32)
+        if uncond_aligned.shape != aligned.shape:
+            raise ValueError(f"uncond_aligned must have aligned's shape {aligned.shape}, got {uncond_aligned.shape}")
+        aligned = jnp.concatenate([aligned, uncond_aligned])   # the guided rows read the second half
     rng = _keys(rng, b)
     vocab = model.cfg.vocab_size
     for name, tok in (("pad_id", pad_id), ("eos_id", eos_id)):
@@ -215,7 +223,8 @@ def _generate(model, prompts, lengths, uncond, uncond_lengths, prefix, aligned, 
         prompts = jnp.concatenate([pad(prompts), pad(rep(uncond))])
         lengths = jnp.concatenate([lengths, rep(uncond_lengths)])
         prefix = None if prefix is None else jnp.concatenate([prefix, prefix])
-        aligned = None if aligned is None else jnp.concatenate([aligned, aligned])
+        if aligned is not None and aligned.shape[0] == rows:   # else: [aligned; uncond_aligned] was given
+            aligned = jnp.concatenate([aligned, aligned])
     batch_axes = ("batch", "length")
     toks, pos = left_align(prompts, lengths, pad_id)
     toks = partitioning.with_logical_constraint(toks, batch_axes)

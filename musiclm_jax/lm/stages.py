@@ -354,14 +354,19 @@ class StageLayout:
         xp = self._xp(parts[0])
         return xp.concatenate(parts + [self._sep(parts[0])], axis=1)
 
-    def uncond_inputs(self, inputs):
-        """`inputs` with the MuLan tokens replaced by UNCOND: the prompt of the unconditional guidance branch."""
+    def uncond_inputs(self, inputs, drop_tempo: bool = False):
+        """`inputs` with the MuLan tokens replaced by UNCOND: the prompt of the unconditional guidance branch.
+        `drop_tempo`: the tempo tokens too (its aligned ids are then all -1), so guidance also sharpens the beat."""
         start, stop = self.cond_span()
         if stop == start:
             raise ValueError("the fine stage has no MuLan conditioning: guidance applies to semantic and coarse")
         xp = self._xp(inputs)
         pos = xp.arange(inputs.shape[1])
-        return xp.where((pos >= start) & (pos < stop), UNCOND, inputs).astype(xp.int32)
+        drop = (pos >= start) & (pos < stop)
+        if drop_tempo and self.has_beat:
+            lo, hi = self.tempo_ids()
+            drop = drop | ((inputs >= lo) & (inputs < hi))
+        return xp.where(drop, UNCOND, inputs).astype(xp.int32)
 
     def build_targets(self, *, semantic=None, acoustic=None):
         """The predicted ids: semantic: S; coarse: A[:, :, :Qc]; fine: A[:, :, Qc:] (flattened frame-major).
