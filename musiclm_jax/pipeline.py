@@ -197,6 +197,14 @@ class MusicLM:
             bpm = [bpm_from_text(p) for p in prompts] if self.has_tempo else None
         return self._run(lambda t: mulan, duration_s, prompts=list(prompts), melody=melody_tokens, bpm=bpm, **kwargs)
 
+    def prompt_tempo(self, prompts: Sequence[str]) -> np.ndarray | None:
+        """The semantic stage's tempo conditioning [b, 2] of a window starting at 0 s, from each prompt's stated
+        tempo (unknown where none); None for a model without tempo conditioning."""
+        if not self.has_tempo:
+            return None
+        bpm = [bpm_from_text(p) for p in prompts]
+        return st.tempo_of([np.nan if b is None else b for b in bpm], 0.0, self.semantic_rate)
+
     @property
     def has_tempo(self) -> bool:
         """Whether the semantic stage reads a tempo (TokenSizes.beat_phases > 0): then `bpm=` steers it."""

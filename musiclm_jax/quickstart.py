@@ -10,8 +10,8 @@ memory), each logged to `<work_dir>/logs/<step>.log`:
     tokenize   the SynthCaps corpus through the Beam token cache with the three trained tokenizers
     stage_semantic / stage_coarse / stage_fine   the three stage LMs (d=192, 6 layers) on their cached SeqIO
                tasks, on the codec's first 4 levels (2 coarse + 2 fine)
-    (`--recipe adherence`: other MuLan / w2v-BERT configs, chroma k-means, a time-aligned coarse stage, and the
-    codec and fine stage copied from the shipped weights; see `Recipe`)
+    (the shipped `full` recipe: MuLan with a tempogram branch, w2v-BERT small + chroma k-means, a tempo-conditioned
+    semantic stage and a time-aligned coarse stage; `--recipe plain` is the system shipped before; see `Recipe`)
     export     one `MusicLM.from_pretrained` directory: inference-only checkpoints (no optimizer state; the
                frozen MiniLM text tower is left out and read from its package at load time) + musiclm.json
 
@@ -37,10 +37,9 @@ STEPS = ("data", "mulan", "semantic", "kmeans", "codec", "tokenize", "stage_sema
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """Train steps and configs per part. `full` is the shipped recipe; `smoke` checks the whole chain in minutes;
-    `adherence` is the candidate for text adherence (README "Tempo and key in the joint space" and the diagnosis):
-    a MuLan that hears pitch and tempo, semantic tokens that carry pitch and onsets, a time-aligned coarse stage,
-    and the shipped codec and fine stage (which reads coarse codes only) copied instead of retrained."""
+    """Train steps and configs per part (RECIPES). `full` is the shipped recipe; `smoke` checks the whole chain in
+    minutes; `plain` is the system shipped before; `adherence` is `full` without tempo conditioning, with the
+    shipped codec and fine stage (which reads coarse codes only) copied instead of retrained."""
 
     num_scores: int = 1000
     clip_seconds: float = 8.0
@@ -61,13 +60,22 @@ class Recipe:
     reuse_from: str = "weights/musiclm"
 
 
-RECIPES = {"full": Recipe(), "smoke": Recipe(mulan_steps=4, w2v_steps=4, kmeans_clusters=64, codec_steps=4,
-                                              stage_steps=(4, 4, 4)),
-           "adherence": Recipe(mulan_gin="gin/experiments/mulan_tiny_synthcaps_tempo.gin",
-                               mulan_bindings=("mulan_dataset.twins = 0.5",
-                                               "train_mulan.quantizer_fit_on = 'audio+text'"), w2v_steps=1500,
-                               w2v_gin="gin/experiments/w2v_bert_small_synthcaps.gin", kmeans_chroma_weight=1.5,
-                               stage_steps=(1200, 2000, 800), aligned_coarse=True, reuse=("codec", "stage_fine"))}
+# The adherence recipe's tokenizers and stages (issue 16): a MuLan that hears tempo and key (tempogram branch,
+# same-score twins) with its quantizer fitted on audio + text, w2v-BERT small + chroma k-means, a time-aligned
+# coarse stage.
+_ADHERENCE = dict(mulan_gin="gin/experiments/mulan_tiny_synthcaps_tempo.gin",
+                  mulan_bindings=("mulan_dataset.twins = 0.5", "train_mulan.quantizer_fit_on = 'audio+text'"),
+                  w2v_steps=1500, w2v_gin="gin/experiments/w2v_bert_small_synthcaps.gin", kmeans_chroma_weight=1.5,
+                  stage_steps=(1200, 2000, 800), aligned_coarse=True)
+RECIPES = {
+    # The shipped weights: the adherence tokenizers and stages, the semantic stage told the stated tempo.
+    "full": Recipe(**_ADHERENCE, beat_semantic=True),
+    # The system shipped before (tiny MuLan / w2v-BERT, plain stages): no tempo or key adherence.
+    "plain": Recipe(),
+    "smoke": Recipe(mulan_steps=4, w2v_steps=4, kmeans_clusters=64, codec_steps=4, stage_steps=(4, 4, 4)),
+    # The candidate without tempo conditioning, codec and fine stage copied from the shipped weights.
+    "adherence": Recipe(**_ADHERENCE, reuse=("codec", "stage_fine")),
+}
 
 
 def _copy(src: str, dst: str) -> list[str]:
@@ -104,7 +112,9 @@ def commands(work_dir: str, out_dir: str, recipe: Recipe) -> dict[str, list[str]
                       f"--synthcaps={SYNTHCAPS_CONFIG}", data, f"--steps={recipe.codec_steps}",
                       f"--gin_bindings=CodecFamily.total_steps = {recipe.codec_schedule_steps}"),
         "tokenize": _cli("tokenize", "--tasks=synthcaps_quickstart_(?!speed_).*"
-                         + (",synthcaps_quickstart_speed_semantic" if recipe.speed_semantic else ""),
+                         + (",synthcaps_quickstart_speed_semantic" if recipe.speed_semantic else "")
+                         + (",synthcaps_quickstart_speed_beat_semantic" if recipe.speed_semantic
+                            and recipe.beat_semantic else ""),
                          f"--output_cache_dir={w}/cache",
                          f"--tfds_data_dir={tfds}", "--gin_file=gin/runs/tokenize_quickstart.gin", "--num_workers=1",
                          *[f"--gin_bindings={b}" for b in tokenizers]),
@@ -126,12 +136,10 @@ def commands(work_dir: str, out_dir: str, recipe: Recipe) -> dict[str, list[str]
 
 
 def _variant(stage: str, recipe: Recipe) -> str:
-    if stage != "semantic" or not (recipe.speed_semantic or recipe.beat_semantic):
+    """The semantic stage's gin experiment suffix: _speed, _beat or _speed_beat."""
+    if stage != "semantic":
         return ""
-    if recipe.speed_semantic and recipe.beat_semantic:
-        raise ValueError("a recipe's semantic stage is speed-augmented or tempo-conditioned, not both (no gin "
-                         "experiment has both yet)")
-    return "_speed" if recipe.speed_semantic else "_beat"
+    return ("_speed" if recipe.speed_semantic else "") + ("_beat" if recipe.beat_semantic else "")
 
 
 def run(work_dir: str, out_dir: str, recipe: Recipe, *, only: list[str] | None = None, dry_run: bool = False,

@@ -99,8 +99,14 @@ def test_adherence_recipe_swaps_configs_and_copies_the_shipped_codec_and_fine_st
     assert "--gin.ALIGNED=True" not in cmds["stage_semantic"]
     assert cmds["codec"][-2:] == ["weights/musiclm/codec", "out/adh/codec"]
     assert cmds["stage_fine"][-2:] == ["weights/musiclm/stage_fine", "out/adh/stage_fine"]
+    plain = quickstart.commands("out/adh", "weights/y", quickstart.RECIPES["plain"])
+    assert not any("chroma_weight" in a or "ALIGNED" in a for cmd in plain.values() for a in cmd)
+    # The shipped recipe: the same tokenizers and coarse stage, the semantic stage told the tempo, every part
+    # trained (nothing copied).
     full = quickstart.commands("out/adh", "weights/y", quickstart.RECIPES["full"])
-    assert not any("chroma_weight" in a or "ALIGNED" in a for cmd in full.values() for a in cmd)
+    assert "--chroma_weight=1.5" in full["kmeans"] and "--gin.ALIGNED=True" in full["stage_coarse"]
+    assert "--gin_file=gin/experiments/stage_semantic_quickstart_beat.gin" in full["stage_semantic"]
+    assert "--model_dir=out/adh/codec" in full["codec"] and "musiclm_jax.train" in full["stage_fine"]
     import dataclasses
     with pytest.raises(ValueError, match="not a part of the recipe"):
         quickstart.commands("out/adh", "weights/y", dataclasses.replace(r, reuse=("vocoder",)))
@@ -123,7 +129,7 @@ def test_speed_semantic_recipe_tokenizes_and_trains_on_the_augmented_task():
         flag = next(a for a in quickstart.commands("out/q", "w", recipe)["tokenize"] if a.startswith("--tasks="))
         return cache.select_tasks(flag.removeprefix("--tasks=").split(","))
 
-    plain = tasks(quickstart.RECIPES["full"])
+    plain = tasks(quickstart.RECIPES["plain"])
     assert "synthcaps_quickstart_semantic" in plain and not any("speed" in t for t in plain)
     r = dataclasses.replace(quickstart.RECIPES["adherence"], speed_semantic=True)
     assert set(tasks(r)) - set(plain) == {"synthcaps_quickstart_speed_semantic"}
@@ -149,5 +155,8 @@ def test_beat_semantic_recipe_trains_the_tempo_conditioned_stage_from_the_plain_
 
     assert cache._precache_key(seqio.TaskRegistry.get(beat)) == cache._precache_key(
         seqio.TaskRegistry.get("synthcaps_quickstart_semantic"))
-    with pytest.raises(ValueError, match="not both"):
-        quickstart.commands("out/q", "w", dataclasses.replace(r, speed_semantic=True))
+    both = quickstart.commands("out/q", "w", dataclasses.replace(r, speed_semantic=True))
+    assert "--gin_file=gin/experiments/stage_semantic_quickstart_speed_beat.gin" in both["stage_semantic"]
+    flag = next(a for a in both["tokenize"] if a.startswith("--tasks="))
+    assert {"synthcaps_quickstart_speed_semantic", "synthcaps_quickstart_speed_beat_semantic"} <= set(
+        cache.select_tasks(flag.removeprefix("--tasks=").split(",")))

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from musiclm_jax.lm import stages as st
 from musiclm_jax.lm.models import TokenLM
 from musiclm_jax.train.data import ResumableBatches, split_id
 
@@ -126,7 +127,7 @@ def make_distill_set(lm, prompts: list[str], *, seconds: float | None = None, gu
         raise ValueError("no prompts to distil on")
     layout, model = lm.layouts[STAGE], lm.models[STAGE]
     num_targets = max(1, int(round(seconds * lm.semantic_rate)))
-    family = TokenLM(model.cfg)
+    family = TokenLM(model.cfg, aligned=layout if model.cfg.aligned_inputs else None)
     mask = layout.logit_mask()
     graphdef, state = nnx.split(model)
     score = jax.jit(lambda s, i, t, u: guided_logprobs(family, nnx.merge(graphdef, s), i, t, u, scale, mask))
@@ -135,9 +136,13 @@ def make_distill_set(lm, prompts: list[str], *, seconds: float | None = None, gu
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
         pad = batch_size - len(chunk)  # one compiled shape: the last batch is padded with its first prompt
-        inputs = np.asarray(layout.build_inputs(mulan=lm._text_tokens(chunk + [chunk[0]] * pad)), np.int32)
+        padded = chunk + [chunk[0]] * pad
+        inputs = np.asarray(layout.build_inputs(mulan=lm._text_tokens(padded), tempo=lm.prompt_tempo(padded)),
+                            np.int32)
         uncond = np.asarray(layout.uncond_inputs(inputs), np.int32)
+        aligned = family.aligned_ids(inputs, num_targets)
         targets, _ = decoding.sample(model, jnp.asarray(inputs), max_new_tokens=num_targets,
+                                     aligned=None if aligned is None else jnp.asarray(aligned),
                                      rng=jax.random.fold_in(key, start), temperature=temperature,
                                      logit_mask_fn=mask, guidance_scale=scale, uncond_prompts=jnp.asarray(uncond),
                                      prefix_len=inputs.shape[1])
@@ -238,7 +243,10 @@ def distill(model_dir: str, data_path: str, out_dir: str, *, steps: int = 300, b
                          "(make it from more prompts)")
     teacher_dir = os.path.join(model_dir, STAGE_DIR)
     teacher = load_stage_lm(teacher_dir)
-    family = GuidanceDistillation(teacher.cfg)
+    with open(manifest_path) as f:
+        sizes = st.TokenSizes(**json.load(f)["sizes"])
+    family = GuidanceDistillation(teacher.cfg, aligned=st.StageLayout(STAGE, sizes) if teacher.cfg.aligned_inputs
+                                  else None)
     if data["teacher_logprobs"].shape[-1] != teacher.cfg.vocab_size:
         raise ValueError(f"{data_path} was made with another model (vocabulary {data['teacher_logprobs'].shape[-1]} "
                          f"vs {teacher.cfg.vocab_size}): remake it from {model_dir}")

@@ -125,17 +125,18 @@ def rloo_advantages(rewards: np.ndarray, samples_per_prompt: int, normalize: boo
 
 def rollout(policy, reference, layout, mulan_tokens: np.ndarray, prompts: Sequence[str], score: Scorer, *,
             num_targets: int, samples_per_prompt: int, temperature: float, seed: int, batch_size: int = 16,
-            normalize: bool = True, teacher_guidance: float | None = None) -> dict[str, np.ndarray]:
+            normalize: bool = True, teacher_guidance: float | None = None,
+            tempo: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """One round's rows: `samples_per_prompt` samples of `num_targets` stage tokens per prompt from `policy` (no
     guidance), their rewards, RLOO advantages and the `reference` log-probs along them (prompt-major rows); with
     `teacher_guidance`, also the reference's *guided* log-probs along them ("teacher_logprobs", for on-policy
-    distillation)."""
+    distillation). `tempo` [n, 2]: each prompt's tempo conditioning (a tempo-conditioned stage; MusicLM.prompt_tempo)."""
     from musiclm_jax.lm import decoding
 
     if len(prompts) != len(mulan_tokens):
         raise ValueError(f"{len(prompts)} prompts for {len(mulan_tokens)} rows of MuLan tokens")
     mask = layout.logit_mask()
-    family = TokenLM(reference.cfg)
+    family = TokenLM(reference.cfg, aligned=layout if reference.cfg.aligned_inputs else None)
     ref_graph, ref_state = nnx.split(reference)
 
     def ref_logprobs(state, inputs, targets):
@@ -156,8 +157,14 @@ def rollout(policy, reference, layout, mulan_tokens: np.ndarray, prompts: Sequen
         chunk = np.asarray(mulan_tokens[start:start + per_batch], np.int32)
         pad = per_batch - len(chunk)   # one compiled shape: the last call is padded with its first prompt
         chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)])
-        inputs = np.asarray(layout.build_inputs(mulan=chunk), np.int32)
+        rows_tempo = None
+        if tempo is not None:
+            rows_tempo = np.asarray(tempo[start:start + per_batch], np.float32)
+            rows_tempo = np.concatenate([rows_tempo, np.repeat(rows_tempo[:1], pad, 0)])
+        inputs = np.asarray(layout.build_inputs(mulan=chunk, tempo=rows_tempo), np.int32)
+        aligned = family.aligned_ids(inputs, num_targets)
         targets, _ = decoding.sample(policy, jnp.asarray(inputs), max_new_tokens=num_targets,
+                                     aligned=None if aligned is None else jnp.asarray(aligned),
                                      rng=jax.random.fold_in(key, start), temperature=temperature,
                                      logit_mask_fn=mask, num_samples=k, prefix_len=inputs.shape[1])
         keep = (len(chunk) - pad) * k
@@ -264,7 +271,7 @@ def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Sco
     num_targets = max(1, int(round(seconds * lm.semantic_rate)))
     score = score or audio_scorer(lm, reward, seconds, seed=seed)
     family = PolicyGradient(reference.cfg, kl_weight=kl_weight, temperature=temperature, reward_weight=reward_weight,
-                            distill_weight=distill_weight)
+                            distill_weight=distill_weight, aligned=layout if reference.cfg.aligned_inputs else None)
     if distill_weight:
         teacher_guidance = float(lm.sampling["guidance_scale"] if teacher_guidance is None else teacher_guidance)
         if teacher_guidance == 1.0:
@@ -295,7 +302,7 @@ def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Sco
             pick = [prompts[(r * prompts_per_round + i) % len(prompts)] for i in range(prompts_per_round)]
             data = rollout(policy, reference, layout, lm._text_tokens(pick), pick, score, num_targets=num_targets,
                            samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed + 1000 * r,
-                           batch_size=batch_size, teacher_guidance=teacher_guidance)
+                           batch_size=batch_size, teacher_guidance=teacher_guidance, tempo=lm.prompt_tempo(pick))
             np.savez_compressed(path, **data)
         history.append(_round_stats(r, data["rewards"]))
         log.info("rl round %d: mean reward %.4f", r, history[-1]["mean_reward"])

@@ -15,6 +15,8 @@
     synthcaps_tiny_beat_*, synthcaps_quickstart_beat_*   the same with tempo conditioning of the semantic stage
                                                  (TINY_BEAT / QUICKSTART_BEAT: the clip's stated BPM as tempo tokens
                                                  and beat phases; the same token cache as the plain tasks)
+    synthcaps_quickstart_speed_beat_*            both: the speed-augmented clips, tempo-conditioned (the speed
+                                                 task's cache)
 """
 from musiclm_jax.lm.stages import QUICKSTART, QUICKSTART_BEAT, QUICKSTART_MELODY, TINY, TINY_BEAT, TINY_MELODY
 from musiclm_jax.tasks.registry import SYNTHCAPS_KEEP, register_defaults, register_stage_tasks
@@ -34,3 +36,5 @@ register_stage_tasks("synthcaps_tiny_melody", TINY_TFDS, sizes=TINY_MELODY, keep
 register_stage_tasks("synthcaps_quickstart_melody", QUICKSTART_TFDS, sizes=QUICKSTART_MELODY, keep=SYNTHCAPS_KEEP)
 register_stage_tasks("synthcaps_tiny_beat", TINY_TFDS, sizes=TINY_BEAT, keep=SYNTHCAPS_KEEP)
 register_stage_tasks("synthcaps_quickstart_beat", QUICKSTART_TFDS, sizes=QUICKSTART_BEAT, keep=SYNTHCAPS_KEEP)
+register_stage_tasks("synthcaps_quickstart_speed_beat", QUICKSTART_TFDS, sizes=QUICKSTART_BEAT, keep=SYNTHCAPS_KEEP,
+                     splits=["train"], speed_semitones=SPEED_SEMITONES)
