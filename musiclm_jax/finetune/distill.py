@@ -126,6 +126,7 @@ def make_distill_set(lm, prompts: list[str], *, seconds: float | None = None, gu
     if not prompts:
         raise ValueError("no prompts to distil on")
     layout, model = lm.layouts[STAGE], lm.models[STAGE]
+    guide_tempo = bool(lm.sampling["guide_tempo"])
     num_targets = max(1, int(round(seconds * lm.semantic_rate)))
     family = TokenLM(model.cfg, aligned=layout if model.cfg.aligned_inputs else None)
     mask = layout.logit_mask()
@@ -139,10 +140,13 @@ def make_distill_set(lm, prompts: list[str], *, seconds: float | None = None, gu
         padded = chunk + [chunk[0]] * pad
         inputs = np.asarray(layout.build_inputs(mulan=lm._text_tokens(padded), tempo=lm.prompt_tempo(padded)),
                             np.int32)
-        uncond = np.asarray(layout.uncond_inputs(inputs), np.int32)
+        # As the pipeline decodes: with guide_tempo the unconditional branch loses the tempo too.
+        uncond = np.asarray(layout.uncond_inputs(inputs, drop_tempo=guide_tempo), np.int32)
         aligned = family.aligned_ids(inputs, num_targets)
+        uncond_aligned = family.aligned_ids(uncond, num_targets) if guide_tempo and layout.has_beat else None
         targets, _ = decoding.sample(model, jnp.asarray(inputs), max_new_tokens=num_targets,
                                      aligned=None if aligned is None else jnp.asarray(aligned),
+                                     uncond_aligned=None if uncond_aligned is None else jnp.asarray(uncond_aligned),
                                      rng=jax.random.fold_in(key, start), temperature=temperature,
                                      logit_mask_fn=mask, guidance_scale=scale, uncond_prompts=jnp.asarray(uncond),
                                      prefix_len=inputs.shape[1])

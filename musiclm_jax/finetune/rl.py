@@ -126,11 +126,12 @@ def rloo_advantages(rewards: np.ndarray, samples_per_prompt: int, normalize: boo
 def rollout(policy, reference, layout, mulan_tokens: np.ndarray, prompts: Sequence[str], score: Scorer, *,
             num_targets: int, samples_per_prompt: int, temperature: float, seed: int, batch_size: int = 16,
             normalize: bool = True, teacher_guidance: float | None = None,
-            tempo: np.ndarray | None = None) -> dict[str, np.ndarray]:
+            tempo: np.ndarray | None = None, guide_tempo: bool = False) -> dict[str, np.ndarray]:
     """One round's rows: `samples_per_prompt` samples of `num_targets` stage tokens per prompt from `policy` (no
     guidance), their rewards, RLOO advantages and the `reference` log-probs along them (prompt-major rows); with
     `teacher_guidance`, also the reference's *guided* log-probs along them ("teacher_logprobs", for on-policy
-    distillation). `tempo` [n, 2]: each prompt's tempo conditioning (a tempo-conditioned stage; MusicLM.prompt_tempo)."""
+    distillation). `tempo` [n, 2]: each prompt's tempo conditioning (a tempo-conditioned stage; MusicLM.prompt_tempo);
+    `guide_tempo`: the teacher's unconditional branch loses the tempo too (the model's sampling setting)."""
     from musiclm_jax.lm import decoding
 
     if len(prompts) != len(mulan_tokens):
@@ -174,7 +175,7 @@ def rollout(policy, reference, layout, mulan_tokens: np.ndarray, prompts: Sequen
         rows["targets"].append(targets)
         rows["ref_logprobs"].append(np.asarray(ref_fn(ref_state, jnp.asarray(inputs), jnp.asarray(targets))))
         if teacher_fn is not None:
-            uncond = np.asarray(layout.uncond_inputs(inputs), np.int32)
+            uncond = np.asarray(layout.uncond_inputs(inputs, drop_tempo=guide_tempo), np.int32)
             rows["teacher_logprobs"].append(np.asarray(teacher_fn(ref_state, jnp.asarray(inputs),
                                                                   jnp.asarray(targets), jnp.asarray(uncond))))
     data = {name: np.concatenate(v) for name, v in rows.items()}
@@ -302,7 +303,8 @@ def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Sco
             pick = [prompts[(r * prompts_per_round + i) % len(prompts)] for i in range(prompts_per_round)]
             data = rollout(policy, reference, layout, lm._text_tokens(pick), pick, score, num_targets=num_targets,
                            samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed + 1000 * r,
-                           batch_size=batch_size, teacher_guidance=teacher_guidance, tempo=lm.prompt_tempo(pick))
+                           batch_size=batch_size, teacher_guidance=teacher_guidance, tempo=lm.prompt_tempo(pick),
+                           guide_tempo=bool(lm.sampling["guide_tempo"]))
             np.savez_compressed(path, **data)
         history.append(_round_stats(r, data["rewards"]))
         log.info("rl round %d: mean reward %.4f", r, history[-1]["mean_reward"])
