@@ -68,8 +68,9 @@ _ADHERENCE = dict(mulan_gin="gin/experiments/mulan_tiny_synthcaps_tempo.gin",
                   w2v_steps=1500, w2v_gin="gin/experiments/w2v_bert_small_synthcaps.gin", kmeans_chroma_weight=1.5,
                   stage_steps=(1200, 2000, 800), aligned_coarse=True)
 RECIPES = {
-    # The shipped weights: the adherence tokenizers and stages, the semantic stage told the stated tempo.
-    "full": Recipe(**_ADHERENCE, beat_semantic=True),
+    # The shipped weights: the adherence tokenizers and stages, the semantic stage told the stated tempo and
+    # trained on the speed-augmented clips.
+    "full": Recipe(**_ADHERENCE, beat_semantic=True, speed_semantic=True),
     # The system shipped before (tiny MuLan / w2v-BERT, plain stages): no tempo or key adherence.
     "plain": Recipe(),
     "smoke": Recipe(mulan_steps=4, w2v_steps=4, kmeans_clusters=64, codec_steps=4, stage_steps=(4, 4, 4)),

@@ -105,7 +105,7 @@ def test_adherence_recipe_swaps_configs_and_copies_the_shipped_codec_and_fine_st
     # trained (nothing copied).
     full = quickstart.commands("out/adh", "weights/y", quickstart.RECIPES["full"])
     assert "--chroma_weight=1.5" in full["kmeans"] and "--gin.ALIGNED=True" in full["stage_coarse"]
-    assert "--gin_file=gin/experiments/stage_semantic_quickstart_beat.gin" in full["stage_semantic"]
+    assert "--gin_file=gin/experiments/stage_semantic_quickstart_speed_beat.gin" in full["stage_semantic"]
     assert "--model_dir=out/adh/codec" in full["codec"] and "musiclm_jax.train" in full["stage_fine"]
     import dataclasses
     with pytest.raises(ValueError, match="not a part of the recipe"):
