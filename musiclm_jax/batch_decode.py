@@ -236,7 +236,8 @@ NOT_JOB_IDENTITY = ("prompts", "batch_size", "max_duration_s")
 
 def check_job(prompts_path: str, out_dir: str, *, duration_s: float = 10.0, batch_size: int = 1,
               chunk_size: int = 64, seed: int = 0, temperatures=(1.0, 0.95, 0.4), top_k: int = 0,
-              top_p: float = 1.0, guidance_scale: float = 1.0, num_samples: int = 1, model_desc: str = "",
+              top_p: float = 1.0, guidance_scale: float = 1.0, guide_tempo: bool = False, num_samples: int = 1,
+              model_desc: str = "",
               max_duration_s: float = MAX_DURATION_S,
               not_compared: tuple = ()) -> tuple[dict, list[Prompt], list[dict], int]:
     """Validates a job without a model -> (job.json record, prompts, malformed lines, number of lines).
@@ -260,7 +261,8 @@ def check_job(prompts_path: str, out_dir: str, *, duration_s: float = 10.0, batc
         raise ValueError(f"{prompts_path} holds no valid prompt ({num_lines} lines, {len(malformed)} malformed"
                          f"{first}): one {{\"prompt\": ...}} object or JSON string per line")
     sampling = dict(temperatures=[float(t) for t in temperatures], top_k=int(top_k), top_p=float(top_p),
-                    guidance_scale=float(guidance_scale), num_samples=int(num_samples))
+                    guidance_scale=float(guidance_scale), num_samples=int(num_samples),
+                    **({"guide_tempo": True} if guide_tempo else {}))   # absent when off: older jobs still resume
     with open(prompts_path, "rb") as f:
         prompts_sha = hashlib.sha256(f.read()).hexdigest()
     job = {"prompts": os.path.abspath(prompts_path), "prompts_sha256": prompts_sha, "model": model_desc,

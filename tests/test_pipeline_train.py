@@ -24,15 +24,17 @@ def clean_gin():
 
 
 SIZES = {"tiny": st.TINY, "paper": st.PAPER, "quickstart": st.QUICKSTART, "tiny_melody": st.TINY_MELODY,
-         "quickstart_melody": st.QUICKSTART_MELODY, "quickstart_speed": st.QUICKSTART}
+         "quickstart_melody": st.QUICKSTART_MELODY, "quickstart_speed": st.QUICKSTART,
+         "quickstart_beat": st.QUICKSTART_BEAT, "quickstart_speed_beat": st.QUICKSTART_BEAT}
 MELODY_EXPERIMENTS = [f"stage_{stage}_{size}_melody.gin" for stage in ("semantic", "coarse")
                       for size in ("quickstart", "tiny")]
 SPEED_EXPERIMENTS = ["stage_semantic_quickstart_speed.gin"]
+BEAT_EXPERIMENTS = ["stage_semantic_quickstart_beat.gin", "stage_semantic_quickstart_speed_beat.gin"]
 
 
 def test_all_stage_experiments_exist():
     assert EXPERIMENTS == sorted([f"stage_{s}_{z}.gin" for s in st.STAGES for z in ("tiny", "paper", "quickstart")]
-                                 + MELODY_EXPERIMENTS + SPEED_EXPERIMENTS)
+                                 + MELODY_EXPERIMENTS + SPEED_EXPERIMENTS + BEAT_EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -57,6 +59,10 @@ def test_stage_experiment_parses_with_layout_vocab_and_dropout(name):
     assert inputs_len + targets_len <= family.config.max_len
     if size == "paper":
         assert (family.config.num_layers, family.config.d_model, family.config.d_ff) == (24, 1024, 4096)
+    assert family.tempo_ids == layout.tempo_ids() and (family.tempo_prob > 0) == layout.has_beat
+    assert family.config.aligned_inputs == (family.aligned is not None)
+    if layout.has_beat:   # MuLan tokens, the two tempo tokens, SEP
+        assert inputs_len == sizes.mulan_levels + 3 and family.aligned == layout
     if name in SPEED_EXPERIMENTS:   # trains on the speed-augmented task, validates on the plain one
         assert gin.query_parameter("stage_task_dataset.task") == "synthcaps_quickstart_speed_semantic"
         assert gin.query_parameter("eval/stage_task_dataset.task") == "synthcaps_quickstart_semantic"

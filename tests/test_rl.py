@@ -205,7 +205,8 @@ def test_on_policy_distillation_moves_the_unguided_student_toward_the_guided_bas
                          distill_weight=1.0, teacher_guidance=3.0, seconds=1.0)
     with np.load(tmp_path / "rollouts" / "round_0.npz") as f:
         assert f["teacher_logprobs"].shape == f["ref_logprobs"].shape
-    family = distill.GuidanceDistillation(lm.models["semantic"].cfg)
+    cfg = lm.models["semantic"].cfg
+    family = distill.GuidanceDistillation(cfg, aligned=lm.layouts["semantic"] if cfg.aligned_inputs else None)
     rows = np.arange(len(held["targets"]))
     before = distill.held_out_kl(family, lm.models["semantic"], held, rows, batch_size=8)["kl"]
     after = distill.held_out_kl(family, load_stage_lm(f"{out['musiclm']}/stage_semantic"), held, rows,
