@@ -9,7 +9,8 @@ command: musiclm_jax/cli/infer.py).
 
 Input: one prompt per line, a JSON object {"prompt": str, "id": str (optional), "seed": int (optional),
 "duration_s": float (optional), "melody": audio path (optional; melody-conditioned models), "bpm": float (optional;
-tempo-conditioned models, default: the tempo the prompt states)} or a bare JSON string.
+tempo-conditioned models, default: the tempo the prompt states), "key": a key name such as "F# minor" (optional;
+key-conditioned models, default: the key the prompt states)} or a bare JSON string.
 Blank lines are ignored. A malformed line (bad JSON, missing or empty prompt, bad id / seed / duration, unknown key,
 duplicate id) is reported with its line number, counted and skipped; it never stops the job.
 
@@ -49,9 +50,10 @@ import time
 from typing import Callable
 
 from musiclm_jax.sampling import MAX_DURATION_S, check_duration
+from musiclm_jax.musical_key import check_key, key_from_text, key_name
 from musiclm_jax.tempo import bpm_from_text, check_bpm
 
-PROMPT_KEYS = ("prompt", "id", "seed", "duration_s", "melody", "bpm")
+PROMPT_KEYS = ("prompt", "id", "seed", "duration_s", "melody", "bpm", "key")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 STAGES = ("semantic", "coarse", "fine")
 
@@ -66,6 +68,7 @@ class Prompt:
     duration_s: float
     melody: str | None = None   # an audio file to follow (melody-conditioned models)
     bpm: float | None = None    # the tempo (tempo-conditioned models); None: what the prompt states
+    key: int | None = None      # the key index (key-conditioned models); None: what the prompt states
 
 
 def derive_seed(base_seed: int, line: int) -> int:
@@ -107,8 +110,13 @@ def _parse_line(text: str, line: int, *, duration_s: float, base_seed: int, max_
         if isinstance(bpm, bool) or not isinstance(bpm, (int, float)):
             raise ValueError(f"bad 'bpm' {bpm!r}: a number of beats per minute")
         bpm = check_bpm(bpm, 1, "'bpm'")[0]
+    key = obj.get("key")
+    if key is not None:
+        if not isinstance(key, str):
+            raise ValueError(f"bad 'key' {key!r}: a key name such as 'F# minor'")
+        key = check_key(key, 1, "'key'")[0]
     return Prompt(line=line, id=pid, prompt=prompt, seed=derive_seed(base_seed, line) if seed is None else seed,
-                  duration_s=float(dur), melody=melody, bpm=bpm)
+                  duration_s=float(dur), melody=melody, bpm=bpm, key=key)
 
 
 def read_prompts(path: str, *, duration_s: float, base_seed: int,
@@ -236,7 +244,8 @@ NOT_JOB_IDENTITY = ("prompts", "batch_size", "max_duration_s")
 
 def check_job(prompts_path: str, out_dir: str, *, duration_s: float = 10.0, batch_size: int = 1,
               chunk_size: int = 64, seed: int = 0, temperatures=(1.0, 0.95, 0.4), top_k: int = 0,
-              top_p: float = 1.0, guidance_scale: float = 1.0, guide_tempo: bool = False, num_samples: int = 1,
+              top_p: float = 1.0, guidance_scale: float = 1.0, guide_tempo: bool = False, guide_key: bool = False,
+              num_samples: int = 1,
               model_desc: str = "",
               max_duration_s: float = MAX_DURATION_S,
               not_compared: tuple = ()) -> tuple[dict, list[Prompt], list[dict], int]:
@@ -262,7 +271,8 @@ def check_job(prompts_path: str, out_dir: str, *, duration_s: float = 10.0, batc
                          f"{first}): one {{\"prompt\": ...}} object or JSON string per line")
     sampling = dict(temperatures=[float(t) for t in temperatures], top_k=int(top_k), top_p=float(top_p),
                     guidance_scale=float(guidance_scale), num_samples=int(num_samples),
-                    **({"guide_tempo": True} if guide_tempo else {}))   # absent when off: older jobs still resume
+                    **({"guide_tempo": True} if guide_tempo else {}),   # absent when off: older jobs still resume
+                    **({"guide_key": True} if guide_key else {}))
     with open(prompts_path, "rb") as f:
         prompts_sha = hashlib.sha256(f.read()).hexdigest()
     job = {"prompts": os.path.abspath(prompts_path), "prompts_sha256": prompts_sha, "model": model_desc,
@@ -333,6 +343,8 @@ def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.
                 melody = _melodies(call, prompts_path)
                 tempo = ({"bpm": [bpm_from_text(p.prompt) if p.bpm is None else p.bpm for p in call]}
                          if any(p.bpm is not None for p in call) else {})
+                if any(p.key is not None for p in call):
+                    tempo["key"] = [key_from_text(p.prompt) if p.key is None else p.key for p in call]
                 gen = model.generate_full(texts, call[0].duration_s, **sampling, seed=[p.seed for p in call],
                                          progress=progress, max_duration_s=max_duration_s, **melody, **tempo)
                 timings = dict(gen.timings)
@@ -357,7 +369,9 @@ def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.
                                  "timings_s": {n: round(v, 4) for n, v in timings.items()},
                                  "mulan_score": _finite(scores[row]), "untrained": untrained,
                                  **({"melody": p.melody} if p.melody else {}),
-                                 **({"bpm": gen.bpm[row]} if gen.bpm is not None else {})})
+                                 **({"bpm": gen.bpm[row]} if gen.bpm is not None else {}),
+                                 **({"key": None if gen.key[row] is None else key_name(gen.key[row])}
+                                    if gen.key is not None else {})})
                     audio_s += wave.shape[-1] / gen.sample_rate
             except Exception as e:  # noqa: BLE001 - a failed prompt is counted and named; the job goes on
                 rows = [r for r in rows if r["line"] not in {p.line for p in call}]

@@ -34,7 +34,9 @@ def export(work_dir: str, out_dir: str, *, sizes: st.TokenSizes = st.QUICKSTART,
     missing = [p for p in PARTS if not os.path.isdir(os.path.join(work_dir, p, "checkpoints"))]
     if missing:
         raise ValueError(f"{work_dir} lacks trained {missing}: run `musiclm-jax quickstart` (it resumes) first")
-    sizes = dataclasses.replace(sizes, beat_phases=_beat_phases(os.path.join(work_dir, "stage_semantic")))
+    recorded = {stage: _recorded_sizes(os.path.join(work_dir, f"stage_{stage}")) for stage in ("semantic", "coarse")}
+    sizes = dataclasses.replace(sizes, beat_phases=int(recorded["semantic"].get("beat_phases", 0)),
+                                key_stages=tuple(s for s in recorded if s in recorded[s].get("key_stages", ())))
     os.makedirs(out_dir, exist_ok=True)
     report = {"parts": {}}
     for part in PARTS:
@@ -65,9 +67,10 @@ def export(work_dir: str, out_dir: str, *, sizes: st.TokenSizes = st.QUICKSTART,
     return report
 
 
-def _beat_phases(stage_dir: str) -> int:
-    """The beat phases of a semantic-stage checkpoint (> 0: it was trained with tempo conditioning), from the
-    layout its checkpoint records; the manifest's sizes must say the same."""
+def _recorded_sizes(stage_dir: str) -> dict:
+    """The TokenSizes fields a stage checkpoint records with its time-aligned layout ({} for a stage without one):
+    where the manifest reads beat_phases (tempo conditioning) and key_stages (key conditioning) from, so that it
+    says what the stages were trained with."""
     from musiclm_jax.train.checkpoints import Checkpointer
 
     ckpt = Checkpointer(stage_dir, async_save=False)
@@ -75,7 +78,7 @@ def _beat_phases(stage_dir: str) -> int:
         aligned = (ckpt.read_meta().get("model_config") or {}).get("aligned") or {}
     finally:
         ckpt.close()
-    return int((aligned.get("sizes") or {}).get("beat_phases", 0))
+    return dict(aligned.get("sizes") or {})
 
 
 STAGES = ("stage_semantic", "stage_coarse", "stage_fine")

@@ -38,6 +38,7 @@ from musiclm_jax.lm import decoding
 from musiclm_jax.lm import stages as st
 from musiclm_jax.lm import transformer as tr
 from musiclm_jax.sampling import MAX_DURATION_S, SAMPLING_DEFAULTS, check_duration  # noqa: F401 (re-exported)
+from musiclm_jax.musical_key import check_key, key_from_text
 from musiclm_jax.tempo import bpm_from_text, check_bpm
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Generation:
     timings: dict              # stage -> seconds
     sample_rate: int
     bpm: list | None = None    # per prompt: the tempo the semantic stage was given (None: unknown; tempo-conditioned models)
+    key: list | None = None    # per prompt: the key index the stages were given (None: unknown; key-conditioned models)
 
 
 class MusicLM:
@@ -180,22 +182,28 @@ class MusicLM:
         """Captions -> float32 waves [batch, duration_s * sample_rate] (the best of `num_samples` per prompt).
 
         kwargs: temperatures (semantic, coarse, fine), top_k, top_p, guidance_scale (> 1 sharpens towards the text;
-        semantic and coarse stages), guide_tempo (the guidance also sharpens a tempo-conditioned stage's beat): each
+        semantic and coarse stages), guide_tempo (the guidance also sharpens a tempo-conditioned stage's beat),
+        guide_key (the unconditional branch also loses the key of a key-conditioned stage): each
         defaults to the model's own (`self.sampling`: musiclm.json's "sampling",
         else SAMPLING_DEFAULTS); num_samples=1, seed=0 (an int, or one int per prompt so that each prompt decodes
         as it would alone), progress=True, max_duration_s=MAX_DURATION_S; melody (a melody-conditioned model):
         one mono wave for all prompts, or a list of one per prompt (None items: text only), at
         melody_sample_rate; bpm (a tempo-conditioned model, `has_tempo`): one tempo for all prompts or one per
-        prompt (None: unknown); by default each prompt's stated tempo (`tempo.bpm_from_text`)."""
+        prompt (None: unknown); by default each prompt's stated tempo (`tempo.bpm_from_text`); key (a
+        key-conditioned model, `has_key`): a key name ("F# minor") or index (`musical_key.key_index`) for all
+        prompts or one per prompt (None: unknown); by default each prompt's stated key (`musical_key.key_from_text`)."""
         return self.generate_full(prompts, duration_s, **kwargs).waves
 
     def generate_full(self, prompts: Sequence[str], duration_s: float, *, melody=None,
-                      melody_sample_rate: int | None = None, bpm="text", **kwargs) -> Generation:
+                      melody_sample_rate: int | None = None, bpm="text", key="text", **kwargs) -> Generation:
         mulan = self._text_tokens(prompts)
         melody_tokens = self.melody_tokens(melody, melody_sample_rate, len(mulan)) if melody is not None else None
         if isinstance(bpm, str) and bpm == "text":
             bpm = [bpm_from_text(p) for p in prompts] if self.has_tempo else None
-        return self._run(lambda t: mulan, duration_s, prompts=list(prompts), melody=melody_tokens, bpm=bpm, **kwargs)
+        if isinstance(key, str) and key == "text":
+            key = [key_from_text(p) for p in prompts] if self.has_key else None
+        return self._run(lambda t: mulan, duration_s, prompts=list(prompts), melody=melody_tokens, bpm=bpm, key=key,
+                         **kwargs)
 
     def prompt_tempo(self, prompts: Sequence[str]) -> np.ndarray | None:
         """The semantic stage's tempo conditioning [b, 2] of a window starting at 0 s, from each prompt's stated
@@ -204,6 +212,17 @@ class MusicLM:
             return None
         bpm = [bpm_from_text(p) for p in prompts]
         return st.tempo_of([np.nan if b is None else b for b in bpm], 0.0, self.semantic_rate)
+
+    def prompt_key(self, prompts: Sequence[str]) -> np.ndarray | None:
+        """Each prompt's stated key index [b] (-1 where none); None for a model without key conditioning."""
+        if not self.has_key:
+            return None
+        return np.asarray([-1 if k is None else k for k in map(key_from_text, prompts)], np.int64)
+
+    @property
+    def has_key(self) -> bool:
+        """Whether a stage reads the stated key (TokenSizes.key_stages): then `key=` steers it."""
+        return self.sizes.has_key
 
     @property
     def has_tempo(self) -> bool:
@@ -272,16 +291,20 @@ class MusicLM:
         mulan = self._text_tokens(prompts)
         if self.has_tempo:
             kwargs.setdefault("bpm", [bpm_from_text(p) for p in prompts])
+        if self.has_key:
+            kwargs.setdefault("key", [key_from_text(p) for p in prompts])
         return self._run(lambda t: mulan, duration_s, prompts=list(prompts), known=known, **kwargs).waves
 
     def generate_from_tokens(self, mulan_tokens, duration_s: float, *, semantic=None, coarse=None,
-                             prompts: Sequence[str] | None = None, melody=None, bpm=None, **kwargs) -> Generation:
+                             prompts: Sequence[str] | None = None, melody=None, bpm=None, key=None,
+                             **kwargs) -> Generation:
         """Generation from given tokens instead of text: MuLan conditioning tokens [batch, Qm] (e.g. a clip's
         `mulan.tokens_from_audio`, as in training), and optionally the whole semantic tokens [batch, Ts] and/or
         coarse codes [batch, Ta, coarse_levels] of `duration_s` (then those stages are not sampled: what the
         stage-by-stage diagnosis, `musiclm-jax eval chain`, uses). `prompts` only names rows for MuLan re-ranking
         (num_samples > 1). `melody`: raw melody tokens [batch, frames, Ql] (-1: none) of a melody-conditioned
-        model. `bpm`: the tempo of a tempo-conditioned model (default unknown). kwargs as `generate`."""
+        model. `bpm`, `key`: the tempo / key of a tempo- / key-conditioned model (default unknown). kwargs as
+        `generate`."""
         mulan = np.asarray(mulan_tokens, np.int32)
         if mulan.ndim != 2 or mulan.shape[1] != self.sizes.mulan_levels:
             raise ValueError(f"mulan_tokens must be [batch, {self.sizes.mulan_levels}], got {mulan.shape}")
@@ -302,7 +325,8 @@ class MusicLM:
             raise ValueError(f"{len(prompts)} prompts for {mulan.shape[0]} rows of mulan_tokens")
         kwargs.setdefault("rerank", prompts is not None)   # without captions there is nothing to re-rank against
         names = list(prompts) if prompts is not None else [f"clip {i}" for i in range(mulan.shape[0])]
-        return self._run(lambda t: mulan, duration_s, prompts=names, known=known, melody=melody, bpm=bpm, **kwargs)
+        return self._run(lambda t: mulan, duration_s, prompts=names, known=known, melody=melody, bpm=bpm, key=key,
+                         **kwargs)
 
     # -- internals ------------------------------------------------------------------------------------------------
     def _text_tokens(self, prompts) -> np.ndarray:
@@ -315,14 +339,19 @@ class MusicLM:
 
     def _run(self, mulan_at: Callable[[float], np.ndarray], duration_s: float, *, prompts,
              temperatures=None, top_k: int | None = None, top_p: float | None = None,
-             guidance_scale: float | None = None, guide_tempo: bool | None = None, num_samples: int = 1,
-             seed: int | Sequence[int] = 0, progress: bool = True, rerank: bool = True, known: dict | None = None,
-             boundaries: tuple = (), max_duration_s: float = MAX_DURATION_S, melody=None, bpm=None) -> Generation:
+             guidance_scale: float | None = None, guide_tempo: bool | None = None, guide_key: bool | None = None,
+             num_samples: int = 1, seed: int | Sequence[int] = 0, progress: bool = True, rerank: bool = True,
+             known: dict | None = None, boundaries: tuple = (), max_duration_s: float = MAX_DURATION_S, melody=None,
+             bpm=None, key=None) -> Generation:
         duration_s = check_duration(duration_s, max_duration_s)
         if bpm is not None and not self.has_tempo:
             raise ValueError("this model has no tempo conditioning (musiclm.json beat_phases = 0): generate without "
                              "bpm=, or use a tempo-conditioned model")
         bpm = check_bpm(bpm, len(prompts)) if bpm is not None else [None] * len(prompts)
+        if key is not None and not self.has_key:
+            raise ValueError("this model has no key conditioning (musiclm.json key_stages is empty): generate "
+                             "without key=, or use a key-conditioned model")
+        key = check_key(key, len(prompts)) if key is not None else [None] * len(prompts)
         if melody is not None and not self.sizes.has_melody:
             raise ValueError("this model is not melody-conditioned (musiclm.json melody_levels = 0): generate "
                              "without a melody")
@@ -332,6 +361,7 @@ class MusicLM:
         top_p = d["top_p"] if top_p is None else top_p
         guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
         guide_tempo = bool(d["guide_tempo"] if guide_tempo is None else guide_tempo)
+        guide_key = bool(d["guide_key"] if guide_key is None else guide_key)
         if len(temperatures) != 3 or min(temperatures) < 0:
             raise ValueError(f"temperatures must be 3 values >= 0 (semantic, coarse, fine), got {temperatures}")
         if not isinstance(num_samples, int) or num_samples < 1:
@@ -361,14 +391,20 @@ class MusicLM:
             return c
 
         bpm_rows = rep(np.asarray([np.nan if v is None else v for v in bpm], np.float64))
+        key_rows = rep(np.asarray([-1 if v is None else v for v in key], np.int64))
+
+        def with_key(stage, c):
+            if self.layouts[stage].has_key:
+                c["key"] = key_rows
+            return c
 
         def semantic_cond(a, b, done):
-            c = {"mulan": cond(done / self.semantic_rate)}
+            c = with_key("semantic", {"mulan": cond(done / self.semantic_rate)})
             if self.has_tempo:   # the window's first frame sits at a / rate seconds on the beat grid
                 c["tempo"] = st.tempo_of(bpm_rows, a / self.semantic_rate, self.semantic_rate)
             return with_melody("semantic", c, a / self.semantic_rate, b / self.semantic_rate)
         n_sem, n_ac = self._frames(duration_s)
-        key = _seed_keys(seed, batch, ns)
+        rng = _seed_keys(seed, batch, ns)
         sem_per_ac = self.semantic_rate / self.acoustic_rate
         timings, out = {}, {}
         opts = dict(top_k=top_k, top_p=top_p, progress=progress, boundaries=boundaries)
@@ -378,23 +414,24 @@ class MusicLM:
         out["semantic"] = self._decode_stage(
             "semantic", n_sem, self.semantic_rate, self.windows.semantic_s,
             semantic_cond, known.get("semantic"),
-            decoding.fold_in(key, 0), temperatures[0], stage_scale("semantic"), guide_tempo=guide_tempo, **opts)
+            decoding.fold_in(rng, 0), temperatures[0], stage_scale("semantic"), guide_tempo=guide_tempo,
+            guide_key=guide_key, **opts)
         timings["semantic"] = time.perf_counter() - t0
 
         def coarse_cond(a, b, done):
             s0, s1 = round(a * sem_per_ac), min(round(b * sem_per_ac), n_sem)
-            return with_melody("coarse", {"mulan": cond(done / self.acoustic_rate),
-                                          "semantic": out["semantic"][:, s0:s1]}, a / self.acoustic_rate,
-                               b / self.acoustic_rate)
+            return with_melody("coarse", with_key("coarse", {"mulan": cond(done / self.acoustic_rate),
+                                                             "semantic": out["semantic"][:, s0:s1]}),
+                               a / self.acoustic_rate, b / self.acoustic_rate)
         t0 = time.perf_counter()
         out["coarse"] = self._decode_stage("coarse", n_ac, self.acoustic_rate, self.windows.coarse_s, coarse_cond,
-                                           known.get("coarse"), decoding.fold_in(key, 1), temperatures[1],
-                                           stage_scale("coarse"), **opts)
+                                           known.get("coarse"), decoding.fold_in(rng, 1), temperatures[1],
+                                           stage_scale("coarse"), guide_key=guide_key, **opts)
         timings["coarse"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         out["fine"] = self._decode_stage("fine", n_ac, self.acoustic_rate, self.windows.fine_s,
                                          lambda a, b, done: {"coarse": out["coarse"][:, a:b]}, known.get("fine"),
-                                         decoding.fold_in(key, 2), temperatures[2], 1.0, **opts)
+                                         decoding.fold_in(rng, 2), temperatures[2], 1.0, **opts)
         timings["fine"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -413,7 +450,7 @@ class MusicLM:
         all_waves = pick(waves)
         return Generation(waves=all_waves[:, 0], all_waves=all_waves, scores=np.take_along_axis(scores, order, 1),
                           tokens={k: pick(v) for k, v in out.items()}, timings=timings, sample_rate=self.sample_rate,
-                          bpm=bpm if self.has_tempo else None)
+                          bpm=bpm if self.has_tempo else None, key=key if self.has_key else None)
 
     def mulan_scores(self, prompts: Sequence[str], waves: np.ndarray) -> np.ndarray:
         """Cosine between MuLan's text embedding of each prompt and audio embedding of its wave -> [n]."""
@@ -422,7 +459,8 @@ class MusicLM:
         return np.sum(text * audio, axis=-1).astype(np.float32)
 
     def _decode_stage(self, stage: str, total: int, rate: float, crop_s: float, cond_for, known, rng, temperature,
-                      guidance_scale, *, top_k, top_p, progress, boundaries, guide_tempo=False) -> np.ndarray:
+                      guidance_scale, *, top_k, top_p, progress, boundaries, guide_tempo=False,
+                      guide_key=False) -> np.ndarray:
         """Decodes `total` frames of one stage in sliding windows; `cond_for(start, end, done)` gives the raw
         conditioning of window [start, end) whose frames from `done` on are new. Returns raw codes."""
         layout, model = self.layouts[stage], self.models[stage]
@@ -444,7 +482,8 @@ class MusicLM:
             inputs = np.asarray(layout.build_inputs(**cond_for(start, end, done)))
             prompt = np.concatenate([inputs, ids[:, start * k:done * k]], axis=1) if ids.size else inputs
             guided = guidance_scale != 1.0 and layout.cond_span() != (0, 0)
-            uncond = np.asarray(layout.uncond_inputs(prompt, drop_tempo=guide_tempo)) if guided else None
+            uncond = (np.asarray(layout.uncond_inputs(prompt, drop_tempo=guide_tempo, drop_key=guide_key))
+                      if guided else None)
             need = prompt.shape[1] + (end - done) * k
             if need > model.cfg.max_len:
                 raise ValueError(f"the {stage} window needs {need} tokens but the LM's max_len is "

@@ -11,7 +11,8 @@ import os
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "musiclm_jax")
 
 LAYERS = [
-    {"resources", "sampling", "tempo", "audio"},   # repository files, decoding defaults, prompt tempo, waveform I/O
+    {"resources", "sampling", "tempo", "musical_key", "audio"},   # repository files, decoding defaults, prompt
+                                                                  # tempo and key, waveform I/O
     {"data"},                                 # TFDS builders and readers (SynthCaps, your own captioned audio)
     {"train"},                                # the one trainer, partitioning, checkpoints, gin
     {"quantization"},                         # k-means, residual VQ, fingerprints

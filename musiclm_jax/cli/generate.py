@@ -11,6 +11,7 @@ import json
 import os
 
 from musiclm_jax.sampling import add_decoding_args, decoding_overrides
+from musiclm_jax.musical_key import key_name
 
 EXAMPLES = """Examples:
   musiclm-jax generate --prompt "a calm piano waltz" --duration 10 --out song.wav   # the shipped weights
@@ -43,6 +44,9 @@ def register(subparsers) -> None:
     g.add_argument("--bpm", type=float, default=None,
                    help="tempo for every prompt (a tempo-conditioned model: musiclm.json beat_phases > 0); default: "
                         "the tempo each prompt states (e.g. '... at 120 BPM'), else the model's choice")
+    g.add_argument("--key", default=None,
+                   help="key for every prompt, e.g. 'F# minor' (a key-conditioned model: musiclm.json key_stages); "
+                        "default: the key each prompt states (e.g. '... in Eb major'), else the model's choice")
     g.add_argument("--no_progress", action="store_true", help="hide the per-stage progress bars")
     g.set_defaults(func=generate)
 
@@ -159,6 +163,10 @@ def generate(args: argparse.Namespace) -> dict:
         from musiclm_jax.tempo import check_bpm
 
         tempo = {"bpm": check_bpm(args.bpm, len(prompts), "--bpm")}
+    if getattr(args, "key", None) is not None:
+        from musiclm_jax.musical_key import check_key
+
+        tempo["key"] = check_key(args.key, len(prompts), "--key")
     melody = {}
     if args.melody:
         from musiclm_jax.audio.io import load_audio
@@ -171,7 +179,10 @@ def generate(args: argparse.Namespace) -> dict:
     if args.melody and lm.melody is None:
         raise ValueError(f"--melody needs a melody-conditioned model; {args.model_dir or 'this model'} has none "
                          "(musiclm.json melody_levels = 0): drop --melody or pass such a --model_dir")
-    if tempo and not lm.has_tempo:
+    if "key" in tempo and not lm.has_key:
+        raise ValueError(f"--key needs a key-conditioned model; {args.model_dir or 'this model'} has none "
+                         "(musiclm.json key_stages is empty): drop --key or pass such a --model_dir")
+    if "bpm" in tempo and not lm.has_tempo:
         raise ValueError(f"--bpm needs a tempo-conditioned model; {args.model_dir or 'this model'} has none "
                          "(musiclm.json beat_phases = 0): drop --bpm or pass such a --model_dir")
     result = lm.generate_full(prompts, args.duration, **sampling_kwargs(args), seed=args.seed,
@@ -189,6 +200,7 @@ def generate(args: argparse.Namespace) -> dict:
     summary = {"outputs": outputs, "sample_rate": result.sample_rate, "seed": args.seed, "untrained": args.random_init,
                "model_dir": None if args.random_init else args.model_dir, "sampling": sampling_kwargs(args, lm),
                "melody": args.melody, "bpm": result.bpm,
+               "key": None if result.key is None else [None if k is None else key_name(k) for k in result.key],
                "timings_s": {k: round(v, 3) for k, v in result.timings.items()}}
     print(json.dumps(summary))
     return summary

@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from musiclm_jax.eval.data import PROMPTS_FILE, Item
+from musiclm_jax.musical_key import key_index
 
 log = logging.getLogger("musiclm_jax.eval")
 
@@ -71,28 +72,37 @@ def clip_tokens(model, waves: np.ndarray, sample_rate: int, duration_s: float) -
 TEMPO_SOURCES = ("prompt", "reference", "none")
 
 
-def row_tempo(model, row: str, refs: Sequence[Item], tempo: str) -> dict:
-    """The `bpm=` keyword of one row's generation (empty: the generation's default)."""
-    if tempo not in TEMPO_SOURCES:
-        raise ValueError(f"unknown tempo source {tempo!r}: choose from {', '.join(TEMPO_SOURCES)}")
-    if not model.has_tempo or (tempo == "prompt" and row.startswith("text")):
-        return {}
-    if tempo == "reference":
-        return {"bpm": [r.truth.get("bpm") for r in refs]}
-    return {"bpm": None} if row.startswith("text") else {}
+def row_tempo(model, row: str, refs: Sequence[Item], tempo: str, key: str = "prompt") -> dict:
+    """The `bpm=` and `key=` keywords of one row's generation (empty: the generation's default); `key`: where a
+    key-conditioned model's key comes from, from the same sources (the clip's true key and mode for "reference")."""
+    for name, source in (("tempo", tempo), ("key", key)):
+        if source not in TEMPO_SOURCES:
+            raise ValueError(f"unknown {name} source {source!r}: choose from {', '.join(TEMPO_SOURCES)}")
+    out = {}
+    truth = {"bpm": lambda r: r.truth.get("bpm"),
+             "key": lambda r: key_index(r.truth["key"], r.truth["mode"]) if r.truth.get("key") and r.truth.get(
+                 "mode") else None}
+    for name, source, has in (("bpm", tempo, model.has_tempo), ("key", key, model.has_key)):
+        if not has or (source == "prompt" and row.startswith("text")):
+            continue
+        if source == "reference":
+            out[name] = [truth[name](r) for r in refs]
+        elif row.startswith("text"):
+            out[name] = None
+    return out
 
 
 def row_waves(model, row: str, refs: Sequence[Item], tokens: dict, duration_s: float, *, seed: int,
               guidance_scale: float | None, progress: bool = False, sampling: dict | None = None,
-              tempo: str = "prompt") -> np.ndarray:
+              tempo: str = "prompt", key: str = "prompt") -> np.ndarray:
     """Waves [b, samples] of one row for a batch of reference clips (per-clip seeds: batch size does not matter).
     `sampling`: overrides of the model's temperatures / top_k / top_p for every generated row; `tempo`: one of
-    TEMPO_SOURCES."""
+    TEMPO_SOURCES, and `key` the same for the key."""
     n = round(duration_s * model.sample_rate)
     if row == "codec":
         return model.codec.decode(tokens["codes"], num_samples=n)
     seeds = [seed + i for i in range(len(refs))]
-    opts = dict(seed=seeds, progress=progress, **(sampling or {}), **row_tempo(model, row, refs, tempo))
+    opts = dict(seed=seeds, progress=progress, **(sampling or {}), **row_tempo(model, row, refs, tempo, key))
     cq = model.sizes.coarse_levels
     if row == "fine":
         gen = model.generate_from_tokens(tokens["mulan"], duration_s, semantic=tokens["semantic"],
@@ -117,7 +127,7 @@ def _cut(wave: np.ndarray, samples: int) -> np.ndarray:
 def run_chain(model, refs: Sequence[Item], out_dir: str, *, rows: Sequence[str] = tuple(ROWS),
               duration_s: float = 8.0, batch_size: int = 8, seed: int = 0, guidance_scale: float | None = None,
               progress: bool = False, sampling: dict | None = None,
-              tempo: str = "prompt") -> tuple[dict[str, list[Item]], dict]:
+              tempo: str = "prompt", key: str = "prompt") -> tuple[dict[str, list[Item]], dict]:
     """Writes OUT_DIR/<row>/<id>.wav + prompts.jsonl for every generated row; returns ({row: items}, timings).
     References shorter than `duration_s` are skipped by the caller (see `usable_references`)."""
     from musiclm_jax.audio.io import resample, write_wav
@@ -141,7 +151,7 @@ def run_chain(model, refs: Sequence[Item], out_dir: str, *, rows: Sequence[str] 
             if tokens is None and row != "text" and row != "text_guided":
                 tokens = clip_tokens(model, waves, sr, duration_s)
             out = row_waves(model, row, batch, tokens or {}, duration_s, seed=seed + start, guidance_scale=g,
-                            progress=progress, sampling=sampling, tempo=tempo)
+                            progress=progress, sampling=sampling, tempo=tempo, key=key)
             timings[row] += time.perf_counter() - t0
             folder = os.path.join(out_dir, row)
             os.makedirs(folder, exist_ok=True)
@@ -195,10 +205,10 @@ def table(results: dict, guidance_scale: float) -> str:
 def diagnose(model, refs: Sequence[Item], out_dir: str, *, backends: dict, probes: Sequence = (),
              rows: Sequence[str] = tuple(ROWS), duration_s: float = 8.0, batch_size: int = 8, seed: int = 0,
              guidance_scale: float | None = None, bootstrap: int = 1000, skipped=None, progress: bool = False,
-             sampling: dict | None = None, tempo: str = "prompt") -> dict:
+             sampling: dict | None = None, tempo: str = "prompt", key: str = "prompt") -> dict:
     """Runs and scores the chain; writes OUT_DIR/chain.json and chain.md; returns the JSON. `sampling` overrides
-    the model's temperatures / top_k / top_p (recorded in the JSON with what the rows used); `tempo`: where a
-    tempo-conditioned model's tempo comes from (TEMPO_SOURCES)."""
+    the model's temperatures / top_k / top_p (recorded in the JSON with what the rows used); `tempo`, `key`: where a
+    tempo- / key-conditioned model's tempo / key comes from (TEMPO_SOURCES)."""
     from musiclm_jax.eval.data import Skipped
     from musiclm_jax.eval.evaluate import Evaluator
 
@@ -212,16 +222,17 @@ def diagnose(model, refs: Sequence[Item], out_dir: str, *, backends: dict, probe
     cut_refs = [Item(prompt=r.prompt, wave=_cut(r.wave, round(duration_s * r.sample_rate)), sample_rate=r.sample_rate,
                      id=r.id, path=r.path, truth=dict(r.truth)) for r in refs]
     systems, timings = run_chain(model, cut_refs, out_dir, rows=rows, duration_s=duration_s, batch_size=batch_size,
-                                 seed=seed, guidance_scale=g, progress=progress, sampling=sampling, tempo=tempo)
+                                 seed=seed, guidance_scale=g, progress=progress, sampling=sampling, tempo=tempo,
+                                 key=key)
     ev = Evaluator(cut_refs, backends, mulan=model.mulan, probes=probes, seed=seed, bootstrap=bootstrap)
     results = {row: ev.evaluate(row, items, split_half_fad=row == "real") for row, items in systems.items()}
     report = {"rows": {r: {"description": ROWS[r].format(g=g), **results[r]} for r in results},
               "seconds": {r: round(t, 1) for r, t in timings.items()}, "clips": len(refs), "duration_s": duration_s,
               "samples": n, "guidance_scale": g,
               "sampling": {k: list(v) if k == "temperatures" else v for k, v in {
-                  **{k: model.sampling[k] for k in ("temperatures", "top_k", "top_p", "guide_tempo")},
+                  **{k: model.sampling[k] for k in ("temperatures", "top_k", "top_p", "guide_tempo", "guide_key")},
                   **(sampling or {})}.items()},
-              "tempo": tempo if model.has_tempo else None, "seed": seed, "backends": list(backends),
+              "tempo": tempo if model.has_tempo else None, "key": key if model.has_key else None, "seed": seed, "backends": list(backends),
               "probes": [p.attribute + ":" + p.backend for p in probes], "skipped": skipped.to_json()}
     with open(os.path.join(out_dir, "chain.json"), "w") as f:
         json.dump(report, f, indent=1, default=float)

@@ -78,6 +78,9 @@ def register(subparsers) -> None:
     c.add_argument("--tempo", default="prompt", choices=("prompt", "reference", "none"),
                    help="a tempo-conditioned model's tempo: prompt (text rows read the caption's stated BPM, token "
                    "rows get none), reference (every row gets the clip's true BPM: an oracle), none")
+    c.add_argument("--key", default="prompt", choices=("prompt", "reference", "none"),
+                   help="a key-conditioned model's key, from the same sources as --tempo (reference: the clip's true "
+                   "key and mode)")
     c.add_argument("--backend", action="append", default=None, help="embedding backend(s) for FAD (default mel)")
     c.add_argument("--probe", action="append", default=[], help="probe .npz from `eval fit-probe` (repeatable)")
     c.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95 %% intervals")
@@ -273,7 +276,7 @@ def chain(args: argparse.Namespace) -> dict:
     report = chain_lib.diagnose(model, refs, out_dir, backends=backends, probes=probes, rows=rows,
                                 duration_s=args.duration, batch_size=args.batch_size, seed=args.seed,
                                 guidance_scale=args.guidance_scale, bootstrap=args.bootstrap, skipped=skipped,
-                                sampling=sampling, tempo=args.tempo)
+                                sampling=sampling, tempo=args.tempo, key=args.key)
     with open(os.path.join(out_dir, "chain.md")) as f:
         print(f.read())
     if len(skipped):

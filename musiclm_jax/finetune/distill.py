@@ -126,7 +126,7 @@ def make_distill_set(lm, prompts: list[str], *, seconds: float | None = None, gu
     if not prompts:
         raise ValueError("no prompts to distil on")
     layout, model = lm.layouts[STAGE], lm.models[STAGE]
-    guide_tempo = bool(lm.sampling["guide_tempo"])
+    guide_tempo, guide_key = bool(lm.sampling["guide_tempo"]), bool(lm.sampling["guide_key"])
     num_targets = max(1, int(round(seconds * lm.semantic_rate)))
     family = TokenLM(model.cfg, aligned=layout if model.cfg.aligned_inputs else None)
     mask = layout.logit_mask()
@@ -138,10 +138,10 @@ def make_distill_set(lm, prompts: list[str], *, seconds: float | None = None, gu
         chunk = list(prompts[start:start + batch_size])
         pad = batch_size - len(chunk)  # one compiled shape: the last batch is padded with its first prompt
         padded = chunk + [chunk[0]] * pad
-        inputs = np.asarray(layout.build_inputs(mulan=lm._text_tokens(padded), tempo=lm.prompt_tempo(padded)),
-                            np.int32)
-        # As the pipeline decodes: with guide_tempo the unconditional branch loses the tempo too.
-        uncond = np.asarray(layout.uncond_inputs(inputs, drop_tempo=guide_tempo), np.int32)
+        inputs = np.asarray(layout.build_inputs(mulan=lm._text_tokens(padded), tempo=lm.prompt_tempo(padded),
+                                                key=lm.prompt_key(padded) if layout.has_key else None), np.int32)
+        # As the pipeline decodes: with guide_tempo / guide_key the unconditional branch loses the tempo / key too.
+        uncond = np.asarray(layout.uncond_inputs(inputs, drop_tempo=guide_tempo, drop_key=guide_key), np.int32)
         aligned = family.aligned_ids(inputs, num_targets)
         uncond_aligned = family.aligned_ids(uncond, num_targets) if guide_tempo and layout.has_beat else None
         targets, _ = decoding.sample(model, jnp.asarray(inputs), max_new_tokens=num_targets,

@@ -41,6 +41,7 @@ from flax import nnx
 from musiclm_jax.finetune.distill import (NEG_INF, STAGE, STAGE_DIR, guided_logprobs, kl_per_position,
                                          masked_log_softmax, write_finetuned)
 from musiclm_jax.lm.models import TokenLM
+from musiclm_jax.musical_key import key_from_text
 from musiclm_jax.train.data import ResumableBatches
 
 log = logging.getLogger(__name__)
@@ -126,12 +127,14 @@ def rloo_advantages(rewards: np.ndarray, samples_per_prompt: int, normalize: boo
 def rollout(policy, reference, layout, mulan_tokens: np.ndarray, prompts: Sequence[str], score: Scorer, *,
             num_targets: int, samples_per_prompt: int, temperature: float, seed: int, batch_size: int = 16,
             normalize: bool = True, teacher_guidance: float | None = None,
-            tempo: np.ndarray | None = None, guide_tempo: bool = False) -> dict[str, np.ndarray]:
+            tempo: np.ndarray | None = None, guide_tempo: bool = False, key: np.ndarray | None = None,
+            guide_key: bool = False) -> dict[str, np.ndarray]:
     """One round's rows: `samples_per_prompt` samples of `num_targets` stage tokens per prompt from `policy` (no
     guidance), their rewards, RLOO advantages and the `reference` log-probs along them (prompt-major rows); with
     `teacher_guidance`, also the reference's *guided* log-probs along them ("teacher_logprobs", for on-policy
     distillation). `tempo` [n, 2]: each prompt's tempo conditioning (a tempo-conditioned stage; MusicLM.prompt_tempo);
-    `guide_tempo`: the teacher's unconditional branch loses the tempo too (the model's sampling setting)."""
+    `guide_tempo`: the teacher's unconditional branch loses the tempo too (the model's sampling setting); `key` [n],
+    `guide_key`: the same for a key-conditioned stage (MusicLM.prompt_key)."""
     from musiclm_jax.lm import decoding
 
     if len(prompts) != len(mulan_tokens):
@@ -162,7 +165,11 @@ def rollout(policy, reference, layout, mulan_tokens: np.ndarray, prompts: Sequen
         if tempo is not None:
             rows_tempo = np.asarray(tempo[start:start + per_batch], np.float32)
             rows_tempo = np.concatenate([rows_tempo, np.repeat(rows_tempo[:1], pad, 0)])
-        inputs = np.asarray(layout.build_inputs(mulan=chunk, tempo=rows_tempo), np.int32)
+        rows_key = None
+        if key is not None and layout.has_key:
+            rows_key = np.asarray(key[start:start + per_batch], np.int64)
+            rows_key = np.concatenate([rows_key, np.repeat(rows_key[:1], pad, 0)])
+        inputs = np.asarray(layout.build_inputs(mulan=chunk, tempo=rows_tempo, key=rows_key), np.int32)
         aligned = family.aligned_ids(inputs, num_targets)
         targets, _ = decoding.sample(policy, jnp.asarray(inputs), max_new_tokens=num_targets,
                                      aligned=None if aligned is None else jnp.asarray(aligned),
@@ -175,7 +182,7 @@ def rollout(policy, reference, layout, mulan_tokens: np.ndarray, prompts: Sequen
         rows["targets"].append(targets)
         rows["ref_logprobs"].append(np.asarray(ref_fn(ref_state, jnp.asarray(inputs), jnp.asarray(targets))))
         if teacher_fn is not None:
-            uncond = np.asarray(layout.uncond_inputs(inputs, drop_tempo=guide_tempo), np.int32)
+            uncond = np.asarray(layout.uncond_inputs(inputs, drop_tempo=guide_tempo, drop_key=guide_key), np.int32)
             rows["teacher_logprobs"].append(np.asarray(teacher_fn(ref_state, jnp.asarray(inputs),
                                                                   jnp.asarray(targets), jnp.asarray(uncond))))
     data = {name: np.concatenate(v) for name, v in rows.items()}
@@ -221,7 +228,8 @@ def audio_scorer(lm, reward: Callable, seconds: float, seed: int = 0, batch_size
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start:start + batch_size])
             gen = lm.generate_from_tokens(lm._text_tokens(chunk), seconds, semantic=codes[start:start + len(chunk)],
-                                          seed=seed + start, progress=False, rerank=False)
+                                          seed=seed + start, progress=False, rerank=False,
+                                          **({"key": [key_from_text(p) for p in chunk]} if lm.has_key else {}))
             waves.append(gen.waves)
         return np.asarray(reward(np.concatenate(waves), lm.sample_rate, list(prompts)), np.float32)
     return score
@@ -304,7 +312,8 @@ def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Sco
             data = rollout(policy, reference, layout, lm._text_tokens(pick), pick, score, num_targets=num_targets,
                            samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed + 1000 * r,
                            batch_size=batch_size, teacher_guidance=teacher_guidance, tempo=lm.prompt_tempo(pick),
-                           guide_tempo=bool(lm.sampling["guide_tempo"]))
+                           guide_tempo=bool(lm.sampling["guide_tempo"]), key=lm.prompt_key(pick),
+                           guide_key=bool(lm.sampling["guide_key"]))
             np.savez_compressed(path, **data)
         history.append(_round_stats(r, data["rewards"]))
         log.info("rl round %d: mean reward %.4f", r, history[-1]["mean_reward"])

@@ -31,7 +31,8 @@ class TokenLM(Family):
     def __init__(self, config: tr.TransformerConfig = gin.REQUIRED, z_loss: float = 0.0, bos_id: int = 0,
                  uncond_prob: float = 0.0, uncond_span: tuple[int, int] = (0, 0), uncond_id: int = 0,
                  aligned=None, melody_prob: float = 0.0, melody_ids: tuple[int, int] = (0, 0),
-                 tempo_prob: float = 0.0, tempo_ids: tuple[int, int] = (0, 0)):
+                 tempo_prob: float = 0.0, tempo_ids: tuple[int, int] = (0, 0),
+                 key_prob: float = 0.0, key_ids: tuple[int, int] = (0, 0)):
         """`uncond_prob`: classifier-free-guidance dropout; with this probability per example, training replaces
         positions [uncond_span) of `inputs` by `uncond_id` (the stage layouts: lm/stages.py cond_span, UNCOND).
         `aligned`: a StageLayout whose `aligned_ids(inputs, num_targets)` gives the time-aligned conditioning ids
@@ -39,17 +40,20 @@ class TokenLM(Family):
         dropout, drawn independently of the text's: the `inputs` ids in `melody_ids` = [lo, hi) become `uncond_id`
         (lm/stages.py melody_ids: the stage's melody streams, wherever the prefix holds them). `tempo_prob`,
         `tempo_ids`: the same for the tempo tokens (lm/stages.py tempo_ids), so the stage also works without a
-        tempo."""
-        if not all(0.0 <= p < 1.0 for p in (uncond_prob, melody_prob, tempo_prob)):
-            raise ValueError(f"TokenLM.uncond_prob, melody_prob and tempo_prob must be in [0, 1), got {uncond_prob}, "
-                             f"{melody_prob}, {tempo_prob}")
+        tempo; `key_prob`, `key_ids`: for the key token (lm/stages.py key_ids)."""
+        if not all(0.0 <= p < 1.0 for p in (uncond_prob, melody_prob, tempo_prob, key_prob)):
+            raise ValueError(f"TokenLM.uncond_prob, melody_prob, tempo_prob and key_prob must be in [0, 1), got "
+                             f"{uncond_prob}, {melody_prob}, {tempo_prob}, {key_prob}")
         melody_ids, tempo_ids = tuple(int(v) for v in melody_ids), tuple(int(v) for v in tempo_ids)
-        for name, prob, ids in (("melody", melody_prob, melody_ids), ("tempo", tempo_prob, tempo_ids)):
+        key_ids = tuple(int(v) for v in key_ids)
+        for name, prob, ids in (("melody", melody_prob, melody_ids), ("tempo", tempo_prob, tempo_ids),
+                                ("key", key_prob, key_ids)):
             if prob > 0 and not (len(ids) == 2 and 0 < ids[0] < ids[1]):
                 raise ValueError(f"TokenLM.{name}_prob > 0 needs {name}_ids=(lo, hi), the {name} id range (gin: "
                                  f"@stage_{name}_ids()), got {ids}")
         self.melody_prob, self.melody_ids = float(melody_prob), melody_ids
         self.tempo_prob, self.tempo_ids = float(tempo_prob), tempo_ids
+        self.key_prob, self.key_ids = float(key_prob), key_ids
         uncond_span = tuple(int(v) for v in uncond_span)
         if uncond_prob > 0 and not (len(uncond_span) == 2 and 0 <= uncond_span[0] < uncond_span[1]):
             raise ValueError(f"TokenLM.uncond_prob > 0 needs uncond_span=(start, stop) with 0 <= start < stop, "
@@ -133,12 +137,14 @@ class TokenLM(Family):
     def drop_conditioning(self, batch: dict, rng: jax.Array) -> dict:
         """Classifier-free-guidance dropout: each row's conditioning span becomes `uncond_id` with `uncond_prob`;
         packed, each segment's span independently (its inputs positions whose in-segment position is in the span)."""
-        if self.uncond_prob == 0.0 and self.melody_prob == 0.0 and self.tempo_prob == 0.0:
+        extra = ((self.melody_prob, self.melody_ids), (self.tempo_prob, self.tempo_ids),
+                 (self.key_prob, self.key_ids))
+        if self.uncond_prob == 0.0 and all(prob == 0.0 for prob, _ in extra):
             return batch
         start, stop = self.uncond_span
         key = jax.random.fold_in(rng, 0x5EED)
-        if "decoder_target_tokens" in batch and (self.melody_prob > 0 or self.tempo_prob > 0):
-            raise ValueError("melody- and tempo-conditioning dropout read unpacked batches ('inputs', 'targets'): "
+        if "decoder_target_tokens" in batch and any(prob > 0 for prob, _ in extra):
+            raise ValueError("melody-, tempo- and key-conditioning dropout read unpacked batches ('inputs', 'targets'): "
                              "train that stage with packing off")
         if "decoder_target_tokens" in batch:
             if self.aligned is not None:
@@ -164,8 +170,8 @@ class TokenLM(Family):
                                  f"{inputs.shape[1]}")
             drop = jax.random.bernoulli(key, self.uncond_prob, (inputs.shape[0], 1))
             inputs = jnp.where(drop & (pos >= start) & (pos < stop), uncond, inputs)
-        # Their own draws: a row may keep the text and lose the melody or the tempo, or the reverse.
-        for i, (prob, (lo, hi)) in enumerate(((self.melody_prob, self.melody_ids), (self.tempo_prob, self.tempo_ids))):
+        # Their own draws: a row may keep the text and lose the melody, the tempo or the key, or the reverse.
+        for i, (prob, (lo, hi)) in enumerate(extra):
             if prob > 0:
                 drop = jax.random.bernoulli(jax.random.fold_in(key, 1 + i), prob, (inputs.shape[0], 1))
                 inputs = jnp.where(drop & (inputs >= lo) & (inputs < hi), uncond, inputs)

@@ -59,15 +59,19 @@ class TokenSizes:
     melody_codes: int = 0
     melody_stages: tuple[str, ...] = ("semantic", "coarse")   # the stages whose prefix reads the melody tokens
     beat_phases: int = 0       # tempo conditioning of the semantic stage: beat-phase ids per beat; 0 = none
+    key_stages: tuple[str, ...] = ()   # the stages whose prefix reads the stated key (one token); () = none
 
     def __post_init__(self):
-        stages = self.melody_stages
-        object.__setattr__(self, "melody_stages", tuple(stages) if isinstance(stages, (list, tuple)) else stages)
-        if (not isinstance(self.melody_stages, tuple) or not self.melody_stages
-                or not set(self.melody_stages) <= {"semantic", "coarse"}):
-            raise ValueError(f"TokenSizes.melody_stages must name 'semantic' and/or 'coarse', got {stages!r}")
+        for name, may_be_empty in (("melody_stages", False), ("key_stages", True)):
+            stages = getattr(self, name)
+            object.__setattr__(self, name, tuple(stages) if isinstance(stages, (list, tuple)) else stages)
+            value = getattr(self, name)
+            if (not isinstance(value, tuple) or not (value or may_be_empty)
+                    or not set(value) <= {"semantic", "coarse"}):
+                raise ValueError(f"TokenSizes.{name} must name 'semantic' and/or 'coarse'"
+                                 f"{' (or none)' if may_be_empty else ''}, got {stages!r}")
         for f in dataclasses.fields(self):
-            if f.name == "melody_stages":
+            if f.name in ("melody_stages", "key_stages"):
                 continue
             v = getattr(self, f.name)
             low = 0 if f.name.startswith("melody_") or f.name == "beat_phases" else 1
@@ -92,6 +96,10 @@ class TokenSizes:
     def has_beat(self) -> bool:
         return self.beat_phases > 0
 
+    @property
+    def has_key(self) -> bool:
+        return bool(self.key_stages)
+
 
 # Paper sizes and the tiny ones used by CPU tests and `--tiny` demos.
 PAPER = TokenSizes()
@@ -108,6 +116,9 @@ QUICKSTART_MELODY = dataclasses.replace(QUICKSTART, melody_levels=4, melody_code
 # With tempo conditioning of the semantic stage (8 beat phases per beat).
 TINY_BEAT = dataclasses.replace(TINY, beat_phases=8)
 QUICKSTART_BEAT = dataclasses.replace(QUICKSTART, beat_phases=8)
+# With the stated key too, in the semantic and coarse stages' prefixes.
+TINY_KEY = dataclasses.replace(TINY_BEAT, key_stages=("semantic", "coarse"))
+QUICKSTART_KEY = dataclasses.replace(QUICKSTART_BEAT, key_stages=("semantic", "coarse"))
 
 # Tempo tokens: the beat period in semantic frames on a log grid (TEMPO_STEPS per octave over [TEMPO_FRAMES)),
 # so the layout needs no frame rate (25 Hz: 23-750 BPM; quantisation error <= 0.7 %), and the crop's start phase
@@ -116,6 +127,8 @@ TEMPO_FRAMES = (2.0, 64.0)
 TEMPO_STEPS = 48
 TEMPO_IDS = int(round(np.log2(TEMPO_FRAMES[1] / TEMPO_FRAMES[0]) * TEMPO_STEPS)) + 1
 START_PHASES = 32
+# Key tokens: tonic pitch class x 2 + (1 for minor), as musical_key.key_index; -1: unknown.
+KEY_IDS = 24
 
 
 def tempo_of(bpm, start_seconds, frame_rate: float) -> np.ndarray:
@@ -177,6 +190,8 @@ class StageLayout:
             sizes += [(f"acoustic{q}", s.codec_codes) for q in range(s.codec_levels)]
         if self.has_melody:
             sizes += [(f"melody{q}", s.melody_codes) for q in range(s.melody_levels)]
+        if self.has_key:
+            sizes += [("key", KEY_IDS)]
         if self.has_beat:
             sizes += [("tempo", TEMPO_IDS), ("beat_start", START_PHASES)]
         out, start = {}, NUM_SPECIAL
@@ -230,6 +245,28 @@ class StageLayout:
         prefix ends with two tempo tokens (beat period, start phase) before SEP, and each target gets its beat
         phase as a time-aligned id (`aligned_ids`), so the beat is where the frames are, not a global hint."""
         return self.sizes.has_beat and self.stage == "semantic"
+
+    @property
+    def has_key(self) -> bool:
+        """Whether this stage's prefix holds the stated key (TokenSizes.key_stages): one token after the melody
+        tokens and before the tempo tokens (so those stay last before SEP)."""
+        return self.sizes.has_key and self.stage in self.sizes.key_stages
+
+    def key_ids(self) -> tuple[int, int]:
+        """[lo, hi) of the key token ids (`TokenLM.key_ids`: key dropout finds them by id); (0, 0) without."""
+        return self.streams["key"] if self.has_key else (0, 0)
+
+    def encode_key(self, key):
+        """Key indices [b] (tonic pitch class x 2 + minor, `musical_key.key_index`; -1: unknown) -> ids [b, 1]."""
+        if not self.has_key:
+            raise ValueError(f"the {self.stage} stage of these token sizes has no key conditioning (TokenSizes "
+                             "key_stages does not name it)")
+        key = np.asarray(key)
+        if key.ndim != 1 or not np.issubdtype(key.dtype, np.integer) or key.size and (
+                key.min() < -1 or key.max() >= KEY_IDS):
+            raise ValueError(f"key must be int [batch] in [-1, {KEY_IDS}) (musical_key.key_index; -1: unknown), got "
+                             f"{key.dtype} {key.shape}")
+        return np.where(key >= 0, self.offset("key") + key, UNCOND).astype(np.int32)[:, None]
 
     def tempo_ids(self) -> tuple[int, int]:
         """[lo, hi) of the tempo token ids (`TokenLM.tempo_ids`: tempo dropout finds them by id); (0, 0) without."""
@@ -322,10 +359,14 @@ class StageLayout:
         xp = self._xp(x)
         return xp.full((x.shape[0], 1), SEP, xp.int32)
 
-    def build_inputs(self, *, mulan=None, semantic=None, coarse=None, melody=None, tempo=None):
+    def build_inputs(self, *, mulan=None, semantic=None, coarse=None, melody=None, tempo=None, key=None):
         """The conditioning prefix (ends with SEP): semantic: M; coarse: M, S; then melody [b, frames, Ql] when the
-        stage is melody-conditioned (required, -1 codes for none); then, with tempo conditioning, the two tempo
-        tokens of `tempo` [b, 2] (`tempo_of`; None: unknown tempo); fine: A[:, :, :Qc] (`coarse`)."""
+        stage is melody-conditioned (required, -1 codes for none); then, with key conditioning, the key token of
+        `key` [b] (None: unknown); then, with tempo conditioning, the two tempo tokens of `tempo` [b, 2]
+        (`tempo_of`; None: unknown tempo); fine: A[:, :, :Qc] (`coarse`)."""
+        if key is not None and not self.has_key:
+            raise ValueError(f"the {self.stage} stage of these token sizes takes no key (TokenSizes key_stages does "
+                             "not name it)")
         if tempo is not None and not self.has_beat:
             raise ValueError(f"the {self.stage} stage of these token sizes takes no tempo (TokenSizes beat_phases = 0,"
                              " or not the semantic stage)")
@@ -348,15 +389,19 @@ class StageLayout:
                 parts.append(self.encode_semantic(semantic))
             if self.has_melody:
                 parts.append(self.encode_melody(melody))
+            if self.has_key:
+                ids = self.encode_key(np.full(parts[0].shape[0], -1) if key is None else key)
+                parts.append(self._xp(parts[0]).asarray(ids))
             if self.has_beat:
                 ids = self.encode_tempo(self.no_tempo(parts[0].shape[0]) if tempo is None else tempo)
                 parts.append(self._xp(parts[0]).asarray(ids))
         xp = self._xp(parts[0])
         return xp.concatenate(parts + [self._sep(parts[0])], axis=1)
 
-    def uncond_inputs(self, inputs, drop_tempo: bool = False):
+    def uncond_inputs(self, inputs, drop_tempo: bool = False, drop_key: bool = False):
         """`inputs` with the MuLan tokens replaced by UNCOND: the prompt of the unconditional guidance branch.
-        `drop_tempo`: the tempo tokens too (its aligned ids are then all -1), so guidance also sharpens the beat."""
+        `drop_tempo`: the tempo tokens too (its aligned ids are then all -1), so guidance also sharpens the beat;
+        `drop_key`: the key token too."""
         start, stop = self.cond_span()
         if stop == start:
             raise ValueError("the fine stage has no MuLan conditioning: guidance applies to semantic and coarse")
@@ -365,6 +410,9 @@ class StageLayout:
         drop = (pos >= start) & (pos < stop)
         if drop_tempo and self.has_beat:
             lo, hi = self.tempo_ids()
+            drop = drop | ((inputs >= lo) & (inputs < hi))
+        if drop_key and self.has_key:
+            lo, hi = self.key_ids()
             drop = drop | ((inputs >= lo) & (inputs < hi))
         return xp.where(drop, UNCOND, inputs).astype(xp.int32)
 
@@ -383,18 +431,20 @@ class StageLayout:
             acoustic = acoustic[..., levels[0]:levels[-1] + 1]
         return self.encode_acoustic(acoustic, levels)
 
-    def build(self, *, mulan=None, semantic=None, acoustic=None, melody=None, tempo=None):
+    def build(self, *, mulan=None, semantic=None, acoustic=None, melody=None, tempo=None, key=None):
         """(inputs, targets) for training from raw token arrays of one aligned crop.
 
         semantic: mulan [b, Qm], semantic [b, Ts] (+ tempo [b, 2] with tempo conditioning); coarse: + acoustic
-        [b, Ta, >= Qc]; both + melody [b, F, Ql] when the stage is melody-conditioned; fine: acoustic [b, Ta, Q]."""
+        [b, Ta, >= Qc]; both + melody [b, F, Ql] when the stage is melody-conditioned and key [b] when it is
+        key-conditioned (other stages ignore `key`); fine: acoustic [b, Ta, Q]."""
+        key = key if self.has_key else None
         if self.stage == "semantic":
-            return (self.build_inputs(mulan=mulan, melody=melody, tempo=tempo),
+            return (self.build_inputs(mulan=mulan, melody=melody, tempo=tempo, key=key),
                     self.build_targets(semantic=semantic))
         if acoustic is None or np.ndim(acoustic) != 3:
             raise ValueError(f"the {self.stage} stage needs acoustic=[b, frames, levels] codec codes")
         if self.stage == "coarse":
-            return (self.build_inputs(mulan=mulan, semantic=semantic, melody=melody),
+            return (self.build_inputs(mulan=mulan, semantic=semantic, melody=melody, key=key),
                     self.build_targets(acoustic=acoustic))
         if np.shape(acoustic)[-1] != self.sizes.codec_levels:
             raise ValueError(f"the fine stage needs all {self.sizes.codec_levels} codec levels, got "
@@ -408,7 +458,7 @@ class StageLayout:
         The model reads `concat(inputs, targets[:, :-1])`; position P - 1 + j predicts target j, and gets the
         semantic id of target j's time added to its embedding (TransformerConfig.aligned_inputs), so each acoustic
         frame sees the semantic token it sounds with instead of finding it by attention. `inputs` [b, P] hold
-        M, S, SEP; the Ts semantic tokens and the num_targets / Qc acoustic frames span the same time, so frame f
+        M, S, (the key token,) SEP; the Ts semantic tokens and the num_targets / Qc acoustic frames span the same time, so frame f
         reads semantic token (f * Ts) // Ta."""
         if self.has_beat:
             return self._beat_ids(inputs, num_targets)
@@ -422,9 +472,9 @@ class StageLayout:
         xp = self._xp(inputs)
         inputs = xp.asarray(inputs)
         k, start = self.tokens_per_frame, self.sizes.mulan_levels
-        ts = inputs.shape[1] - 1 - start
+        ts = inputs.shape[1] - 1 - start - int(self.has_key)
         if inputs.ndim != 2 or ts < 1 or num_targets < 1:
-            raise ValueError(f"coarse stage: aligned_ids needs inputs [b, Qm + Ts + 1] with Ts >= 1 and num_targets "
+            raise ValueError(f"coarse stage: aligned_ids needs inputs [b, Qm + Ts (+ 1 key) + 1] with Ts >= 1 and num_targets "
                              f">= 1, got inputs {inputs.shape}, num_targets {num_targets}")
         frames = -(-num_targets // k)
         idx = start + (np.arange(num_targets) // k * ts) // frames
@@ -519,8 +569,14 @@ def stage_aligned(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None,
         return None
     layout = StageLayout(stage, sizes or TokenSizes())
     if not layout.has_beat:
-        layout.aligned_ids(np.zeros((1, layout.sizes.mulan_levels + 2), np.int32), 2)  # raises for other stages
+        layout.aligned_ids(np.zeros((1, layout.sizes.mulan_levels + 2 + layout.has_key), np.int32), 2)  # other stages raise
     return layout
+
+
+@gin.configurable
+def stage_key_ids(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None) -> tuple[int, int]:
+    """`TokenLM.key_ids = @stage_key_ids()`: the ids key-conditioning dropout turns into UNCOND."""
+    return StageLayout(stage, sizes or TokenSizes()).key_ids()
 
 
 @gin.configurable

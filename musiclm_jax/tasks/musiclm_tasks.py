@@ -17,8 +17,12 @@
                                                  and beat phases; the same token cache as the plain tasks)
     synthcaps_quickstart_speed_beat_*            both: the speed-augmented clips, tempo-conditioned (the speed
                                                  task's cache)
+    synthcaps_tiny_key_*, synthcaps_quickstart_key_*, synthcaps_quickstart_speed_key_*   tempo-conditioned as the
+                                                 beat tasks, and the semantic and coarse stages also read the clip's
+                                                 key (TINY_KEY / QUICKSTART_KEY; the plain / speed tasks' cache)
 """
-from musiclm_jax.lm.stages import QUICKSTART, QUICKSTART_BEAT, QUICKSTART_MELODY, TINY, TINY_BEAT, TINY_MELODY
+from musiclm_jax.lm.stages import (QUICKSTART, QUICKSTART_BEAT, QUICKSTART_KEY, QUICKSTART_MELODY, TINY, TINY_BEAT,
+                                   TINY_KEY, TINY_MELODY)
 from musiclm_jax.tasks.registry import SYNTHCAPS_KEEP, register_defaults, register_stage_tasks
 
 TINY_TFDS = "synthcaps/tiny_4s_n4:1.0.0"
@@ -37,4 +41,8 @@ register_stage_tasks("synthcaps_quickstart_melody", QUICKSTART_TFDS, sizes=QUICK
 register_stage_tasks("synthcaps_tiny_beat", TINY_TFDS, sizes=TINY_BEAT, keep=SYNTHCAPS_KEEP)
 register_stage_tasks("synthcaps_quickstart_beat", QUICKSTART_TFDS, sizes=QUICKSTART_BEAT, keep=SYNTHCAPS_KEEP)
 register_stage_tasks("synthcaps_quickstart_speed_beat", QUICKSTART_TFDS, sizes=QUICKSTART_BEAT, keep=SYNTHCAPS_KEEP,
+                     splits=["train"], speed_semitones=SPEED_SEMITONES)
+register_stage_tasks("synthcaps_tiny_key", TINY_TFDS, sizes=TINY_KEY, keep=SYNTHCAPS_KEEP)
+register_stage_tasks("synthcaps_quickstart_key", QUICKSTART_TFDS, sizes=QUICKSTART_KEY, keep=SYNTHCAPS_KEEP)
+register_stage_tasks("synthcaps_quickstart_speed_key", QUICKSTART_TFDS, sizes=QUICKSTART_KEY, keep=SYNTHCAPS_KEEP,
                      splits=["train"], speed_semitones=SPEED_SEMITONES)

@@ -287,16 +287,21 @@ def aligned_crop(ds: tf.data.Dataset, *, stage: str, crop_seconds: float | None 
 def to_stage(ds: tf.data.Dataset, *, stage: str, sizes, semantic_rate: float = 25.0) -> tf.data.Dataset:
     """Raw token streams -> {"inputs", "targets"} of `stage` (layout from musiclm_jax/lm/stages.py). A stage with
     tempo conditioning reads the clip's stated `bpm` (beat 0 at 0 s, as SynthCaps renders) and the crop's start;
-    a clip without `bpm` gets "unknown tempo"."""
+    a clip without `bpm` gets "unknown tempo". A stage with key conditioning reads the clip's `key` (tonic) and
+    `mode`; a clip without them gets "unknown key"."""
     from musiclm_jax.lm.stages import StageLayout, tempo_of
+    from musiclm_jax.musical_key import key_index
 
     layout = StageLayout(stage, sizes)
 
-    def build(mulan, semantic, acoustic, melody, bpm, start):
+    def build(mulan, semantic, acoustic, melody, bpm, start, tonic, mode):
         acoustic = acoustic[:, :sizes.codec_levels]   # a cache of a codec with more levels: its first ones
         tempo = tempo_of(bpm, start, semantic_rate) if layout.has_beat else None
+        key = None
+        if layout.has_key:
+            key = np.asarray([key_index(tonic.decode(), mode.decode()) if tonic and mode else -1])
         inputs, targets = layout.build(mulan=mulan[None], semantic=semantic[None], acoustic=acoustic[None],
-                                       melody=melody[None] if layout.has_melody else None, tempo=tempo)
+                                       melody=melody[None] if layout.has_melody else None, tempo=tempo, key=key)
         return inputs[0].astype(np.int32), targets[0].astype(np.int32)
 
     def fn(ex):
@@ -306,8 +311,9 @@ def to_stage(ds: tf.data.Dataset, *, stage: str, sizes, semantic_rate: float = 2
         melody = ex["melody_tokens"] if layout.has_melody else tf.zeros((0, 0), tf.int32)
         bpm = tf.cast(ex["bpm"], tf.float32) if "bpm" in ex else tf.constant(0.0)
         start = ex.get("crop_start_seconds", tf.constant(0.0))
+        tonic, mode = (ex.get(k, tf.constant("")) for k in ("key", "mode"))
         inputs, targets = tf.numpy_function(build, [ex["mulan_tokens"], ex["semantic_tokens"],
-                                                    ex["acoustic_tokens"], melody, bpm, start],
+                                                    ex["acoustic_tokens"], melody, bpm, start, tonic, mode],
                                             [tf.int32, tf.int32], stateful=False)
         inputs.set_shape([None]), targets.set_shape([None])
         keep = {k: ex[k] for k in ("clip_id", "crop_start_seconds") if k in ex}
