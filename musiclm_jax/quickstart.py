@@ -56,6 +56,7 @@ class Recipe:
     aligned_coarse: bool = False  # the coarse stage reads its semantic tokens in time (gin ALIGNED)
     speed_semantic: bool = False  # the semantic stage trains on the speed-augmented task (keys / tempi +-2 semitones)
     beat_semantic: bool = False   # the semantic stage is told the stated tempo (tempo tokens + beat phases)
+    key_stages: bool = False      # the semantic and coarse stages are told the stated key (needs speed + beat semantic)
     reuse: tuple[str, ...] = ()   # parts copied from `reuse_from` instead of trained (e.g. codec, stage_fine)
     reuse_from: str = "weights/musiclm"
 
@@ -115,7 +116,8 @@ def commands(work_dir: str, out_dir: str, recipe: Recipe) -> dict[str, list[str]
         "tokenize": _cli("tokenize", "--tasks=synthcaps_quickstart_(?!speed_).*"
                          + (",synthcaps_quickstart_speed_semantic" if recipe.speed_semantic else "")
                          + (",synthcaps_quickstart_speed_beat_semantic" if recipe.speed_semantic
-                            and recipe.beat_semantic else ""),
+                            and recipe.beat_semantic else "")
+                         + (",synthcaps_quickstart_speed_key_semantic" if recipe.key_stages else ""),
                          f"--output_cache_dir={w}/cache",
                          f"--tfds_data_dir={tfds}", "--gin_file=gin/runs/tokenize_quickstart.gin", "--num_workers=1",
                          *[f"--gin_bindings={b}" for b in tokenizers]),
@@ -137,9 +139,16 @@ def commands(work_dir: str, out_dir: str, recipe: Recipe) -> dict[str, list[str]
 
 
 def _variant(stage: str, recipe: Recipe) -> str:
-    """The semantic stage's gin experiment suffix: _speed, _beat or _speed_beat."""
+    """A stage's gin experiment suffix: semantic _speed, _beat, _speed_beat or _speed_key; coarse _key."""
+    if stage == "coarse":
+        return "_key" if recipe.key_stages else ""
     if stage != "semantic":
         return ""
+    if recipe.key_stages:
+        if not (recipe.speed_semantic and recipe.beat_semantic):
+            raise ValueError("Recipe.key_stages needs speed_semantic and beat_semantic (the key experiment builds on "
+                             "the speed-augmented, tempo-conditioned semantic stage)")
+        return "_speed_key"
     return ("_speed" if recipe.speed_semantic else "") + ("_beat" if recipe.beat_semantic else "")
 
 

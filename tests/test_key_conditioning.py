@@ -204,6 +204,8 @@ def test_chain_key_sources():
     ("experiments/stage_semantic_quickstart_speed_key.gin", "semantic", "synthcaps_quickstart_speed_key_semantic",
      st.QUICKSTART.mulan_levels + 4),
     ("experiments/stage_coarse_quickstart_key.gin", "coarse", "synthcaps_quickstart_key_coarse",
+     st.QUICKSTART.mulan_levels + 50 + 2),
+    ("experiments/stage_coarse_quickstart_key_warm.gin", "coarse", "synthcaps_quickstart_key_coarse",
      st.QUICKSTART.mulan_levels + 50 + 2)])
 def test_key_experiment_configs_parse(gin_file, stage, task, length):
     import gin
