@@ -10,8 +10,9 @@ memory), each logged to `<work_dir>/logs/<step>.log`:
     tokenize   the SynthCaps corpus through the Beam token cache with the three trained tokenizers
     stage_semantic / stage_coarse / stage_fine   the three stage LMs (d=192, 6 layers) on their cached SeqIO
                tasks, on the codec's first 4 levels (2 coarse + 2 fine)
-    (the shipped `full` recipe: MuLan with a tempogram branch, w2v-BERT small + chroma k-means, a tempo-conditioned
-    semantic stage and a time-aligned coarse stage; `--recipe plain` is the system shipped before; see `Recipe`)
+    (the shipped `full` recipe: MuLan with a tempogram branch, w2v-BERT small + chroma k-means, a tempo- and
+    key-conditioned semantic stage and a time-aligned, key-conditioned coarse stage; `--recipe tempo` and `plain`
+    are the systems shipped before; see `Recipe`)
     export     one `MusicLM.from_pretrained` directory: inference-only checkpoints (no optimizer state; the
                frozen MiniLM text tower is left out and read from its package at load time) + musiclm.json
 
@@ -38,8 +39,9 @@ STEPS = ("data", "mulan", "semantic", "kmeans", "codec", "tokenize", "stage_sema
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """Train steps and configs per part (RECIPES). `full` is the shipped recipe; `smoke` checks the whole chain in
-    minutes; `plain` is the system shipped before; `adherence` is `full` without tempo conditioning, with the
-    shipped codec and fine stage (which reads coarse codes only) copied instead of retrained."""
+    minutes; `tempo` is the system shipped before (no key), `plain` the one before it; `adherence` is `full` without
+    tempo or key conditioning, with the shipped codec and fine stage (which reads coarse codes only) copied instead
+    of retrained."""
 
     num_scores: int = 1000
     clip_seconds: float = 8.0
@@ -70,8 +72,10 @@ _ADHERENCE = dict(mulan_gin="gin/experiments/mulan_tiny_synthcaps_tempo.gin",
                   stage_steps=(1200, 2000, 800), aligned_coarse=True)
 RECIPES = {
     # The shipped weights: the adherence tokenizers and stages, the semantic stage told the stated tempo and
-    # trained on the speed-augmented clips.
-    "full": Recipe(**_ADHERENCE, beat_semantic=True, speed_semantic=True),
+    # trained on the speed-augmented clips, the semantic and coarse stages told the stated key.
+    "full": Recipe(**_ADHERENCE, beat_semantic=True, speed_semantic=True, key_stages=True),
+    # The system shipped before it: the same without the key.
+    "tempo": Recipe(**_ADHERENCE, beat_semantic=True, speed_semantic=True),
     # The system shipped before (tiny MuLan / w2v-BERT, plain stages): no tempo or key adherence.
     "plain": Recipe(),
     "smoke": Recipe(mulan_steps=4, w2v_steps=4, kmeans_clusters=64, codec_steps=4, stage_steps=(4, 4, 4)),

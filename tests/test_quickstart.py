@@ -101,11 +101,11 @@ def test_adherence_recipe_swaps_configs_and_copies_the_shipped_codec_and_fine_st
     assert cmds["stage_fine"][-2:] == ["weights/musiclm/stage_fine", "out/adh/stage_fine"]
     plain = quickstart.commands("out/adh", "weights/y", quickstart.RECIPES["plain"])
     assert not any("chroma_weight" in a or "ALIGNED" in a for cmd in plain.values() for a in cmd)
-    # The shipped recipe: the same tokenizers and coarse stage, the semantic stage told the tempo, every part
+    # The shipped recipe: the same tokenizers, the semantic stage told the tempo, both stages the key, every part
     # trained (nothing copied).
     full = quickstart.commands("out/adh", "weights/y", quickstart.RECIPES["full"])
     assert "--chroma_weight=1.5" in full["kmeans"] and "--gin.ALIGNED=True" in full["stage_coarse"]
-    assert "--gin_file=gin/experiments/stage_semantic_quickstart_speed_beat.gin" in full["stage_semantic"]
+    assert "--gin_file=gin/experiments/stage_semantic_quickstart_speed_key.gin" in full["stage_semantic"]
     assert "--model_dir=out/adh/codec" in full["codec"] and "musiclm_jax.train" in full["stage_fine"]
     import dataclasses
     with pytest.raises(ValueError, match="not a part of the recipe"):
@@ -160,3 +160,30 @@ def test_beat_semantic_recipe_trains_the_tempo_conditioned_stage_from_the_plain_
     flag = next(a for a in both["tokenize"] if a.startswith("--tasks="))
     assert {"synthcaps_quickstart_speed_semantic", "synthcaps_quickstart_speed_beat_semantic"} <= set(
         cache.select_tasks(flag.removeprefix("--tasks=").split(",")))
+
+
+def test_key_recipe_trains_both_key_conditioned_stages_from_the_plain_and_speed_tokenizations():
+    import dataclasses
+
+    import seqio
+
+    from musiclm_jax.tasks import cache
+    import musiclm_jax.tasks.musiclm_tasks  # noqa: F401 -- registers the tasks
+
+    r = quickstart.RECIPES["full"]
+    assert r.key_stages and r.speed_semantic and r.beat_semantic
+    cmds = quickstart.commands("out/q", "w", r)
+    assert "--gin_file=gin/experiments/stage_semantic_quickstart_speed_key.gin" in cmds["stage_semantic"]
+    assert "--gin_file=gin/experiments/stage_coarse_quickstart_key.gin" in cmds["stage_coarse"]
+    flag = next(a for a in cmds["tokenize"] if a.startswith("--tasks="))
+    tasks = cache.select_tasks(flag.removeprefix("--tasks=").split(","))
+    assert {"synthcaps_quickstart_key_coarse", "synthcaps_quickstart_speed_key_semantic"} <= set(tasks)
+    for task, plain in (("synthcaps_quickstart_key_coarse", "synthcaps_quickstart_coarse"),
+                        ("synthcaps_quickstart_speed_key_semantic", "synthcaps_quickstart_speed_semantic")):
+        assert cache._precache_key(seqio.TaskRegistry.get(task)) == cache._precache_key(seqio.TaskRegistry.get(plain))
+    # The tempo-only system shipped before stays reproducible.
+    tempo = quickstart.commands("out/q", "w", quickstart.RECIPES["tempo"])
+    assert "--gin_file=gin/experiments/stage_semantic_quickstart_speed_beat.gin" in tempo["stage_semantic"]
+    assert "--gin_file=gin/experiments/stage_coarse_quickstart.gin" in tempo["stage_coarse"]
+    with pytest.raises(ValueError, match="key_stages needs speed_semantic and beat_semantic"):
+        quickstart.commands("out/q", "w", dataclasses.replace(quickstart.RECIPES["adherence"], key_stages=True))

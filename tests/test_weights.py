@@ -25,7 +25,8 @@ def test_shipped_weights_are_small_and_load(lm):
     assert (WEIGHTS / "codec").is_symlink()
     size = sum(p.stat().st_size for p in WEIGHTS.rglob("*") if p.is_file() and "codec" not in p.relative_to(WEIGHTS).parts)
     assert size < 60e6, f"weights/musiclm is {size / 1e6:.1f} MB without its codec"
-    assert lm.sizes == st.QUICKSTART_BEAT and lm.sample_rate == 16000 and lm.has_tempo
+    assert lm.sizes == st.QUICKSTART_KEY and lm.sample_rate == 16000 and lm.has_tempo and lm.has_key
+    assert lm.sampling["guide_tempo"] and lm.sampling["guide_key"]
     assert (WEIGHTS / "MODEL_CARD.md").exists()
 
 

@@ -275,8 +275,9 @@ def export_inference(src_dir: str, dst_dir: str, *, drop: Sequence[str] = (), ex
     model code: arrays are read as saved. Returns {"step", "bytes", "dropped"}."""
     step, meta, kept = read_inference_state(src_dir)
     kept = int_keys(_prune(kept, drop), meta["shapes"])
-    if extra_files is None:  # everything beside the checkpoints: configs, k-means, quantizer, metrics
-        extra_files = [n for n in sorted(os.listdir(src_dir)) if n != "checkpoints"]
+    if extra_files is None:  # everything beside the checkpoints and TensorBoard's events (tb/, metrics.jsonl
+        # holds the same): configs, k-means, quantizer, metrics
+        extra_files = [n for n in sorted(os.listdir(src_dir)) if n not in ("checkpoints", "tb")]
     _write_inference(dst_dir, step, kept, meta, {"dropped": list(drop), "exported_from": src_dir, **(note or {})})
     for name in ("config.gin", "operative_config.gin", *extra_files):
         if os.path.exists(os.path.join(dst_dir, name)):
