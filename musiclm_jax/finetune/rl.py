@@ -127,14 +127,14 @@ def rloo_advantages(rewards: np.ndarray, samples_per_prompt: int, normalize: boo
 def rollout(policy, reference, layout, mulan_tokens: np.ndarray, prompts: Sequence[str], score: Scorer, *,
             num_targets: int, samples_per_prompt: int, temperature: float, seed: int, batch_size: int = 16,
             normalize: bool = True, teacher_guidance: float | None = None,
-            tempo: np.ndarray | None = None, guide_tempo: bool = False, key: np.ndarray | None = None,
+            tempo: np.ndarray | None = None, guide_tempo: bool = False, stated_key: np.ndarray | None = None,
             guide_key: bool = False) -> dict[str, np.ndarray]:
     """One round's rows: `samples_per_prompt` samples of `num_targets` stage tokens per prompt from `policy` (no
     guidance), their rewards, RLOO advantages and the `reference` log-probs along them (prompt-major rows); with
     `teacher_guidance`, also the reference's *guided* log-probs along them ("teacher_logprobs", for on-policy
     distillation). `tempo` [n, 2]: each prompt's tempo conditioning (a tempo-conditioned stage; MusicLM.prompt_tempo);
-    `guide_tempo`: the teacher's unconditional branch loses the tempo too (the model's sampling setting); `key` [n],
-    `guide_key`: the same for a key-conditioned stage (MusicLM.prompt_key)."""
+    `guide_tempo`: the teacher's unconditional branch loses the tempo too (the model's sampling setting);
+    `stated_key` [n], `guide_key`: the same for a key-conditioned stage (MusicLM.prompt_key)."""
     from musiclm_jax.lm import decoding
 
     if len(prompts) != len(mulan_tokens):
@@ -166,8 +166,8 @@ def rollout(policy, reference, layout, mulan_tokens: np.ndarray, prompts: Sequen
             rows_tempo = np.asarray(tempo[start:start + per_batch], np.float32)
             rows_tempo = np.concatenate([rows_tempo, np.repeat(rows_tempo[:1], pad, 0)])
         rows_key = None
-        if key is not None and layout.has_key:
-            rows_key = np.asarray(key[start:start + per_batch], np.int64)
+        if stated_key is not None and layout.has_key:
+            rows_key = np.asarray(stated_key[start:start + per_batch], np.int64)
             rows_key = np.concatenate([rows_key, np.repeat(rows_key[:1], pad, 0)])
         inputs = np.asarray(layout.build_inputs(mulan=chunk, tempo=rows_tempo, key=rows_key), np.int32)
         aligned = family.aligned_ids(inputs, num_targets)
@@ -312,7 +312,7 @@ def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Sco
             data = rollout(policy, reference, layout, lm._text_tokens(pick), pick, score, num_targets=num_targets,
                            samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed + 1000 * r,
                            batch_size=batch_size, teacher_guidance=teacher_guidance, tempo=lm.prompt_tempo(pick),
-                           guide_tempo=bool(lm.sampling["guide_tempo"]), key=lm.prompt_key(pick),
+                           guide_tempo=bool(lm.sampling["guide_tempo"]), stated_key=lm.prompt_key(pick),
                            guide_key=bool(lm.sampling["guide_key"]))
             np.savez_compressed(path, **data)
         history.append(_round_stats(r, data["rewards"]))
