@@ -100,6 +100,7 @@ class MusicLM:
             raise ValueError(f"unknown sampling setting(s) {unknown}; known: {sorted(SAMPLING_DEFAULTS)}")
         self.sampling = {**SAMPLING_DEFAULTS, **(sampling or {})}
         self.sampling["temperatures"] = tuple(self.sampling["temperatures"])
+        guide_key_stages(self.sampling["guide_key"])   # a bad value fails here, with one line
         self.unguided_stages = tuple(unguided_stages)
         if not set(self.unguided_stages) <= {"semantic", "coarse"}:
             raise ValueError(f"unguided_stages {list(self.unguided_stages)} must name guided stages: 'semantic' "
@@ -183,7 +184,8 @@ class MusicLM:
 
         kwargs: temperatures (semantic, coarse, fine), top_k, top_p, guidance_scale (> 1 sharpens towards the text;
         semantic and coarse stages), guide_tempo (the guidance also sharpens a tempo-conditioned stage's beat),
-        guide_key (the unconditional branch also loses the key of a key-conditioned stage): each
+        guide_key (the unconditional branch also loses the key of a key-conditioned stage; True, False, or the
+        stages to do it in, e.g. ["coarse"]): each
         defaults to the model's own (`self.sampling`: musiclm.json's "sampling",
         else SAMPLING_DEFAULTS); num_samples=1, seed=0 (an int, or one int per prompt so that each prompt decodes
         as it would alone), progress=True, max_duration_s=MAX_DURATION_S; melody (a melody-conditioned model):
@@ -339,7 +341,7 @@ class MusicLM:
 
     def _run(self, mulan_at: Callable[[float], np.ndarray], duration_s: float, *, prompts,
              temperatures=None, top_k: int | None = None, top_p: float | None = None,
-             guidance_scale: float | None = None, guide_tempo: bool | None = None, guide_key: bool | None = None,
+             guidance_scale: float | None = None, guide_tempo: bool | None = None, guide_key=None,
              num_samples: int = 1, seed: int | Sequence[int] = 0, progress: bool = True, rerank: bool = True,
              known: dict | None = None, boundaries: tuple = (), max_duration_s: float = MAX_DURATION_S, melody=None,
              bpm=None, key=None) -> Generation:
@@ -361,7 +363,7 @@ class MusicLM:
         top_p = d["top_p"] if top_p is None else top_p
         guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
         guide_tempo = bool(d["guide_tempo"] if guide_tempo is None else guide_tempo)
-        guide_key = bool(d["guide_key"] if guide_key is None else guide_key)
+        key_guided = guide_key_stages(d["guide_key"] if guide_key is None else guide_key)
         if len(temperatures) != 3 or min(temperatures) < 0:
             raise ValueError(f"temperatures must be 3 values >= 0 (semantic, coarse, fine), got {temperatures}")
         if not isinstance(num_samples, int) or num_samples < 1:
@@ -415,7 +417,7 @@ class MusicLM:
             "semantic", n_sem, self.semantic_rate, self.windows.semantic_s,
             semantic_cond, known.get("semantic"),
             decoding.fold_in(rng, 0), temperatures[0], stage_scale("semantic"), guide_tempo=guide_tempo,
-            guide_key=guide_key, **opts)
+            guide_key="semantic" in key_guided, **opts)
         timings["semantic"] = time.perf_counter() - t0
 
         def coarse_cond(a, b, done):
@@ -426,7 +428,7 @@ class MusicLM:
         t0 = time.perf_counter()
         out["coarse"] = self._decode_stage("coarse", n_ac, self.acoustic_rate, self.windows.coarse_s, coarse_cond,
                                            known.get("coarse"), decoding.fold_in(rng, 1), temperatures[1],
-                                           stage_scale("coarse"), guide_key=guide_key, **opts)
+                                           stage_scale("coarse"), guide_key="coarse" in key_guided, **opts)
         timings["coarse"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         out["fine"] = self._decode_stage("fine", n_ac, self.acoustic_rate, self.windows.fine_s,
@@ -549,6 +551,17 @@ def load_stage_lm(model_dir: str) -> tr.Transformer:
 
 
 # -- tiny random parts (tests, `generate --random_init --tiny`) -------------------------------------------------
+def guide_key_stages(guide_key) -> frozenset:
+    """The sampling setting `guide_key` (True: both guided stages, False: none, or a list of stage names) -> the
+    stages whose unconditional branch loses the key."""
+    if isinstance(guide_key, bool):
+        return frozenset({"semantic", "coarse"} if guide_key else ())
+    stages = [guide_key] if isinstance(guide_key, str) else guide_key
+    if not isinstance(stages, (list, tuple)) or not set(stages) <= {"semantic", "coarse"}:
+        raise ValueError(f"guide_key must be true, false or a list of 'semantic' / 'coarse', got {guide_key!r}")
+    return frozenset(stages)
+
+
 def tiny_random(seed: int = 0, sizes: st.TokenSizes | None = None, melody: bool = False) -> MusicLM:
     """A MusicLM of tiny, randomly initialised parts: fast on CPU, and its audio is untrained noise. `melody`: with
     a tiny random melody embedder and a melody-conditioned semantic stage (sizes default to TINY_MELODY)."""

@@ -160,6 +160,12 @@ def test_pipeline_reads_the_prompt_key_or_the_one_given():
     sharp = lm.generate_full(prompt, duration_s=0.2, seed=0, progress=False, guidance_scale=3.0, guide_key=True)
     dull = lm.generate_full(prompt, duration_s=0.2, seed=0, progress=False, guidance_scale=3.0)
     assert (sharp.tokens["semantic"] != dull.tokens["semantic"]).any() and lm.sampling["guide_key"] is False
+    coarse_only = lm.generate_full(prompt, duration_s=0.2, seed=0, progress=False, guidance_scale=3.0,
+                                   guide_key=["coarse"])
+    np.testing.assert_array_equal(coarse_only.tokens["semantic"], dull.tokens["semantic"])
+    assert (coarse_only.tokens["coarse"] != dull.tokens["coarse"]).any()
+    with pytest.raises(ValueError, match="guide_key must be"):
+        lm.generate_full(prompt, duration_s=0.2, progress=False, guide_key=["fine"])
     assert lm.generate_full(["a calm piano waltz"], duration_s=0.2, progress=False).key == [None]
     with pytest.raises(ValueError, match="no key conditioning"):
         plain_lm.generate_full(prompt, duration_s=0.2, key="C major", progress=False)
