@@ -229,3 +229,17 @@ def test_key_experiment_configs_parse(gin_file, stage, task, length):
         assert gin.query_parameter("stage_task_dataset.inputs_length") == length
     finally:
         gin.clear_config()
+
+
+def test_free_prompts_state_tempo_and_key_in_other_wordings_and_are_scored_per_prompt(tmp_path):
+    from musiclm_jax.eval import free_prompts
+    from musiclm_jax.pipeline import tiny_random
+
+    texts = free_prompts.prompts()
+    assert len(set(texts)) == 32 and all(key_from_text(t) is not None for t in texts)
+    assert len({t.split()[0] for t in texts}) > 8   # not one template
+    row = free_prompts.score(tiny_random(seed=0, sizes=st.TINY_KEY), texts[:2], seconds=0.5)
+    for name in ("tempo", "key", "mode"):
+        assert 0.0 <= row[name][0] <= 1.0 and len(row["per_prompt"][name]) == 2
+    with pytest.raises(ValueError, match="must state a BPM and a key"):
+        free_prompts.score(tiny_random(seed=0, sizes=st.TINY_KEY), ["a calm piano piece"], seconds=0.5)
