@@ -242,6 +242,14 @@ def resolve_shard(num_shards: int | None, shard_index: int | None) -> tuple[int,
 NOT_JOB_IDENTITY = ("prompts", "batch_size", "max_duration_s")
 
 
+def _key_fields(index: int | None) -> dict:
+    """A result row's key as the eval suite's truth fields (tonic in "key", "mode"), like SynthCaps' metadata."""
+    if index is None:
+        return {"key": None, "mode": None}
+    tonic, mode = key_name(index).split()
+    return {"key": tonic, "mode": mode}
+
+
 def check_job(prompts_path: str, out_dir: str, *, duration_s: float = 10.0, batch_size: int = 1,
               chunk_size: int = 64, seed: int = 0, temperatures=(1.0, 0.95, 0.4), top_k: int = 0,
               top_p: float = 1.0, guidance_scale: float = 1.0, guide_tempo: bool = False, guide_key=False,
@@ -370,8 +378,7 @@ def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.
                                  "mulan_score": _finite(scores[row]), "untrained": untrained,
                                  **({"melody": p.melody} if p.melody else {}),
                                  **({"bpm": gen.bpm[row]} if gen.bpm is not None else {}),
-                                 **({"key": None if gen.key[row] is None else key_name(gen.key[row])}
-                                    if gen.key is not None else {})})
+                                 **(_key_fields(gen.key[row]) if gen.key is not None else {})})
                     audio_s += wave.shape[-1] / gen.sample_rate
             except Exception as e:  # noqa: BLE001 - a failed prompt is counted and named; the job goes on
                 rows = [r for r in rows if r["line"] not in {p.line for p in call}]

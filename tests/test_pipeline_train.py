@@ -25,16 +25,20 @@ def clean_gin():
 
 SIZES = {"tiny": st.TINY, "paper": st.PAPER, "quickstart": st.QUICKSTART, "tiny_melody": st.TINY_MELODY,
          "quickstart_melody": st.QUICKSTART_MELODY, "quickstart_speed": st.QUICKSTART,
-         "quickstart_beat": st.QUICKSTART_BEAT, "quickstart_speed_beat": st.QUICKSTART_BEAT}
+         "quickstart_beat": st.QUICKSTART_BEAT, "quickstart_speed_beat": st.QUICKSTART_BEAT,
+         "quickstart_speed_key": st.QUICKSTART_KEY, "quickstart_key": st.QUICKSTART_KEY,
+         "quickstart_key_warm": st.QUICKSTART_KEY}
 MELODY_EXPERIMENTS = [f"stage_{stage}_{size}_melody.gin" for stage in ("semantic", "coarse")
                       for size in ("quickstart", "tiny")]
 SPEED_EXPERIMENTS = ["stage_semantic_quickstart_speed.gin"]
 BEAT_EXPERIMENTS = ["stage_semantic_quickstart_beat.gin", "stage_semantic_quickstart_speed_beat.gin"]
+KEY_EXPERIMENTS = ["stage_semantic_quickstart_speed_key.gin", "stage_coarse_quickstart_key.gin",
+                   "stage_coarse_quickstart_key_warm.gin"]
 
 
 def test_all_stage_experiments_exist():
     assert EXPERIMENTS == sorted([f"stage_{s}_{z}.gin" for s in st.STAGES for z in ("tiny", "paper", "quickstart")]
-                                 + MELODY_EXPERIMENTS + SPEED_EXPERIMENTS + BEAT_EXPERIMENTS)
+                                 + MELODY_EXPERIMENTS + SPEED_EXPERIMENTS + BEAT_EXPERIMENTS + KEY_EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -61,8 +65,12 @@ def test_stage_experiment_parses_with_layout_vocab_and_dropout(name):
         assert (family.config.num_layers, family.config.d_model, family.config.d_ff) == (24, 1024, 4096)
     assert family.tempo_ids == layout.tempo_ids() and (family.tempo_prob > 0) == layout.has_beat
     assert family.config.aligned_inputs == (family.aligned is not None)
-    if layout.has_beat:   # MuLan tokens, the two tempo tokens, SEP
-        assert inputs_len == sizes.mulan_levels + 3 and family.aligned == layout
+    assert family.key_ids == layout.key_ids() and (family.key_prob > 0) == layout.has_key
+    if layout.has_beat:   # MuLan tokens, (the key token,) the two tempo tokens, SEP
+        assert inputs_len == sizes.mulan_levels + 3 + layout.has_key and family.aligned == layout
+    elif layout.has_key:   # coarse: MuLan tokens, the crop's 25 Hz semantic tokens, the key token, SEP
+        crop = gin.query_parameter(f"stage_crop_seconds.{stage}")
+        assert inputs_len == sizes.mulan_levels + round(crop * 25) + 2 and family.aligned.streams == layout.streams
     if name in SPEED_EXPERIMENTS:   # trains on the speed-augmented task, validates on the plain one
         assert gin.query_parameter("stage_task_dataset.task") == "synthcaps_quickstart_speed_semantic"
         assert gin.query_parameter("eval/stage_task_dataset.task") == "synthcaps_quickstart_semantic"
