@@ -232,7 +232,8 @@ def diagnose(model, refs: Sequence[Item], out_dir: str, *, backends: dict, probe
               "sampling": {k: list(v) if k == "temperatures" else v for k, v in {
                   **{k: model.sampling[k] for k in ("temperatures", "top_k", "top_p", "guide_tempo", "guide_key")},
                   **(sampling or {})}.items()},
-              "tempo": tempo if model.has_tempo else None, "key": key if model.has_key else None, "seed": seed, "backends": list(backends),
+              "tempo": tempo if model.has_tempo else None, "key": key if model.has_key else None, "seed": seed,
+              "backends": list(backends),
               "probes": [p.attribute + ":" + p.backend for p in probes], "skipped": skipped.to_json()}
     with open(os.path.join(out_dir, "chain.json"), "w") as f:
         json.dump(report, f, indent=1, default=float)

@@ -144,7 +144,8 @@ class TokenLM(Family):
         start, stop = self.uncond_span
         key = jax.random.fold_in(rng, 0x5EED)
         if "decoder_target_tokens" in batch and any(prob > 0 for prob, _ in extra):
-            raise ValueError("melody-, tempo- and key-conditioning dropout read unpacked batches ('inputs', 'targets'): "
+            raise ValueError("melody-, tempo- and key-conditioning dropout read unpacked batches ('inputs', "
+                             "'targets'): "
                              "train that stage with packing off")
         if "decoder_target_tokens" in batch:
             if self.aligned is not None:

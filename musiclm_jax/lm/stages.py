@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from musiclm_jax.musical_key import NUM_KEYS
+
 PAD, EOS, SEP, UNCOND = 0, 1, 2, 3
 NUM_SPECIAL = 4
 STAGES = ("semantic", "coarse", "fine")
@@ -130,7 +132,7 @@ TEMPO_STEPS = 48
 TEMPO_IDS = int(round(np.log2(TEMPO_FRAMES[1] / TEMPO_FRAMES[0]) * TEMPO_STEPS)) + 1
 START_PHASES = 32
 # Key tokens: tonic pitch class x 2 + (1 for minor), as musical_key.key_index; -1: unknown.
-KEY_IDS = 24
+KEY_IDS = NUM_KEYS
 
 
 def tempo_of(bpm, start_seconds, frame_rate: float) -> np.ndarray:
@@ -460,8 +462,8 @@ class StageLayout:
         The model reads `concat(inputs, targets[:, :-1])`; position P - 1 + j predicts target j, and gets the
         semantic id of target j's time added to its embedding (TransformerConfig.aligned_inputs), so each acoustic
         frame sees the semantic token it sounds with instead of finding it by attention. `inputs` [b, P] hold
-        M, S, (the key token,) SEP; the Ts semantic tokens and the num_targets / Qc acoustic frames span the same time, so frame f
-        reads semantic token (f * Ts) // Ta."""
+        M, S, (the key token,) SEP; the Ts semantic tokens and the num_targets / Qc acoustic frames span the same
+        time, so frame f reads semantic token (f * Ts) // Ta."""
         if self.has_beat:
             return self._beat_ids(inputs, num_targets)
         if self.stage != "coarse":
@@ -476,7 +478,8 @@ class StageLayout:
         k, start = self.tokens_per_frame, self.sizes.mulan_levels
         ts = inputs.shape[1] - 1 - start - int(self.has_key)
         if inputs.ndim != 2 or ts < 1 or num_targets < 1:
-            raise ValueError(f"coarse stage: aligned_ids needs inputs [b, Qm + Ts (+ 1 key) + 1] with Ts >= 1 and num_targets "
+            raise ValueError(f"coarse stage: aligned_ids needs inputs [b, Qm + Ts (+ 1 key) + 1] with Ts >= 1 and "
+                             f"num_targets "
                              f">= 1, got inputs {inputs.shape}, num_targets {num_targets}")
         frames = -(-num_targets // k)
         idx = start + (np.arange(num_targets) // k * ts) // frames
@@ -571,7 +574,8 @@ def stage_aligned(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None,
         return None
     layout = StageLayout(stage, sizes or TokenSizes())
     if not layout.has_beat:
-        layout.aligned_ids(np.zeros((1, layout.sizes.mulan_levels + 2 + layout.has_key), np.int32), 2)  # other stages raise
+        # A coarse probe (MuLan, one semantic token, the key token when there is one, SEP): other stages raise.
+        layout.aligned_ids(np.zeros((1, layout.sizes.mulan_levels + 2 + layout.has_key), np.int32), 2)
     return layout
 
 
