@@ -37,7 +37,13 @@ def export(work_dir: str, out_dir: str, *, sizes: st.TokenSizes = st.QUICKSTART,
     recorded = {stage: _recorded_sizes(os.path.join(work_dir, f"stage_{stage}")) for stage in ("semantic", "coarse")}
     sizes = dataclasses.replace(sizes, beat_phases=int(recorded["semantic"].get("beat_phases", 0)),
                                 key_stages=tuple(s for s in recorded if s in recorded[s].get("key_stages", ())))
+    if recorded["semantic"].get("melody_aligned"):   # the pitch-class melody stream (melody/pitch.py)
+        sizes = dataclasses.replace(sizes, **{k: recorded["semantic"][k] for k in (
+            "melody_levels", "melody_codes", "melody_stages", "melody_aligned")})
     os.makedirs(out_dir, exist_ok=True)
+    if sizes.melody_aligned:
+        from musiclm_jax.melody.pitch import PitchMelody
+        PitchMelody().save(os.path.join(out_dir, "melody"))
     report = {"parts": {}}
     for part in PARTS:
         drop = []
@@ -71,8 +77,8 @@ def export(work_dir: str, out_dir: str, *, sizes: st.TokenSizes = st.QUICKSTART,
 
 def _recorded_sizes(stage_dir: str) -> dict:
     """The TokenSizes fields a stage checkpoint records with its time-aligned layout ({} for a stage without one):
-    where the manifest reads beat_phases (tempo conditioning) and key_stages (key conditioning) from, so that it
-    says what the stages were trained with."""
+    where the manifest reads beat_phases (tempo conditioning), key_stages (key conditioning) and the pitch-class
+    melody (melody_aligned) from, so that it says what the stages were trained with."""
     from musiclm_jax.train.checkpoints import Checkpointer
 
     ckpt = Checkpointer(stage_dir, async_save=False)

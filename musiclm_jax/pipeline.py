@@ -113,9 +113,10 @@ class MusicLM:
                 raise ValueError(f"the {name} LM has vocab_size {model.cfg.vocab_size} but its layout needs "
                                  f"{self.layouts[name].num_ids} ids: build it with vocab_size="
                                  f"{self.layouts[name].vocab_size}")
-        if self.layouts["semantic"].has_beat != semantic_lm.cfg.aligned_inputs:
-            raise ValueError("the token sizes' beat_phases and the semantic LM disagree: a tempo-conditioned semantic "
-                             "stage (beat_phases > 0) is trained with aligned_inputs (beat phases), and only it")
+        if self.layouts["semantic"].needs_aligned != semantic_lm.cfg.aligned_inputs:
+            raise ValueError("the token sizes' beat_phases / melody_aligned and the semantic LM disagree: a semantic "
+                             "stage with tempo or aligned melody conditioning is trained with aligned_inputs, and "
+                             "only it")
         # A codec with more levels than the layout is used at its first `codec_levels` (a lower bitrate).
         if codec.num_levels < sizes.codec_levels or codec.config.codebook_size != sizes.codec_codes:
             raise ValueError(f"the codec has {codec.num_levels} x {codec.config.codebook_size} codes but the token "
@@ -169,8 +170,8 @@ class MusicLM:
             if not os.path.isdir(os.path.join(model_dir, "melody")):
                 raise ValueError(f"{model_dir} is melody-conditioned (musiclm.json melody_levels > 0) but has no "
                                  "melody/ embedder: copy the `musiclm-jax melody train` model_dir there")
-            from musiclm_jax.melody.api import Melody
-            melody = Melody.from_checkpoint(os.path.join(model_dir, "melody"))
+            from musiclm_jax.melody.api import load_melody_dir
+            melody = load_melody_dir(os.path.join(model_dir, "melody"))
         return cls(mulan=MuLan.from_checkpoint(os.path.join(model_dir, "mulan")),
                    codec=SoundStream.from_checkpoint(os.path.join(model_dir, "codec")),
                    semantic_lm=lms["semantic"], coarse_lm=lms["coarse"], fine_lm=lms["fine"], sizes=sizes,
@@ -184,6 +185,7 @@ class MusicLM:
 
         kwargs: temperatures (semantic, coarse, fine), top_k, top_p, guidance_scale (> 1 sharpens towards the text;
         semantic and coarse stages), guide_tempo (the guidance also sharpens a tempo-conditioned stage's beat),
+        guide_melody (the unconditional branch also loses the melody, so guidance sharpens it too),
         guide_key (the unconditional branch also loses the key of a key-conditioned stage; True, False, or the
         stages to do it in, e.g. ["coarse"]): each
         defaults to the model's own (`self.sampling`: musiclm.json's "sampling",
@@ -342,7 +344,7 @@ class MusicLM:
     def _run(self, mulan_at: Callable[[float], np.ndarray], duration_s: float, *, prompts,
              temperatures=None, top_k: int | None = None, top_p: float | None = None,
              guidance_scale: float | None = None, guide_tempo: bool | None = None, guide_key=None,
-             num_samples: int = 1, seed: int | Sequence[int] = 0, progress: bool = True, rerank: bool = True,
+             guide_melody: bool | None = None, num_samples: int = 1, seed: int | Sequence[int] = 0, progress: bool = True, rerank: bool = True,
              known: dict | None = None, boundaries: tuple = (), max_duration_s: float = MAX_DURATION_S, melody=None,
              bpm=None, key=None) -> Generation:
         duration_s = check_duration(duration_s, max_duration_s)
@@ -364,6 +366,7 @@ class MusicLM:
         guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
         guide_tempo = bool(d["guide_tempo"] if guide_tempo is None else guide_tempo)
         key_guided = guide_key_stages(d["guide_key"] if guide_key is None else guide_key)
+        guide_melody = bool(d["guide_melody"] if guide_melody is None else guide_melody)
         if len(temperatures) != 3 or min(temperatures) < 0:
             raise ValueError(f"temperatures must be 3 values >= 0 (semantic, coarse, fine), got {temperatures}")
         if not isinstance(num_samples, int) or num_samples < 1:
@@ -417,7 +420,7 @@ class MusicLM:
             "semantic", n_sem, self.semantic_rate, self.windows.semantic_s,
             semantic_cond, known.get("semantic"),
             decoding.fold_in(rng, 0), temperatures[0], stage_scale("semantic"), guide_tempo=guide_tempo,
-            guide_key="semantic" in key_guided, **opts)
+            guide_key="semantic" in key_guided, guide_melody=guide_melody, **opts)
         timings["semantic"] = time.perf_counter() - t0
 
         def coarse_cond(a, b, done):
@@ -428,7 +431,8 @@ class MusicLM:
         t0 = time.perf_counter()
         out["coarse"] = self._decode_stage("coarse", n_ac, self.acoustic_rate, self.windows.coarse_s, coarse_cond,
                                            known.get("coarse"), decoding.fold_in(rng, 1), temperatures[1],
-                                           stage_scale("coarse"), guide_key="coarse" in key_guided, **opts)
+                                           stage_scale("coarse"), guide_key="coarse" in key_guided,
+                                           guide_melody=guide_melody, **opts)
         timings["coarse"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         out["fine"] = self._decode_stage("fine", n_ac, self.acoustic_rate, self.windows.fine_s,
@@ -462,7 +466,7 @@ class MusicLM:
 
     def _decode_stage(self, stage: str, total: int, rate: float, crop_s: float, cond_for, known, rng, temperature,
                       guidance_scale, *, top_k, top_p, progress, boundaries, guide_tempo=False,
-                      guide_key=False) -> np.ndarray:
+                      guide_key=False, guide_melody=False) -> np.ndarray:
         """Decodes `total` frames of one stage in sliding windows; `cond_for(start, end, done)` gives the raw
         conditioning of window [start, end) whose frames from `done` on are new. Returns raw codes."""
         layout, model = self.layouts[stage], self.models[stage]
@@ -484,17 +488,17 @@ class MusicLM:
             inputs = np.asarray(layout.build_inputs(**cond_for(start, end, done)))
             prompt = np.concatenate([inputs, ids[:, start * k:done * k]], axis=1) if ids.size else inputs
             guided = guidance_scale != 1.0 and layout.cond_span() != (0, 0)
-            uncond = (np.asarray(layout.uncond_inputs(prompt, drop_tempo=guide_tempo, drop_key=guide_key))
-                      if guided else None)
+            drops = dict(drop_tempo=guide_tempo, drop_key=guide_key, drop_melody=guide_melody)
+            uncond = np.asarray(layout.uncond_inputs(prompt, **drops)) if guided else None
             need = prompt.shape[1] + (end - done) * k
             if need > model.cfg.max_len:
                 raise ValueError(f"the {stage} window needs {need} tokens but the LM's max_len is "
                                  f"{model.cfg.max_len}: shorten Windows.{stage}_s or raise max_len")
             aligned = (jnp.asarray(layout.aligned_ids(inputs, (end - start) * k)) if model.cfg.aligned_inputs
                        else None)
-            uncond_aligned = None
-            if guided and guide_tempo and layout.has_beat:
-                uncond_aligned = jnp.asarray(layout.aligned_ids(layout.uncond_inputs(inputs, drop_tempo=True),
+            uncond_aligned = None   # the unconditional rows read the aligned ids of what their prompt keeps
+            if guided and (guide_tempo and layout.has_beat or guide_melody and layout.melody_aligned):
+                uncond_aligned = jnp.asarray(layout.aligned_ids(layout.uncond_inputs(inputs, **drops),
                                                                 (end - start) * k))
             new, _ = decoding.sample(model, jnp.asarray(prompt), max_new_tokens=(end - done) * k, aligned=aligned,
                                      uncond_aligned=uncond_aligned,
@@ -562,9 +566,10 @@ def guide_key_stages(guide_key) -> frozenset:
     return frozenset(stages)
 
 
-def tiny_random(seed: int = 0, sizes: st.TokenSizes | None = None, melody: bool = False) -> MusicLM:
+def tiny_random(seed: int = 0, sizes: st.TokenSizes | None = None, melody: bool | str = False) -> MusicLM:
     """A MusicLM of tiny, randomly initialised parts: fast on CPU, and its audio is untrained noise. `melody`: with
-    a tiny random melody embedder and a melody-conditioned semantic stage (sizes default to TINY_MELODY)."""
+    a tiny random melody embedder and a melody-conditioned semantic stage (sizes default to TINY_MELODY); "pitch":
+    the pitch-class melody stream (sizes default to TINY_PITCH)."""
     from flax import nnx
 
     from musiclm_jax.codec.api import SoundStream
@@ -574,9 +579,12 @@ def tiny_random(seed: int = 0, sizes: st.TokenSizes | None = None, melody: bool 
     from musiclm_jax.mulan.model import MuLanConfig, MuLanModel
     from musiclm_jax.mulan.text import TextConfig
 
-    sizes = sizes or (st.TINY_MELODY if melody else st.TINY)
+    sizes = sizes or (st.TINY_PITCH if melody == "pitch" else st.TINY_MELODY if melody else st.TINY)
     melody_model = None
-    if melody:
+    if melody == "pitch":
+        from musiclm_jax.melody.pitch import PitchMelody
+        melody_model = PitchMelody()
+    elif melody:
         from musiclm_jax.melody.api import Melody
         melody_model = Melody.random(seed)
     audio = AudioConfig(sample_rate=8000, window_seconds=1.0, stride_seconds=0.5, n_fft=256, hop_length=128,
@@ -592,7 +600,7 @@ def tiny_random(seed: int = 0, sizes: st.TokenSizes | None = None, melody: bool 
     lms = {}
     for i, (name, layout) in enumerate(st.layouts(sizes).items()):
         cfg = tr.preset("tiny", vocab_size=layout.vocab_size, max_len=256, dtype="float32",
-                        aligned_inputs=layout.has_beat)   # a tempo-conditioned semantic stage reads beat phases
+                        aligned_inputs=layout.needs_aligned)   # beat phases / melody pitch classes
         lms[name] = tr.Transformer(cfg, rngs=nnx.Rngs(seed + 1 + i))
     # codec frames at 8000 / 40 = 200 Hz; semantic at half the acoustic rate, as in the paper (25 vs 50 Hz)
     return MusicLM(mulan=mulan, codec=codec, semantic_lm=lms["semantic"], coarse_lm=lms["coarse"],

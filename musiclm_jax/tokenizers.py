@@ -33,7 +33,8 @@ RANDOM_PREFIX = "random:"
 @dataclasses.dataclass(frozen=True)
 class TokenizerSpec:
     """Where each tokenizer comes from: a checkpoint directory, or `random:<seed>` (tiny, untrained). `melody`
-    (optional, "" = none): a melody embedder with its quantizer (`musiclm-jax melody train` + `fit-quantizer`)."""
+    (optional, "" = none): a melody embedder with its quantizer (`musiclm-jax melody train` + `fit-quantizer`), or
+    "pitch": the pitch-class melody stream (melody/pitch.py), taken from a clip's lead-line notes when it has them."""
 
     codec: str
     semantic: str
@@ -140,8 +141,13 @@ def load_mulan(source: str):
 
 
 def load_melody(source: str):
-    """-> (Melody embedder with a quantizer, fingerprint of embedder and codebooks)."""
+    """-> (melody tokenizer, its fingerprint): the learned embedder with its quantizer (a `melody train`
+    model_dir or `random:<seed>`), or "pitch": the pitch-class stream (melody/pitch.py; no weights)."""
     from musiclm_jax.melody.api import Melody
+    from musiclm_jax.melody.pitch import SOURCE, PitchMelody
+    if source == SOURCE:
+        melody = PitchMelody()
+        return melody, melody.token_fingerprint
     seed = _seed(source)
     melody = Melody.from_checkpoint(source) if seed is None else Melody.random(seed)
     return melody, melody.token_fingerprint   # raises without a quantizer (`melody fit-quantizer`)
@@ -153,7 +159,7 @@ def local_copy(source: str, root: str | None = None) -> str:
     worker on Dataflow sees the tokenizers only on the bucket."""
     from musiclm_jax.train.checkpoints import is_remote
 
-    if not is_remote(source):
+    if not is_remote(source):   # also "random:<seed>" and the melody source "pitch"
         return source
     import hashlib
     import tempfile
@@ -225,9 +231,10 @@ class Tokenizers:
                              "codebook_size": self.melody.cfg.rvq_codebook_size}
         return out
 
-    def tokenize(self, wave, sample_rate: int) -> dict[str, np.ndarray]:
+    def tokenize(self, wave, sample_rate: int, notes=None) -> dict[str, np.ndarray]:
         """One mono clip [samples] (float in [-1, 1]) -> its three token streams (int32), + melody_tokens
-        [round(seconds * melody rate), Ql] with a melody embedder.
+        [round(seconds * melody rate), Ql] with a melody tokenizer. `notes` (pitches, starts, ends) of the clip's
+        melody (SynthCaps' lead line): the pitch-class stream reads them instead of tracking the mix.
 
         Semantic (25 Hz) and acoustic (50 Hz) streams are cut to the same duration, so frame i of one stream
         and frame i * ratio of the other cover the same time; the melody stream covers that duration too.
@@ -247,8 +254,12 @@ class Tokenizers:
                "acoustic_tokens": np.asarray(acoustic, np.int32)}
         if self.melody is not None:
             frames = max(1, int(round(seconds * self.melody.frame_rate)))
-            with self._call_lock:
-                out["melody_tokens"] = np.asarray(self.melody.frame_tokens(wave, sample_rate, frames), np.int32)
+            from musiclm_jax.melody.pitch import PitchMelody, notes_tokens
+            if notes is not None and isinstance(self.melody, PitchMelody):
+                out["melody_tokens"] = notes_tokens(*notes, frames, self.melody.frame_rate)
+            else:
+                with self._call_lock:
+                    out["melody_tokens"] = np.asarray(self.melody.frame_tokens(wave, sample_rate, frames), np.int32)
         return out
 
 

@@ -207,7 +207,7 @@ def test_sampling_defaults_are_the_models_own(lm):
     model = argparse.Namespace(sampling={**pipeline.SAMPLING_DEFAULTS, "guidance_scale": 3.0})
     assert generate_commands.sampling_kwargs(args, model) == {
         "temperatures": (1.0, 0.95, 0.4), "top_k": 5, "top_p": 1.0, "guidance_scale": 3.0, "guide_tempo": False,
-        "guide_key": False, "num_samples": 1}
+        "guide_key": False, "guide_melody": False, "num_samples": 1}
     assert generate_commands.sampling_kwargs(args) == {"top_k": 5, "num_samples": 1}
     with pytest.raises(ValueError, match="unknown sampling setting"):
         pipeline.MusicLM(mulan=lm.mulan, codec=lm.codec, semantic_lm=lm.models["semantic"],

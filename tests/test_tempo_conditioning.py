@@ -159,7 +159,7 @@ def test_pipeline_reads_the_prompt_tempo_or_the_one_given():
         plain_lm.generate_full(prompt, duration_s=0.2, bpm=120, progress=False)
     with pytest.raises(ValueError, match=r"bpm must be in \[30, 300\]"):
         lm.generate_full(prompt, duration_s=0.2, bpm=5, progress=False)
-    with pytest.raises(ValueError, match="beat_phases and the semantic LM disagree"):
+    with pytest.raises(ValueError, match="beat_phases / melody_aligned and the semantic LM disagree"):
         plain = tr.Transformer(dataclasses.replace(lm.models["semantic"].cfg, aligned_inputs=False), rngs=nnx.Rngs(0))
         type(lm)(mulan=lm.mulan, codec=lm.codec, semantic_lm=plain,
                  coarse_lm=lm.models["coarse"], fine_lm=lm.models["fine"], sizes=st.TINY_BEAT,

@@ -147,7 +147,7 @@ def generate(model, prompts, *, max_new_tokens, rng, prompt_lengths=None, temper
                          "aligned_ids)" if aligned is None else "aligned= was passed to an LM trained without it")
     if aligned is not None:
         aligned = jnp.asarray(aligned, jnp.int32)
-        if aligned.shape != (b, prompts.shape[1] + max_new_tokens - 1):
+        if aligned.shape[:2] != (b, prompts.shape[1] + max_new_tokens - 1) or aligned.ndim not in (2, 3):
             raise ValueError(f"aligned must be [{b}, {prompts.shape[1] + max_new_tokens - 1}] (prompt width + "
                              f"max_new_tokens - 1), got {aligned.shape}")
     if uncond_aligned is not None:
@@ -234,7 +234,11 @@ def _generate(model, prompts, lengths, uncond, uncond_lengths, prefix, aligned, 
     def aligned_at(positions):  # aligned ids by position; -1 (none) on the left padding
         if aligned is None:
             return None
-        ids = jnp.take_along_axis(aligned, jnp.clip(positions, 0, aligned.shape[1] - 1), axis=1)
+        where = jnp.clip(positions, 0, aligned.shape[1] - 1)
+        if aligned.ndim == 3:   # several aligned ids per position
+            ids = jnp.take_along_axis(aligned, where[..., None], axis=1)
+            return jnp.where(positions[..., None] >= 0, ids, -1)
+        ids = jnp.take_along_axis(aligned, where, axis=1)
         return jnp.where(positions >= 0, ids, -1)
 
     def next_token(step, logits, done, key):

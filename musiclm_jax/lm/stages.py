@@ -64,6 +64,8 @@ class TokenSizes:
     melody_stages: tuple[str, ...] = ("semantic", "coarse")   # the stages whose prefix reads the melody tokens
     beat_phases: int = 0       # tempo conditioning of the semantic stage: beat-phase ids per beat; 0 = none
     key_stages: tuple[str, ...] = ()   # the stages whose prefix reads the stated key (one token); () = none
+    melody_aligned: bool = False   # the semantic stage's targets also read the melody token of their time as an
+                                   # aligned id (a pitch-class stream, melody/pitch.py: melody_levels 1)
 
     def __post_init__(self):
         for name, may_be_empty in (("melody_stages", False), ("key_stages", True)):
@@ -75,7 +77,7 @@ class TokenSizes:
                 raise ValueError(f"TokenSizes.{name} must name 'semantic' and/or 'coarse'"
                                  f"{' (or none)' if may_be_empty else ''}, got {stages!r}")
         for f in dataclasses.fields(self):
-            if f.name in ("melody_stages", "key_stages"):
+            if f.name in ("melody_stages", "key_stages", "melody_aligned"):
                 continue
             v = getattr(self, f.name)
             low = 0 if f.name.startswith("melody_") or f.name == "beat_phases" else 1
@@ -84,6 +86,10 @@ class TokenSizes:
         if (self.melody_levels == 0) != (self.melody_codes == 0):
             raise ValueError(f"TokenSizes.melody_levels ({self.melody_levels}) and melody_codes ({self.melody_codes}) "
                              "must both be 0 (no melody conditioning) or both positive")
+        if self.melody_aligned and (self.melody_levels != 1 or "semantic" not in self.melody_stages):
+            raise ValueError("TokenSizes.melody_aligned needs one melody stream (melody_levels = 1, a pitch-class "
+                             f"melody) read by the semantic stage, got melody_levels {self.melody_levels}, "
+                             f"melody_stages {self.melody_stages}")
         if not self.coarse_levels < self.codec_levels:
             raise ValueError(f"TokenSizes.coarse_levels ({self.coarse_levels}) must be < codec_levels "
                              f"({self.codec_levels}) so the fine stage has levels left to predict")
@@ -123,6 +129,13 @@ QUICKSTART_BEAT = dataclasses.replace(QUICKSTART, beat_phases=8)
 # With the stated key too, in the semantic and coarse stages' prefixes.
 TINY_KEY = dataclasses.replace(TINY_BEAT, key_stages=("semantic", "coarse"))
 QUICKSTART_KEY = dataclasses.replace(QUICKSTART_BEAT, key_stages=("semantic", "coarse"))
+
+# With the pitch-class melody (melody/pitch.py: 12 pitch classes + rest, 6.25 Hz) in the semantic stage's prefix
+# and as each semantic frame's aligned id; the coarse stage hears it through the semantic tokens.
+TINY_PITCH = dataclasses.replace(TINY_KEY, melody_levels=1, melody_codes=13, melody_stages=("semantic",),
+                                 melody_aligned=True)
+QUICKSTART_PITCH = dataclasses.replace(QUICKSTART_KEY, melody_levels=1, melody_codes=13, melody_stages=("semantic",),
+                                       melody_aligned=True)
 
 # Tempo tokens: the beat period in semantic frames on a log grid (TEMPO_STEPS per octave over [TEMPO_FRAMES)),
 # so the layout needs no frame rate (25 Hz: 23-750 BPM; quantisation error <= 0.7 %), and the crop's start phase
@@ -249,6 +262,17 @@ class StageLayout:
         prefix ends with two tempo tokens (beat period, start phase) before SEP, and each target gets its beat
         phase as a time-aligned id (`aligned_ids`), so the beat is where the frames are, not a global hint."""
         return self.sizes.has_beat and self.stage == "semantic"
+
+    @property
+    def needs_aligned(self) -> bool:
+        """Whether this stage's LM must read aligned ids: a semantic stage with tempo or aligned melody (the coarse
+        stage may read its semantic tokens aligned or not: its model config says)."""
+        return self.has_beat or self.melody_aligned
+
+    @property
+    def melody_aligned(self) -> bool:
+        """Whether each target also reads the melody token of its time (TokenSizes.melody_aligned, semantic)."""
+        return self.sizes.melody_aligned and self.stage == "semantic"
 
     @property
     def has_key(self) -> bool:
@@ -402,10 +426,10 @@ class StageLayout:
         xp = self._xp(parts[0])
         return xp.concatenate(parts + [self._sep(parts[0])], axis=1)
 
-    def uncond_inputs(self, inputs, drop_tempo: bool = False, drop_key: bool = False):
+    def uncond_inputs(self, inputs, drop_tempo: bool = False, drop_key: bool = False, drop_melody: bool = False):
         """`inputs` with the MuLan tokens replaced by UNCOND: the prompt of the unconditional guidance branch.
         `drop_tempo`: the tempo tokens too (its aligned ids are then all -1), so guidance also sharpens the beat;
-        `drop_key`: the key token too."""
+        `drop_key`: the key token too; `drop_melody`: the melody tokens too (and their aligned ids)."""
         start, stop = self.cond_span()
         if stop == start:
             raise ValueError("the fine stage has no MuLan conditioning: guidance applies to semantic and coarse")
@@ -417,6 +441,9 @@ class StageLayout:
             drop = drop | ((inputs >= lo) & (inputs < hi))
         if drop_key and self.has_key:
             lo, hi = self.key_ids()
+            drop = drop | ((inputs >= lo) & (inputs < hi))
+        if drop_melody and self.has_melody:
+            lo, hi = self.melody_ids()
             drop = drop | ((inputs >= lo) & (inputs < hi))
         return xp.where(drop, UNCOND, inputs).astype(xp.int32)
 
@@ -464,12 +491,12 @@ class StageLayout:
         frame sees the semantic token it sounds with instead of finding it by attention. `inputs` [b, P] hold
         M, S, (the key token,) SEP; the Ts semantic tokens and the num_targets / Qc acoustic frames span the same
         time, so frame f reads semantic token (f * Ts) // Ta."""
-        if self.has_beat:
-            return self._beat_ids(inputs, num_targets)
+        if self.stage == "semantic" and (self.has_beat or self.melody_aligned):
+            return self._semantic_ids(inputs, num_targets)
         if self.stage != "coarse":
             raise ValueError(f"time-aligned conditioning is defined for the coarse stage (semantic tokens over "
                              f"acoustic frames) and the semantic stage with tempo conditioning (TokenSizes "
-                             f"beat_phases > 0), not the {self.stage} stage")
+                             f"beat_phases > 0 or melody_aligned), not the {self.stage} stage")
         if self.has_melody:
             raise ValueError("time-aligned conditioning of a melody-conditioned coarse stage is not supported: use "
                              "TokenSizes.melody_stages = ('semantic',) with ALIGNED")
@@ -485,6 +512,27 @@ class StageLayout:
         idx = start + (np.arange(num_targets) // k * ts) // frames
         ids = inputs[:, idx].astype(xp.int32)
         return xp.concatenate([xp.full((inputs.shape[0], inputs.shape[1] - 1), -1, xp.int32), ids], axis=1)
+
+    def _semantic_ids(self, inputs, num_targets: int):
+        """The semantic stage's aligned ids: the beat phase (ids [0, beat_phases)) and, with melody_aligned, the
+        pitch-class melody token of the target's time (ids beat_phases + code; frame j of the crop reads melody
+        frame (j * F) // num_targets of the F in the prefix). One channel -> [b, L]; both -> [b, L, 2]."""
+        xp = self._xp(inputs)
+        inputs = xp.asarray(inputs)
+        channels = [self._beat_ids(inputs, num_targets)] if self.has_beat else []
+        if self.melody_aligned:
+            start = self.sizes.mulan_levels
+            frames = inputs.shape[1] - 1 - start - int(self.has_key) - 2 * int(self.has_beat)
+            if inputs.ndim != 2 or frames < 1 or num_targets < 1:
+                raise ValueError(f"semantic stage: aligned_ids needs inputs [b, Qm + F melody (+ key) (+ 2 tempo) + 1]"
+                                 f" with F >= 1 and num_targets >= 1, got inputs {inputs.shape}, num_targets "
+                                 f"{num_targets}")
+            idx = start + (np.arange(num_targets) * frames) // num_targets
+            code = inputs[:, idx] - self.offset("melody0")
+            ids = xp.where((code >= 0) & (code < self.sizes.melody_codes), code + self.sizes.beat_phases, -1)
+            channels.append(xp.concatenate([xp.full((inputs.shape[0], inputs.shape[1] - 1), -1, xp.int32),
+                                            ids.astype(xp.int32)], axis=1))
+        return channels[0] if len(channels) == 1 else xp.stack(channels, axis=-1)
 
     def _beat_ids(self, inputs, num_targets: int):
         """Beat phases of the semantic stage: target j (frame j of the crop) gets the id of its phase within the
@@ -573,7 +621,7 @@ def stage_aligned(stage: str = gin.REQUIRED, sizes: TokenSizes | None = None,
     if not enabled:
         return None
     layout = StageLayout(stage, sizes or TokenSizes())
-    if not layout.has_beat:
+    if not layout.needs_aligned:
         # A coarse probe (MuLan, one semantic token, the key token when there is one, SEP): other stages raise.
         layout.aligned_ids(np.zeros((1, layout.sizes.mulan_levels + 2 + layout.has_key), np.int32), 2)
     return layout

@@ -328,15 +328,17 @@ class Transformer(nnx.Module):
         if not self.cfg.aligned_inputs and aligned is not None:
             raise ValueError("aligned= ids were passed to an LM trained without them (TransformerConfig.aligned_inputs "
                              "is False)")
-        if aligned is not None and aligned.shape != tokens.shape:
-            raise ValueError(f"aligned shape {aligned.shape} must equal tokens shape {tokens.shape}")
+        if aligned is not None and (aligned.shape[:2] != tokens.shape or aligned.ndim not in (2, 3)):
+            raise ValueError(f"aligned shape {aligned.shape} must be tokens shape {tokens.shape} (one id per token) "
+                             "or that + [channels]")
 
     def _body(self, tokens, mask, q_pos, k_pos, *, deterministic, rngs=None, cache=None, aligned=None):
         cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
         x = jnp.take(self.embed[...].astype(dt), tokens, axis=0)
         if aligned is not None:
             extra = jnp.take(self.aligned_embed[...].astype(dt), jnp.maximum(aligned, 0), axis=0)
-            x = x + jnp.where(aligned[..., None] >= 0, extra, 0)
+            extra = jnp.where(aligned[..., None] >= 0, extra, 0)
+            x = x + (extra.sum(axis=2) if aligned.ndim == 3 else extra)   # channels: several ids, summed
         x = with_logical_constraint(x, ("batch", "length", "embed"))
         x = self.dropout(x, deterministic=deterministic, rngs=rngs)
         buckets = relpos_buckets(cfg, q_pos, k_pos)
@@ -398,7 +400,8 @@ class Transformer(nnx.Module):
         tokens of each segment's bidirectional prefix. `segment_ids` [b, l]: packed segments (positions restart in
         each). `positions` [b, l] (instead of segment_ids): explicit positions, -1 for padding never attended
         (left-padded rows, as the decoder builds them). `aligned` [b, l] int (models with
-        `aligned_inputs` only): a second id per token whose embedding is added to the token's, -1 for none.
+        `aligned_inputs` only): a second id per token whose embedding is added to the token's, -1 for none; or
+        [b, l, channels]: several such ids per token (e.g. beat phase and melody pitch class), all added.
         """
         if tokens.ndim != 2:
             raise ValueError(f"Transformer expects tokens of shape [batch, length], got {tokens.shape}")

@@ -154,6 +154,13 @@ class Melody:
         return self.quantizer
 
 
+def load_melody_dir(melody_dir: str):
+    """A model directory's melody/ tokenizer: the pitch-class stream when it holds pitch.json (melody/pitch.py),
+    else a trained embedder with its quantizer."""
+    from musiclm_jax.melody.pitch import PitchMelody, is_pitch_dir
+    return PitchMelody.from_dir(melody_dir) if is_pitch_dir(melody_dir) else Melody.from_checkpoint(melody_dir)
+
+
 def chroma_embed(windows_: np.ndarray, sample_rate: int) -> np.ndarray:
     """The hand-made baseline: each window's chroma sequence (librosa, 12 x frames, every frame L2-normalised),
     flattened and normalised. Timbre-invariant by construction; transposition moves it."""

@@ -74,7 +74,8 @@ def _audio_sample_rate(task_name: str, audio_key: str) -> int:
 def tokenize(ds: tf.data.Dataset, *, task_name: str, audio_key: str = "audio",
              keep: tuple[str, ...] = ()) -> tf.data.Dataset:
     """Clip -> {mulan_tokens [Qm], semantic_tokens [Ts], acoustic_tokens [Ta, Qa], tokenize_error, *keep}, +
-    melody_tokens [Tl, Ql] when the spec names a melody embedder.
+    melody_tokens [Tl, Ql] when the spec names a melody tokenizer (the pitch-class one reads the clip's
+    `lead_notes` when it has some: a SynthCaps example without a lead line gets "no melody").
 
     A clip that fails keeps empty tokens and its error message (counted and named by the cache job)."""
     sample_rate = _audio_sample_rate(task_name, audio_key)
@@ -83,10 +84,10 @@ def tokenize(ds: tf.data.Dataset, *, task_name: str, audio_key: str = "audio",
     check_worker_tokenizers(spec, toks.fingerprints())
     melody = toks.melody is not None
 
-    def run(audio, clip_id):
+    def run(audio, clip_id, has_notes, pitches, starts, ends):
         wave = audio.astype(np.float32) / (32768.0 if audio.dtype == np.int16 else 1.0)
         try:
-            out = toks.tokenize(wave, sample_rate)
+            out = toks.tokenize(wave, sample_rate, notes=(pitches, starts, ends) if has_notes else None)
             mel = out["melody_tokens"] if melody else np.zeros((0, 0), np.int32)
             return out["mulan_tokens"], out["semantic_tokens"], out["acoustic_tokens"], mel, b""
         except Exception as e:  # noqa: BLE001 -- one bad clip must not stop the job
@@ -103,7 +104,11 @@ def tokenize(ds: tf.data.Dataset, *, task_name: str, audio_key: str = "audio",
 
     def fn(ex):
         clip_id = next((ex[k] for k in ID_KEYS if k in ex), tf.constant(""))
-        m, s, a, mel, err = tf.numpy_function(run, [ex[audio_key], clip_id],
+        has_notes = "lead_notes" in ex   # the pitch-class melody reads a score's lead line (none: no melody)
+        notes = ex["lead_notes"] if has_notes else {"pitch": tf.zeros([0], tf.int32), "start": tf.zeros([0]),
+                                                    "end": tf.zeros([0])}
+        m, s, a, mel, err = tf.numpy_function(run, [ex[audio_key], clip_id, has_notes, notes["pitch"],
+                                                    notes["start"], notes["end"]],
                                               [tf.int32, tf.int32, tf.int32, tf.int32, tf.string], stateful=False)
         m.set_shape([None]), s.set_shape([None]), a.set_shape([None, None]), mel.set_shape([None, None])
         err.set_shape([])
@@ -152,6 +157,11 @@ def speed_variants(ds: tf.data.Dataset, *, semitones: tuple[int, ...], audio_key
             for id_key in ID_KEYS:
                 if id_key in ex:
                     ex[id_key] = tf.strings.join([ex[id_key], f"@{k:+d}"])
+            if "lead_notes" in ex:   # the same notes k semitones up, ratio times faster
+                notes = dict(ex["lead_notes"])
+                notes["pitch"] = notes["pitch"] + k
+                notes["start"], notes["end"] = notes["start"] / ratio, notes["end"] / ratio
+                ex["lead_notes"] = notes
             if all(name in ex for name in ("caption", "key", "mode", "bpm")):
                 cap, key, bpm = tf.numpy_function(restate, [ex["caption"], ex["key"], ex["mode"], ex["bpm"]],
                                                   [tf.string, tf.string, tf.float32], stateful=False)
