@@ -161,15 +161,17 @@ def test_generation_follows_the_hum_it_is_given_and_names_bad_ones(tmp_path):
     assert isinstance(load_melody_dir(str(tmp_path / "melody")), PitchMelody)
 
 
-def test_pitch_experiment_config_parses():
+@pytest.mark.parametrize("gin_file,steps", [("experiments/stage_semantic_quickstart_speed_pitch.gin", 1200),
+                                             ("experiments/stage_semantic_quickstart_speed_pitch_warm.gin", 800)])
+def test_pitch_experiment_configs_parse(gin_file, steps):
     import gin
 
     from musiclm_jax.train import gin_utils
 
     gin.clear_config()
     try:
-        gin_utils.parse_config(["experiments/stage_semantic_quickstart_speed_pitch.gin"],
-                               ["MODEL_DIR = '/tmp/unused'"])
+        gin_utils.parse_config([gin_file], ["MODEL_DIR = '/tmp/unused'"])
+        assert gin.query_parameter("%TRAIN_STEPS") == steps
         family = gin.query_parameter("train.family").scoped_configurable_fn()
         layout = st.StageLayout("semantic", st.QUICKSTART_PITCH)
         assert family.aligned.streams == layout.streams and family.config.vocab_size == layout.vocab_size
