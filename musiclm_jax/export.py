@@ -56,9 +56,11 @@ def export(work_dir: str, out_dir: str, *, sizes: st.TokenSizes = st.QUICKSTART,
             os.unlink(dst)
         report["parts"][part] = export_inference(os.path.join(work_dir, part), dst, drop=drop)
     windows = windows or {"semantic_s": 6.0, "coarse_s": 2.0, "fine_s": 2.0, "prefix_fraction": 0.5}  # the training crops
-    # Guidance 3, and guidance that also sharpens the tempo / key of stages told them (the evaluation's choices).
+    # Guidance 3, and guidance that also sharpens the tempo / key / melody of stages told them (the evaluation's
+    # choices).
     sampling = sampling or {"temperatures": [1.0, 0.95, 0.4], "top_k": 0, "top_p": 1.0, "guidance_scale": 3.0,
-                            "guide_tempo": sizes.has_beat, "guide_key": sizes.has_key}
+                            "guide_tempo": sizes.has_beat, "guide_key": sizes.has_key,
+                            "guide_melody": sizes.melody_aligned}
     manifest = {"sizes": dataclasses.asdict(sizes), "semantic_rate": semantic_rate, "windows": windows,
                 "sampling": sampling}
     with open(os.path.join(out_dir, "musiclm.json"), "w") as f:

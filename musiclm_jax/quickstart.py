@@ -11,8 +11,9 @@ memory), each logged to `<work_dir>/logs/<step>.log`:
     stage_semantic / stage_coarse / stage_fine   the three stage LMs (d=192, 6 layers) on their cached SeqIO
                tasks, on the codec's first 4 levels (2 coarse + 2 fine)
     (the shipped `full` recipe: MuLan with a tempogram branch, w2v-BERT small + chroma k-means, a tempo- and
-    key-conditioned semantic stage and a time-aligned, key-conditioned coarse stage; `--recipe tempo` and `plain`
-    are the systems shipped before; see `Recipe`)
+    key-conditioned semantic stage and a time-aligned, key-conditioned coarse stage; `--recipe melody` the same with
+    the melody-conditioned semantic stage of weights/musiclm_melody; `tempo` and `plain` are the systems shipped
+    before; see `Recipe`)
     export     one `MusicLM.from_pretrained` directory: inference-only checkpoints (no optimizer state; the
                frozen MiniLM text tower is left out and read from its package at load time) + musiclm.json
 
@@ -39,7 +40,8 @@ STEPS = ("data", "mulan", "semantic", "kmeans", "codec", "tokenize", "stage_sema
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """Train steps and configs per part (RECIPES). `full` is the shipped recipe; `smoke` checks the whole chain in
-    minutes; `tempo` is the system shipped before (no key), `plain` the one before it; `adherence` is `full` without
+    minutes; `melody` is `full` with the melody-conditioned semantic stage; `tempo` is the system shipped before (no
+    key), `plain` the one before it; `adherence` is `full` without
     tempo or key conditioning, with the shipped codec and fine stage (which reads coarse codes only) copied instead
     of retrained."""
 
@@ -59,6 +61,7 @@ class Recipe:
     speed_semantic: bool = False  # the semantic stage trains on the speed-augmented task (keys / tempi +-2 semitones)
     beat_semantic: bool = False   # the semantic stage is told the stated tempo (tempo tokens + beat phases)
     key_stages: bool = False      # the semantic and coarse stages are told the stated key (needs speed + beat semantic)
+    pitch_melody: bool = False    # the semantic stage also reads the lead line's pitch-class melody (needs key_stages)
     reuse: tuple[str, ...] = ()   # parts copied from `reuse_from` instead of trained (e.g. codec, stage_fine)
     reuse_from: str = "weights/musiclm"
 
@@ -74,7 +77,10 @@ RECIPES = {
     # The shipped weights: the adherence tokenizers and stages, the semantic stage told the stated tempo and
     # trained on the speed-augmented clips, the semantic and coarse stages told the stated key.
     "full": Recipe(**_ADHERENCE, beat_semantic=True, speed_semantic=True, key_stages=True),
-    # The system shipped before it: the same without the key.
+    # The shipped melody model (weights/musiclm_melody; pass --out_dir): the same, the semantic stage also told the
+    # lead line's pitch-class melody.
+    "melody": Recipe(**_ADHERENCE, beat_semantic=True, speed_semantic=True, key_stages=True, pitch_melody=True),
+    # The system shipped before: without the key.
     "tempo": Recipe(**_ADHERENCE, beat_semantic=True, speed_semantic=True),
     # The system shipped before (tiny MuLan / w2v-BERT, plain stages): no tempo or key adherence.
     "plain": Recipe(),
@@ -121,10 +127,14 @@ def commands(work_dir: str, out_dir: str, recipe: Recipe) -> dict[str, list[str]
                          + (",synthcaps_quickstart_speed_semantic" if recipe.speed_semantic else "")
                          + (",synthcaps_quickstart_speed_beat_semantic" if recipe.speed_semantic
                             and recipe.beat_semantic else "")
-                         + (",synthcaps_quickstart_speed_key_semantic" if recipe.key_stages else ""),
+                         + (",synthcaps_quickstart_speed_key_semantic" if recipe.key_stages else "")
+                         + (",synthcaps_quickstart_speed_pitch_semantic" if recipe.pitch_melody else ""),
                          f"--output_cache_dir={w}/cache",
                          f"--tfds_data_dir={tfds}", "--gin_file=gin/runs/tokenize_quickstart.gin", "--num_workers=1",
-                         *[f"--gin_bindings={b}" for b in tokenizers]),
+                         *[f"--gin_bindings={b}" for b in tokenizers],
+                         # the lead lines' pitch-class melody (from the scores' notes: no audio pass) in every cache
+                         *(["--gin_bindings=tasks.preprocessors.tokenizer_spec.melody = 'pitch'"]
+                           if recipe.pitch_melody else [])),
     }
     for stage, steps in zip(("semantic", "coarse", "fine"), recipe.stage_steps):
         cmds[f"stage_{stage}"] = [
@@ -143,16 +153,20 @@ def commands(work_dir: str, out_dir: str, recipe: Recipe) -> dict[str, list[str]
 
 
 def _variant(stage: str, recipe: Recipe) -> str:
-    """A stage's gin experiment suffix: semantic _speed, _beat, _speed_beat or _speed_key; coarse _key."""
+    """A stage's gin experiment suffix: semantic _speed, _beat, _speed_beat, _speed_key or _speed_pitch; coarse
+    _key."""
     if stage == "coarse":
         return "_key" if recipe.key_stages else ""
     if stage != "semantic":
         return ""
+    if recipe.pitch_melody and not recipe.key_stages:
+        raise ValueError("Recipe.pitch_melody needs key_stages (the pitch-melody experiment builds on the key-"
+                         "conditioned semantic stage)")
     if recipe.key_stages:
         if not (recipe.speed_semantic and recipe.beat_semantic):
             raise ValueError("Recipe.key_stages needs speed_semantic and beat_semantic (the key experiment builds on "
                              "the speed-augmented, tempo-conditioned semantic stage)")
-        return "_speed_key"
+        return "_speed_pitch" if recipe.pitch_melody else "_speed_key"
     return ("_speed" if recipe.speed_semantic else "") + ("_beat" if recipe.beat_semantic else "")
 
 

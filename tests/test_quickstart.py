@@ -187,3 +187,27 @@ def test_key_recipe_trains_both_key_conditioned_stages_from_the_plain_and_speed_
     assert "--gin_file=gin/experiments/stage_coarse_quickstart.gin" in tempo["stage_coarse"]
     with pytest.raises(ValueError, match="key_stages needs speed_semantic and beat_semantic"):
         quickstart.commands("out/q", "w", dataclasses.replace(quickstart.RECIPES["adherence"], key_stages=True))
+
+
+def test_pitch_melody_recipe_adds_the_melody_to_the_speed_tokenization_and_trains_the_melody_stage():
+    import dataclasses
+
+    import seqio
+
+    from musiclm_jax.tasks import cache
+    import musiclm_jax.tasks.musiclm_tasks  # noqa: F401 -- registers the tasks
+
+    r = quickstart.RECIPES["melody"]
+    assert r.pitch_melody and r.key_stages
+    cmds = quickstart.commands("out/q", "w", r)
+    assert "--gin_file=gin/experiments/stage_semantic_quickstart_speed_pitch.gin" in cmds["stage_semantic"]
+    assert "--gin_bindings=tasks.preprocessors.tokenizer_spec.melody = 'pitch'" in cmds["tokenize"]
+    assert not any("melody" in a for a in quickstart.commands("out/q", "w", quickstart.RECIPES["full"])["tokenize"])
+    flag = next(a for a in cmds["tokenize"] if a.startswith("--tasks="))
+    tasks = cache.select_tasks(flag.removeprefix("--tasks=").split(","))
+    assert {"synthcaps_quickstart_speed_pitch_semantic", "synthcaps_quickstart_pitch_semantic"} <= set(tasks)
+    # One speed tokenization writes the pitch task's cache too (the melody comes from the notes, not the audio).
+    assert cache._precache_key(seqio.TaskRegistry.get("synthcaps_quickstart_speed_pitch_semantic")) == \
+        cache._precache_key(seqio.TaskRegistry.get("synthcaps_quickstart_speed_semantic"))
+    with pytest.raises(ValueError, match="pitch_melody needs key_stages"):
+        quickstart.commands("out/q", "w", dataclasses.replace(quickstart.RECIPES["tempo"], pitch_melody=True))

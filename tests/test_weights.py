@@ -61,3 +61,19 @@ def test_launch_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
         exec(compile("".join(cell["source"]), f"notebook cell {i}", "exec"), namespace)
     assert (tmp_path / "spectrograms.png").exists() and len(list(tmp_path.glob("*.wav"))) == 3
     assert np.isfinite(namespace["out"].waves).all()
+
+
+def test_shipped_melody_model_shares_the_parts_and_follows_a_hum():
+    from musiclm_jax.melody.pitch import PitchMelody
+
+    root = WEIGHTS.parent / "musiclm_melody"
+    for part in ("mulan", "semantic", "codec", "stage_coarse", "stage_fine"):   # only the semantic stage is its own
+        assert (root / part).is_symlink() and (root / part).resolve().is_dir(), part
+    assert (root / "MODEL_CARD.md").exists() and (root / "eval" / "melody_whistle.json").exists()
+    lm = MusicLM.from_pretrained(str(root))
+    assert lm.sizes == st.QUICKSTART_PITCH and isinstance(lm.melody, PitchMelody) and lm.sampling["guide_melody"]
+    t = np.arange(16000) / 16000
+    hums = [(0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32) for f in (220.0, 311.13)]   # A, then D#
+    a, b = (lm.generate_full(["a calm piano waltz"], 1.0, melody=h, melody_sample_rate=16000, seed=0,
+                             progress=False) for h in hums)
+    assert np.isfinite(a.waves).all() and (a.tokens["semantic"] != b.tokens["semantic"]).any()
