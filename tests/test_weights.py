@@ -61,6 +61,7 @@ def test_launch_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
         exec(compile("".join(cell["source"]), f"notebook cell {i}", "exec"), namespace)
     assert (tmp_path / "spectrograms.png").exists() and len(list(tmp_path.glob("*.wav"))) == 3
     assert np.isfinite(namespace["out"].waves).all()
+    assert np.isfinite(namespace["tune"]).all() and namespace["tune"].shape == (3 * 16000,)   # the melody cell
 
 
 def test_shipped_melody_model_shares_the_parts_and_follows_a_hum():
