@@ -253,7 +253,7 @@ def _key_fields(index: int | None) -> dict:
 def check_job(prompts_path: str, out_dir: str, *, duration_s: float = 10.0, batch_size: int = 1,
               chunk_size: int = 64, seed: int = 0, temperatures=(1.0, 0.95, 0.4), top_k: int = 0,
               top_p: float = 1.0, guidance_scale: float = 1.0, guide_tempo: bool = False, guide_key=False,
-              num_samples: int = 1,
+              guide_melody: bool = False, num_samples: int = 1,
               model_desc: str = "",
               max_duration_s: float = MAX_DURATION_S,
               not_compared: tuple = ()) -> tuple[dict, list[Prompt], list[dict], int]:
@@ -280,7 +280,8 @@ def check_job(prompts_path: str, out_dir: str, *, duration_s: float = 10.0, batc
     sampling = dict(temperatures=[float(t) for t in temperatures], top_k=int(top_k), top_p=float(top_p),
                     guidance_scale=float(guidance_scale), num_samples=int(num_samples),
                     **({"guide_tempo": True} if guide_tempo else {}),   # absent when off: older jobs still resume
-                    **({"guide_key": guide_key} if guide_key else {}))
+                    **({"guide_key": guide_key} if guide_key else {}),
+                    **({"guide_melody": True} if guide_melody else {}))
     with open(prompts_path, "rb") as f:
         prompts_sha = hashlib.sha256(f.read()).hexdigest()
     job = {"prompts": os.path.abspath(prompts_path), "prompts_sha256": prompts_sha, "model": model_desc,

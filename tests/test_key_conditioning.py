@@ -11,9 +11,7 @@ from musiclm_jax.lm import stages as st
 from musiclm_jax.lm import transformer as tr
 from musiclm_jax.lm.models import TokenLM
 from musiclm_jax.musical_key import check_key, key_from_text, key_index, key_name
-from musiclm_jax.train import partitioning
-from musiclm_jax.train.optimizers import make_optimizer, make_schedule
-from musiclm_jax.train.trainer import Trainer
+from tiny_stage import train_tiny_stage, trained_model
 
 SEM = st.StageLayout("semantic", st.TINY_KEY)
 COARSE = st.StageLayout("coarse", st.TINY_KEY)
@@ -120,15 +118,7 @@ def _key_batch(b, t, seed):
 
 
 def test_a_stage_learns_to_read_the_key_and_decoding_follows_it():
-    cfg = tr.preset("tiny", vocab_size=SEM.vocab_size, dtype="float32", max_len=64, aligned_inputs=True)
-    trainer = Trainer(TokenLM(cfg, aligned=SEM), partitioning.make_mesh(devices=jax.devices()[:1]), rng_impl="rbg",
-                      optimizer=lambda: make_optimizer("adamw", schedule=make_schedule(2e-2, "constant", 0)))
-    state = trainer.init_state()
-    for i in range(90):
-        (inputs, targets), _ = _key_batch(32, 8, seed=i)
-        state, _ = trainer.train_step(state, trainer.device_batch({"inputs": inputs, "targets": targets}))
-    trainer.ensure_rng_state()
-    model = trainer.merge(jax.device_get(state["params"]), jax.device_get(state["rest"]))["model"]
+    model = trained_model(*train_tiny_stage(SEM, lambda i: _key_batch(32, 8, seed=i)[0], steps=90, lr=2e-2))
     (inputs, _), key = _key_batch(48, 8, seed=10_000)
     new, _ = dec.sample(model, jnp.asarray(inputs), max_new_tokens=8, rng=jax.random.key(0), temperature=0.0,
                         aligned=jnp.asarray(SEM.aligned_ids(inputs, 8)), logit_mask_fn=SEM.logit_mask())

@@ -3,15 +3,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from musiclm_jax.lm import decoding as dec
 from musiclm_jax.lm import stages as st
 from musiclm_jax.lm import transformer as tr
-from musiclm_jax.lm.models import TokenLM
 from musiclm_jax.melody.pitch import REST, PitchMelody, notes_tokens
-from musiclm_jax.train import partitioning
-from musiclm_jax.train.optimizers import make_optimizer, make_schedule
-from musiclm_jax.train.trainer import Trainer
+from tiny_stage import train_tiny_stage, trained_model
 
 SEM = st.StageLayout("semantic", st.TINY_PITCH)
 SR = 16000
@@ -67,7 +65,7 @@ def test_the_layout_puts_the_melody_in_the_prefix_and_beside_each_frames_beat():
 
 def test_two_aligned_channels_decode_with_the_cache_as_without():
     cfg = tr.preset("tiny", vocab_size=SEM.vocab_size, dtype="float32", max_len=64, aligned_inputs=True)
-    model = tr.Transformer(cfg, rngs=__import__("flax").nnx.Rngs(0))
+    model = tr.Transformer(cfg, rngs=nnx.Rngs(0))
     model.aligned_embed[...] = jax.random.normal(jax.random.key(1), model.aligned_embed.shape) * 0.5
     rng = np.random.default_rng(0)
     inputs, _ = SEM.build(mulan=rng.integers(0, 8, (3, 2)), semantic=np.zeros((3, 8), np.int32),
@@ -98,15 +96,7 @@ def _melody_batch(b, t, seed):
 
 
 def test_a_stage_learns_to_follow_the_melody_frame_by_frame():
-    cfg = tr.preset("tiny", vocab_size=SEM.vocab_size, dtype="float32", max_len=64, aligned_inputs=True)
-    trainer = Trainer(TokenLM(cfg, aligned=SEM), partitioning.make_mesh(devices=jax.devices()[:1]), rng_impl="rbg",
-                      optimizer=lambda: make_optimizer("adamw", schedule=make_schedule(2e-2, "constant", 0)))
-    state = trainer.init_state()
-    for i in range(90):
-        (inputs, targets), _ = _melody_batch(32, 8, seed=i)
-        state, _ = trainer.train_step(state, trainer.device_batch({"inputs": inputs, "targets": targets}))
-    trainer.ensure_rng_state()
-    model = trainer.merge(jax.device_get(state["params"]), jax.device_get(state["rest"]))["model"]
+    model = trained_model(*train_tiny_stage(SEM, lambda i: _melody_batch(32, 8, seed=i)[0], steps=90, lr=2e-2))
     (inputs, _), want = _melody_batch(48, 8, seed=10_000)
     new, _ = dec.sample(model, jnp.asarray(inputs), max_new_tokens=8, rng=jax.random.key(0), temperature=0.0,
                         aligned=jnp.asarray(SEM.aligned_ids(inputs, 8)), logit_mask_fn=SEM.logit_mask())
@@ -156,6 +146,10 @@ def test_generation_follows_the_hum_it_is_given_and_names_bad_ones(tmp_path):
                          progress=False)
     with pytest.raises(ValueError, match="at least 0.5 s"):
         lm.generate_full(["a jazz trio"], 0.4, melody=hum[:SR // 10], melody_sample_rate=SR, progress=False)
+    # guide_melody: the unconditional branch loses the melody too, so guidance decodes otherwise.
+    sharp, dull = (lm.generate_full(["a jazz trio"], 0.4, melody=hum, melody_sample_rate=SR, seed=0, progress=False,
+                                    guidance_scale=3.0, guide_melody=g) for g in (True, False))
+    assert (sharp.tokens["semantic"] != dull.tokens["semantic"]).any()
     # A model directory's melody/ names the stream with pitch.json (what export writes).
     PitchMelody().save(str(tmp_path / "melody"))
     assert isinstance(load_melody_dir(str(tmp_path / "melody")), PitchMelody)
@@ -180,3 +174,22 @@ def test_pitch_experiment_configs_parse(gin_file, steps):
         assert gin.query_parameter("stage_task_dataset.inputs_length") == st.QUICKSTART.mulan_levels + 38 + 4
     finally:
         gin.clear_config()
+
+
+def test_infer_lines_follow_their_melody_file_and_the_job_records_guide_melody(tmp_path):
+    import json
+
+    import soundfile as sf
+
+    from musiclm_jax.batch_decode import run_infer
+    from musiclm_jax.pipeline import tiny_random
+
+    sf.write(tmp_path / "hum.wav", _tones([440.0], 1.0), SR)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a jazz trio", "id": "a", "melody": "hum.wav"}\n'
+                       '{"prompt": "a jazz trio", "id": "b", "melody": "missing.wav"}\n')
+    lm = tiny_random(seed=0, melody="pitch")
+    lm.sampling.update(guidance_scale=3.0, guide_melody=True)
+    s = run_infer(lm, str(prompts), str(tmp_path / "o"), duration_s=0.4, progress=False)
+    assert (s["done"], s["failed"]) == (1, 1) and "missing.wav" in s["failed_prompts"][0]["error"]
+    assert json.loads((tmp_path / "o" / "job.json").read_text())["sampling"]["guide_melody"] is True

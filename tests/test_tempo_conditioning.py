@@ -12,9 +12,7 @@ from musiclm_jax.lm import stages as st
 from musiclm_jax.lm import transformer as tr
 from musiclm_jax.lm.models import TokenLM
 from musiclm_jax.tempo import bpm_from_text, check_bpm
-from musiclm_jax.train import partitioning
-from musiclm_jax.train.optimizers import make_optimizer, make_schedule
-from musiclm_jax.train.trainer import Trainer
+from tiny_stage import train_tiny_stage, trained_model
 
 SEM = st.StageLayout("semantic", st.TINY_BEAT)
 
@@ -112,13 +110,7 @@ def _beat_batch(b, t, seed):
 
 
 def test_beat_phases_teach_the_stage_where_the_beats_fall_and_decoding_follows_the_tempo():
-    cfg = tr.preset("tiny", vocab_size=SEM.vocab_size, dtype="float32", max_len=64, aligned_inputs=True)
-    trainer = Trainer(TokenLM(cfg, aligned=SEM), partitioning.make_mesh(devices=jax.devices()[:1]), rng_impl="rbg",
-                      optimizer=lambda: make_optimizer("adamw", schedule=make_schedule(1e-2, "constant", 0)))
-    state = trainer.init_state()
-    for i in range(60):
-        inputs, targets = _beat_batch(16, 24, seed=i)
-        state, _ = trainer.train_step(state, trainer.device_batch({"inputs": inputs, "targets": targets}))
+    trainer, state = train_tiny_stage(SEM, lambda i: _beat_batch(16, 24, seed=i), steps=60, lr=1e-2)
     inputs, targets = _beat_batch(32, 24, seed=10_000)
     weight, metrics = jax.device_get(trainer.eval_step(state, trainer.device_batch(
         {"inputs": inputs, "targets": targets})))
@@ -126,8 +118,7 @@ def test_beat_phases_teach_the_stage_where_the_beats_fall_and_decoding_follows_t
     print(f"\nheld-out accuracy of onset / no onset after 60 steps: {accuracy:.3f}")
     assert accuracy > 0.95
     # Sampling with the KV cache: the onsets come every beat of the tempo asked for.
-    trainer.ensure_rng_state()
-    model = trainer.merge(jax.device_get(state["params"]), jax.device_get(state["rest"]))["model"]
+    model = trained_model(trainer, state)
     for frames in (4.0, 6.0):
         tempo = np.asarray([[frames, 0.0]], np.float32)
         prompt = SEM.build_inputs(mulan=np.zeros((1, st.TINY.mulan_levels), np.int32), tempo=tempo)
