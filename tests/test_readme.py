@@ -67,7 +67,7 @@ PLAN = [
     (r"mulan eval --model_dir=out/mulan_exp/pitch_twins",
      ("shrink", [(r"out/quickstart/tfds", "/tmp/tfds"), (r"tiny_8s_n1000", "small_5s_n4")])),
     (r"mulan embed --model_dir=/tmp/mulan_tiny", "run"),
-    (r"tokenize --tasks='synthcaps_tiny_\.\*'", "run"),
+    (r"tokenize --tasks='synthcaps_tiny_\(semantic\|coarse\|fine\)'", "run"),
     (r"generate .*--melody song\.wav .*--model_dir weights/musiclm_melody", ("shrink", [(r"--duration 8", "--duration 1")])),
     (r"melody render-bank .*--split test --limit 64 --seconds 8", ("shrink", [
         (r"tiny_8s_n1000", "tiny"), (r"out/quickstart/tfds", "~/tfds"), (r"--limit 64 --seconds 8", "--limit 6 --seconds 1")])),
