@@ -27,18 +27,21 @@ SIZES = {"tiny": st.TINY, "paper": st.PAPER, "quickstart": st.QUICKSTART, "tiny_
          "quickstart_melody": st.QUICKSTART_MELODY, "quickstart_speed": st.QUICKSTART,
          "quickstart_beat": st.QUICKSTART_BEAT, "quickstart_speed_beat": st.QUICKSTART_BEAT,
          "quickstart_speed_key": st.QUICKSTART_KEY, "quickstart_key": st.QUICKSTART_KEY,
-         "quickstart_key_warm": st.QUICKSTART_KEY}
+         "quickstart_key_warm": st.QUICKSTART_KEY, "quickstart_speed_pitch": st.QUICKSTART_PITCH,
+         "quickstart_speed_pitch_warm": st.QUICKSTART_PITCH}
 MELODY_EXPERIMENTS = [f"stage_{stage}_{size}_melody.gin" for stage in ("semantic", "coarse")
                       for size in ("quickstart", "tiny")]
 SPEED_EXPERIMENTS = ["stage_semantic_quickstart_speed.gin"]
 BEAT_EXPERIMENTS = ["stage_semantic_quickstart_beat.gin", "stage_semantic_quickstart_speed_beat.gin"]
 KEY_EXPERIMENTS = ["stage_semantic_quickstart_speed_key.gin", "stage_coarse_quickstart_key.gin",
                    "stage_coarse_quickstart_key_warm.gin"]
+PITCH_EXPERIMENTS = ["stage_semantic_quickstart_speed_pitch.gin", "stage_semantic_quickstart_speed_pitch_warm.gin"]
 
 
 def test_all_stage_experiments_exist():
     assert EXPERIMENTS == sorted([f"stage_{s}_{z}.gin" for s in st.STAGES for z in ("tiny", "paper", "quickstart")]
-                                 + MELODY_EXPERIMENTS + SPEED_EXPERIMENTS + BEAT_EXPERIMENTS + KEY_EXPERIMENTS)
+                                 + MELODY_EXPERIMENTS + SPEED_EXPERIMENTS + BEAT_EXPERIMENTS + KEY_EXPERIMENTS
+                                 + PITCH_EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -53,11 +56,13 @@ def test_stage_experiment_parses_with_layout_vocab_and_dropout(name):
     assert family.uncond_prob == (0.0 if stage == "fine" else 0.1)
     assert family.melody_ids == layout.melody_ids()
     assert (family.melody_prob > 0) == layout.has_melody
-    if layout.has_melody:  # MuLan tokens, (coarse: the crop's 25 Hz semantic tokens), its 2 Hz melody frames, SEP
+    if layout.has_melody:  # MuLan tokens, (coarse: the crop's 25 Hz semantic tokens), its melody frames (2 Hz
+        # embedder tokens, or the 6.25 Hz pitch classes with the key and tempo tokens after them), SEP
         crop = gin.query_parameter(f"stage_crop_seconds.{stage}")
         semantic = round(crop * 25) if stage == "coarse" else 0
+        rate, extra = (6.25, layout.has_key + 2 * layout.has_beat) if sizes.melody_aligned else (2, 0)
         assert gin.query_parameter("stage_task_dataset.inputs_length") == (
-            sizes.mulan_levels + semantic + round(crop * 2) * sizes.melody_levels + 1)
+            sizes.mulan_levels + semantic + round(crop * rate) * sizes.melody_levels + extra + 1)
     inputs_len = gin.query_parameter("stage_task_dataset.inputs_length")
     targets_len = gin.query_parameter("stage_task_dataset.targets_length")
     assert inputs_len + targets_len <= family.config.max_len
@@ -66,8 +71,9 @@ def test_stage_experiment_parses_with_layout_vocab_and_dropout(name):
     assert family.tempo_ids == layout.tempo_ids() and (family.tempo_prob > 0) == layout.has_beat
     assert family.config.aligned_inputs == (family.aligned is not None)
     assert family.key_ids == layout.key_ids() and (family.key_prob > 0) == layout.has_key
-    if layout.has_beat:   # MuLan tokens, (the key token,) the two tempo tokens, SEP
-        assert inputs_len == sizes.mulan_levels + 3 + layout.has_key and family.aligned == layout
+    if layout.has_beat:   # MuLan tokens, (the melody frames,) (the key token,) the two tempo tokens, SEP
+        melody = round(gin.query_parameter(f"stage_crop_seconds.{stage}") * 6.25) if sizes.melody_aligned else 0
+        assert inputs_len == sizes.mulan_levels + melody + 3 + layout.has_key and family.aligned == layout
     elif layout.has_key:   # coarse: MuLan tokens, the crop's 25 Hz semantic tokens, the key token, SEP
         crop = gin.query_parameter(f"stage_crop_seconds.{stage}")
         assert inputs_len == sizes.mulan_levels + round(crop * 25) + 2 and family.aligned.streams == layout.streams
