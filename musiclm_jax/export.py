@@ -37,6 +37,10 @@ def export(work_dir: str, out_dir: str, *, sizes: st.TokenSizes = st.QUICKSTART,
     recorded = {stage: _recorded_sizes(os.path.join(work_dir, f"stage_{stage}")) for stage in ("semantic", "coarse")}
     sizes = dataclasses.replace(sizes, beat_phases=int(recorded["semantic"].get("beat_phases", 0)),
                                 key_stages=tuple(s for s in recorded if s in recorded[s].get("key_stages", ())))
+    beat_stages = tuple(s for s in recorded if recorded[s].get("beat_phases", 0)
+                        and s in recorded[s].get("beat_stages", ("semantic",)))
+    if beat_stages:   # a coarse stage told the tempo too (TokenSizes.beat_stages)
+        sizes = dataclasses.replace(sizes, beat_stages=beat_stages)
     if recorded["semantic"].get("melody_aligned"):   # the pitch-class melody stream (melody/pitch.py)
         sizes = dataclasses.replace(sizes, **{k: recorded["semantic"][k] for k in (
             "melody_levels", "melody_codes", "melody_stages", "melody_aligned")})

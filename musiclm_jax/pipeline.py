@@ -117,6 +117,9 @@ class MusicLM:
             raise ValueError("the token sizes' beat_phases / melody_aligned and the semantic LM disagree: a semantic "
                              "stage with tempo or aligned melody conditioning is trained with aligned_inputs, and "
                              "only it")
+        if self.layouts["coarse"].needs_aligned and not coarse_lm.cfg.aligned_inputs:
+            raise ValueError("the token sizes' beat_stages name the coarse stage but the coarse LM was trained without "
+                             "aligned_inputs: a coarse stage told the tempo reads each frame's beat phase")
         # A codec with more levels than the layout is used at its first `codec_levels` (a lower bitrate).
         if codec.num_levels < sizes.codec_levels or codec.config.codebook_size != sizes.codec_codes:
             raise ValueError(f"the codec has {codec.num_levels} x {codec.config.codebook_size} codes but the token "
@@ -230,8 +233,8 @@ class MusicLM:
 
     @property
     def has_tempo(self) -> bool:
-        """Whether the semantic stage reads a tempo (TokenSizes.beat_phases > 0): then `bpm=` steers it."""
-        return self.layouts["semantic"].has_beat
+        """Whether a stage reads a tempo (TokenSizes.beat_phases > 0, beat_stages): then `bpm=` steers it."""
+        return any(self.layouts[s].has_beat for s in ("semantic", "coarse"))
 
     def melody_tokens(self, melody, sample_rate: int | None, batch: int) -> np.ndarray:
         """A melody wave [samples] (for every row) or a list of `batch` waves (None: text only) -> raw melody
@@ -344,7 +347,8 @@ class MusicLM:
     def _run(self, mulan_at: Callable[[float], np.ndarray], duration_s: float, *, prompts,
              temperatures=None, top_k: int | None = None, top_p: float | None = None,
              guidance_scale: float | None = None, guide_tempo: bool | None = None, guide_key=None,
-             guide_melody: bool | None = None, num_samples: int = 1, seed: int | Sequence[int] = 0, progress: bool = True, rerank: bool = True,
+             guide_melody: bool | None = None, num_samples: int = 1, seed: int | Sequence[int] = 0,
+             progress: bool = True, rerank: bool = True,
              known: dict | None = None, boundaries: tuple = (), max_duration_s: float = MAX_DURATION_S, melody=None,
              bpm=None, key=None) -> Generation:
         duration_s = check_duration(duration_s, max_duration_s)
@@ -405,7 +409,7 @@ class MusicLM:
 
         def semantic_cond(a, b, done):
             c = with_key("semantic", {"mulan": cond(done / self.semantic_rate)})
-            if self.has_tempo:   # the window's first frame sits at a / rate seconds on the beat grid
+            if self.layouts["semantic"].has_beat:   # the window's first frame sits at a / rate s on the beat grid
                 c["tempo"] = st.tempo_of(bpm_rows, a / self.semantic_rate, self.semantic_rate)
             return with_melody("semantic", c, a / self.semantic_rate, b / self.semantic_rate)
         n_sem, n_ac = self._frames(duration_s)
@@ -425,13 +429,15 @@ class MusicLM:
 
         def coarse_cond(a, b, done):
             s0, s1 = round(a * sem_per_ac), min(round(b * sem_per_ac), n_sem)
-            return with_melody("coarse", with_key("coarse", {"mulan": cond(done / self.acoustic_rate),
-                                                             "semantic": out["semantic"][:, s0:s1]}),
-                               a / self.acoustic_rate, b / self.acoustic_rate)
+            c = with_key("coarse", {"mulan": cond(done / self.acoustic_rate), "semantic": out["semantic"][:, s0:s1]})
+            if self.layouts["coarse"].has_beat:   # the same beat grid as the semantic stage's, at this window
+                c["tempo"] = st.tempo_of(bpm_rows, a / self.acoustic_rate, self.semantic_rate)
+            return with_melody("coarse", c, a / self.acoustic_rate, b / self.acoustic_rate)
         t0 = time.perf_counter()
         out["coarse"] = self._decode_stage("coarse", n_ac, self.acoustic_rate, self.windows.coarse_s, coarse_cond,
                                            known.get("coarse"), decoding.fold_in(rng, 1), temperatures[1],
-                                           stage_scale("coarse"), guide_key="coarse" in key_guided,
+                                           stage_scale("coarse"), guide_tempo=guide_tempo,
+                                           guide_key="coarse" in key_guided,
                                            guide_melody=guide_melody, **opts)
         timings["coarse"] = time.perf_counter() - t0
         t0 = time.perf_counter()

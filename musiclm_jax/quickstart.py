@@ -62,6 +62,7 @@ class Recipe:
     beat_semantic: bool = False   # the semantic stage is told the stated tempo (tempo tokens + beat phases)
     key_stages: bool = False      # the semantic and coarse stages are told the stated key (needs speed + beat semantic)
     pitch_melody: bool = False    # the semantic stage also reads the lead line's pitch-class melody (needs key_stages)
+    beat_coarse: bool = False     # the coarse stage is told the stated tempo too (needs key_stages)
     reuse: tuple[str, ...] = ()   # parts copied from `reuse_from` instead of trained (e.g. codec, stage_fine)
     reuse_from: str = "weights/musiclm"
 
@@ -154,9 +155,12 @@ def commands(work_dir: str, out_dir: str, recipe: Recipe) -> dict[str, list[str]
 
 def _variant(stage: str, recipe: Recipe) -> str:
     """A stage's gin experiment suffix: semantic _speed, _beat, _speed_beat, _speed_key or _speed_pitch; coarse
-    _key."""
+    _key or _key_beat."""
     if stage == "coarse":
-        return "_key" if recipe.key_stages else ""
+        if recipe.beat_coarse and not recipe.key_stages:
+            raise ValueError("Recipe.beat_coarse needs key_stages (the coarse tempo experiment builds on the key-"
+                             "conditioned coarse stage)")
+        return ("_key" if recipe.key_stages else "") + ("_beat" if recipe.beat_coarse else "")
     if stage != "semantic":
         return ""
     if recipe.pitch_melody and not recipe.key_stages:

@@ -21,6 +21,7 @@ import threading
 import numpy as np
 
 from musiclm_jax.audio.io import check_samples
+from musiclm_jax.melody.pitch import SOURCE, PitchMelody, notes_tokens
 from musiclm_jax.quantization.fingerprint import array_digest, module_fingerprint
 
 log = logging.getLogger("musiclm_jax.tokenizers")
@@ -144,7 +145,6 @@ def load_melody(source: str):
     """-> (melody tokenizer, its fingerprint): the learned embedder with its quantizer (a `melody train`
     model_dir or `random:<seed>`), or "pitch": the pitch-class stream (melody/pitch.py; no weights)."""
     from musiclm_jax.melody.api import Melody
-    from musiclm_jax.melody.pitch import SOURCE, PitchMelody
     if source == SOURCE:
         melody = PitchMelody()
         return melody, melody.token_fingerprint
@@ -254,7 +254,6 @@ class Tokenizers:
                "acoustic_tokens": np.asarray(acoustic, np.int32)}
         if self.melody is not None:
             frames = max(1, int(round(seconds * self.melody.frame_rate)))
-            from musiclm_jax.melody.pitch import PitchMelody, notes_tokens
             if notes is not None and isinstance(self.melody, PitchMelody):
                 out["melody_tokens"] = notes_tokens(*notes, frames, self.melody.frame_rate)
             else:

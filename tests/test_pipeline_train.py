@@ -28,13 +28,15 @@ SIZES = {"tiny": st.TINY, "paper": st.PAPER, "quickstart": st.QUICKSTART, "tiny_
          "quickstart_beat": st.QUICKSTART_BEAT, "quickstart_speed_beat": st.QUICKSTART_BEAT,
          "quickstart_speed_key": st.QUICKSTART_KEY, "quickstart_key": st.QUICKSTART_KEY,
          "quickstart_key_warm": st.QUICKSTART_KEY, "quickstart_speed_pitch": st.QUICKSTART_PITCH,
-         "quickstart_speed_pitch_warm": st.QUICKSTART_PITCH}
+         "quickstart_speed_pitch_warm": st.QUICKSTART_PITCH, "quickstart_key_beat": st.QUICKSTART_COARSE_BEAT,
+         "quickstart_key_beat_warm": st.QUICKSTART_COARSE_BEAT}
 MELODY_EXPERIMENTS = [f"stage_{stage}_{size}_melody.gin" for stage in ("semantic", "coarse")
                       for size in ("quickstart", "tiny")]
 SPEED_EXPERIMENTS = ["stage_semantic_quickstart_speed.gin"]
 BEAT_EXPERIMENTS = ["stage_semantic_quickstart_beat.gin", "stage_semantic_quickstart_speed_beat.gin"]
 KEY_EXPERIMENTS = ["stage_semantic_quickstart_speed_key.gin", "stage_coarse_quickstart_key.gin",
-                   "stage_coarse_quickstart_key_warm.gin"]
+                   "stage_coarse_quickstart_key_warm.gin", "stage_coarse_quickstart_key_beat.gin",
+                   "stage_coarse_quickstart_key_beat_warm.gin"]
 PITCH_EXPERIMENTS = ["stage_semantic_quickstart_speed_pitch.gin", "stage_semantic_quickstart_speed_pitch_warm.gin"]
 
 
@@ -71,9 +73,12 @@ def test_stage_experiment_parses_with_layout_vocab_and_dropout(name):
     assert family.tempo_ids == layout.tempo_ids() and (family.tempo_prob > 0) == layout.has_beat
     assert family.config.aligned_inputs == (family.aligned is not None)
     assert family.key_ids == layout.key_ids() and (family.key_prob > 0) == layout.has_key
-    if layout.has_beat:   # MuLan tokens, (the melody frames,) (the key token,) the two tempo tokens, SEP
-        melody = round(gin.query_parameter(f"stage_crop_seconds.{stage}") * 6.25) if sizes.melody_aligned else 0
-        assert inputs_len == sizes.mulan_levels + melody + 3 + layout.has_key and family.aligned == layout
+    if layout.has_beat:   # MuLan tokens, (coarse: the crop's 25 Hz semantic tokens,) (the melody frames,) (the key
+        # token,) the two tempo tokens, SEP
+        crop = gin.query_parameter(f"stage_crop_seconds.{stage}")
+        melody = round(crop * 6.25) if sizes.melody_aligned else 0
+        semantic = round(crop * 25) if stage == "coarse" else 0
+        assert inputs_len == sizes.mulan_levels + semantic + melody + 3 + layout.has_key and family.aligned == layout
     elif layout.has_key:   # coarse: MuLan tokens, the crop's 25 Hz semantic tokens, the key token, SEP
         crop = gin.query_parameter(f"stage_crop_seconds.{stage}")
         assert inputs_len == sizes.mulan_levels + round(crop * 25) + 2 and family.aligned.streams == layout.streams

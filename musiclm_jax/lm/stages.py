@@ -62,13 +62,14 @@ class TokenSizes:
     melody_levels: int = 0     # melody conditioning (paper: 24 x 512); 0 = none
     melody_codes: int = 0
     melody_stages: tuple[str, ...] = ("semantic", "coarse")   # the stages whose prefix reads the melody tokens
-    beat_phases: int = 0       # tempo conditioning of the semantic stage: beat-phase ids per beat; 0 = none
+    beat_phases: int = 0       # tempo conditioning: beat-phase ids per beat; 0 = none
+    beat_stages: tuple[str, ...] = ("semantic",)   # the stages told the tempo (with beat_phases > 0)
     key_stages: tuple[str, ...] = ()   # the stages whose prefix reads the stated key (one token); () = none
     melody_aligned: bool = False   # the semantic stage's targets also read the melody token of their time as an
                                    # aligned id (a pitch-class stream, melody/pitch.py: melody_levels 1)
 
     def __post_init__(self):
-        for name, may_be_empty in (("melody_stages", False), ("key_stages", True)):
+        for name, may_be_empty in (("melody_stages", False), ("key_stages", True), ("beat_stages", False)):
             stages = getattr(self, name)
             object.__setattr__(self, name, tuple(stages) if isinstance(stages, (list, tuple)) else stages)
             value = getattr(self, name)
@@ -77,7 +78,7 @@ class TokenSizes:
                 raise ValueError(f"TokenSizes.{name} must name 'semantic' and/or 'coarse'"
                                  f"{' (or none)' if may_be_empty else ''}, got {stages!r}")
         for f in dataclasses.fields(self):
-            if f.name in ("melody_stages", "key_stages", "melody_aligned"):
+            if f.name in ("melody_stages", "key_stages", "beat_stages", "melody_aligned"):
                 continue
             v = getattr(self, f.name)
             low = 0 if f.name.startswith("melody_") or f.name == "beat_phases" else 1
@@ -129,6 +130,9 @@ QUICKSTART_BEAT = dataclasses.replace(QUICKSTART, beat_phases=8)
 # With the stated key too, in the semantic and coarse stages' prefixes.
 TINY_KEY = dataclasses.replace(TINY_BEAT, key_stages=("semantic", "coarse"))
 QUICKSTART_KEY = dataclasses.replace(QUICKSTART_BEAT, key_stages=("semantic", "coarse"))
+# With the coarse stage told the tempo too (its prefix's tempo tokens, each acoustic frame's beat phase).
+TINY_COARSE_BEAT = dataclasses.replace(TINY_KEY, beat_stages=("semantic", "coarse"))
+QUICKSTART_COARSE_BEAT = dataclasses.replace(QUICKSTART_KEY, beat_stages=("semantic", "coarse"))
 
 # With the pitch-class melody (melody/pitch.py: 12 pitch classes + rest, 6.25 Hz) in the semantic stage's prefix
 # and as each semantic frame's aligned id; the coarse stage hears it through the semantic tokens.
@@ -258,15 +262,16 @@ class StageLayout:
 
     @property
     def has_beat(self) -> bool:
-        """Whether this stage reads tempo conditioning: the semantic stage of sizes with beat_phases > 0. Its
-        prefix ends with two tempo tokens (beat period, start phase) before SEP, and each target gets its beat
-        phase as a time-aligned id (`aligned_ids`), so the beat is where the frames are, not a global hint."""
-        return self.sizes.has_beat and self.stage == "semantic"
+        """Whether this stage reads tempo conditioning: beat_phases > 0 and the stage in TokenSizes.beat_stages. Its
+        prefix ends with two tempo tokens (beat period in semantic frames, start phase) before SEP, and each target
+        gets its beat phase as a time-aligned id (`aligned_ids`), so the beat is where the frames are, not a global
+        hint."""
+        return self.sizes.has_beat and self.stage in self.sizes.beat_stages
 
     @property
     def needs_aligned(self) -> bool:
-        """Whether this stage's LM must read aligned ids: a semantic stage with tempo or aligned melody (the coarse
-        stage may read its semantic tokens aligned or not: its model config says)."""
+        """Whether this stage's LM must read aligned ids: a stage with tempo, or a semantic stage with aligned
+        melody (a coarse stage without tempo may read its semantic tokens aligned or not: its model config says)."""
         return self.has_beat or self.melody_aligned
 
     @property
@@ -304,7 +309,7 @@ class StageLayout:
         """Tempo conditioning [b, 2] (`tempo_of`: frames per beat, start phase) -> ids [b, 2]; unknown -> UNCOND."""
         if not self.has_beat:
             raise ValueError(f"the {self.stage} stage of these token sizes has no tempo conditioning (TokenSizes "
-                             "beat_phases = 0, or not the semantic stage)")
+                             "beat_phases = 0, or the stage is not in beat_stages)")
         tempo = np.asarray(tempo, np.float64)
         if tempo.ndim != 2 or tempo.shape[1] != 2:
             raise ValueError(f"tempo must be [batch, 2] (frames per beat, start phase; lm.stages.tempo_of), got "
@@ -397,7 +402,7 @@ class StageLayout:
                              "not name it)")
         if tempo is not None and not self.has_beat:
             raise ValueError(f"the {self.stage} stage of these token sizes takes no tempo (TokenSizes beat_phases = 0,"
-                             " or not the semantic stage)")
+                             " or the stage is not in beat_stages)")
         if melody is not None and not self.has_melody:
             raise ValueError(f"the {self.stage} stage of these token sizes takes no melody tokens (TokenSizes "
                              "melody_levels = 0, or the stage is not in melody_stages)")
@@ -475,7 +480,8 @@ class StageLayout:
         if acoustic is None or np.ndim(acoustic) != 3:
             raise ValueError(f"the {self.stage} stage needs acoustic=[b, frames, levels] codec codes")
         if self.stage == "coarse":
-            return (self.build_inputs(mulan=mulan, semantic=semantic, melody=melody, key=key),
+            return (self.build_inputs(mulan=mulan, semantic=semantic, melody=melody, key=key,
+                                      tempo=tempo if self.has_beat else None),
                     self.build_targets(acoustic=acoustic))
         if np.shape(acoustic)[-1] != self.sizes.codec_levels:
             raise ValueError(f"the fine stage needs all {self.sizes.codec_levels} codec levels, got "
@@ -489,8 +495,10 @@ class StageLayout:
         The model reads `concat(inputs, targets[:, :-1])`; position P - 1 + j predicts target j, and gets the
         semantic id of target j's time added to its embedding (TransformerConfig.aligned_inputs), so each acoustic
         frame sees the semantic token it sounds with instead of finding it by attention. `inputs` [b, P] hold
-        M, S, (the key token,) SEP; the Ts semantic tokens and the num_targets / Qc acoustic frames span the same
-        time, so frame f reads semantic token (f * Ts) // Ta."""
+        M, S, (the key token,) (the two tempo tokens,) SEP; the Ts semantic tokens and the num_targets / Qc acoustic
+        frames span the same time, so frame f reads semantic token (f * Ts) // Ta. With tempo conditioning a second
+        channel holds each frame's beat phase (ids [0, beat_phases): rows the coarse stage's semantic ids never use)
+        -> [b, L, 2]."""
         if self.stage == "semantic" and (self.has_beat or self.melody_aligned):
             return self._semantic_ids(inputs, num_targets)
         if self.stage != "coarse":
@@ -503,15 +511,22 @@ class StageLayout:
         xp = self._xp(inputs)
         inputs = xp.asarray(inputs)
         k, start = self.tokens_per_frame, self.sizes.mulan_levels
-        ts = inputs.shape[1] - 1 - start - int(self.has_key)
+        ts = inputs.shape[1] - 1 - start - int(self.has_key) - 2 * int(self.has_beat)
         if inputs.ndim != 2 or ts < 1 or num_targets < 1:
-            raise ValueError(f"coarse stage: aligned_ids needs inputs [b, Qm + Ts (+ 1 key) + 1] with Ts >= 1 and "
-                             f"num_targets "
-                             f">= 1, got inputs {inputs.shape}, num_targets {num_targets}")
+            raise ValueError(f"coarse stage: aligned_ids needs inputs [b, Qm + Ts (+ 1 key) (+ 2 tempo) + 1] with "
+                             f"Ts >= 1 and num_targets >= 1, got inputs {inputs.shape}, num_targets {num_targets}")
         frames = -(-num_targets // k)
         idx = start + (np.arange(num_targets) // k * ts) // frames
         ids = inputs[:, idx].astype(xp.int32)
-        return xp.concatenate([xp.full((inputs.shape[0], inputs.shape[1] - 1), -1, xp.int32), ids], axis=1)
+        ids = xp.concatenate([xp.full((inputs.shape[0], inputs.shape[1] - 1), -1, xp.int32), ids], axis=1)
+        if not self.has_beat:
+            return ids
+        if self.sizes.beat_phases > self.offset("semantic"):
+            raise ValueError(f"coarse stage: beat_phases ({self.sizes.beat_phases}) must be <= the first semantic id "
+                             f"({self.offset('semantic')}): the beat phases use the aligned rows below it")
+        # Target j sounds at semantic frame (j // k) * Ts / frames of the crop: its beat phase.
+        at = (np.arange(num_targets) // k) * (ts / frames)
+        return xp.stack([ids, self._beat_ids(inputs, num_targets, at)], axis=-1)
 
     def _semantic_ids(self, inputs, num_targets: int):
         """The semantic stage's aligned ids: the beat phase (ids [0, beat_phases)) and, with melody_aligned, the
@@ -534,9 +549,10 @@ class StageLayout:
                                             ids.astype(xp.int32)], axis=1))
         return channels[0] if len(channels) == 1 else xp.stack(channels, axis=-1)
 
-    def _beat_ids(self, inputs, num_targets: int):
-        """Beat phases of the semantic stage: target j (frame j of the crop) gets the id of its phase within the
-        beat, in beat_phases steps, from the two tempo tokens before SEP (-1 for the prefix and unknown tempo)."""
+    def _beat_ids(self, inputs, num_targets: int, at=None):
+        """Beat phases: target j, at semantic frame `at[j]` of the crop (default j: the semantic stage), gets the
+        id of its phase within the beat, in beat_phases steps, from the two tempo tokens before SEP (-1 for the
+        prefix and unknown tempo)."""
         xp = self._xp(inputs)
         inputs = xp.asarray(inputs)
         if inputs.ndim != 2 or inputs.shape[1] < 3 or num_targets < 1:
@@ -547,7 +563,8 @@ class StageLayout:
         known = (step >= 0) & (step < TEMPO_IDS) & (start >= 0) & (start < START_PHASES)
         frames = TEMPO_FRAMES[0] * 2.0 ** (xp.clip(step, 0, TEMPO_IDS - 1).astype(xp.float32) / TEMPO_STEPS)
         phase0 = xp.clip(start, 0, START_PHASES - 1).astype(xp.float32) / START_PHASES
-        phase = phase0[:, None] + xp.arange(num_targets, dtype=xp.float32)[None, :] / frames[:, None]
+        at = xp.arange(num_targets, dtype=xp.float32) if at is None else xp.asarray(at, xp.float32)
+        phase = phase0[:, None] + at[None, :] / frames[:, None]
         ids = xp.floor(xp.mod(phase, 1.0) * self.sizes.beat_phases).astype(xp.int32) % self.sizes.beat_phases
         ids = xp.where(known[:, None], ids, -1).astype(xp.int32)
         return xp.concatenate([xp.full((inputs.shape[0], inputs.shape[1] - 1), -1, xp.int32), ids], axis=1)

@@ -20,13 +20,17 @@
     synthcaps_tiny_key_*, synthcaps_quickstart_key_*, synthcaps_quickstart_speed_key_*   tempo-conditioned as the
                                                  beat tasks, and the semantic and coarse stages also read the clip's
                                                  key (TINY_KEY / QUICKSTART_KEY; the plain / speed tasks' cache)
+    synthcaps_tiny_coarse_beat_*, synthcaps_quickstart_coarse_beat_*   the key tasks with the coarse stage told
+                                                 the tempo too (TINY_COARSE_BEAT / QUICKSTART_COARSE_BEAT: tempo
+                                                 tokens and each acoustic frame's beat phase; the plain task's cache)
     synthcaps_tiny_pitch_*, synthcaps_quickstart_pitch_*, synthcaps_quickstart_speed_pitch_*   the key tasks with
                                                  the pitch-class melody of the lead line in the semantic stage
                                                  (TINY_PITCH / QUICKSTART_PITCH: tokenize with the melody source
                                                  "pitch", 6.25 Hz; melody/pitch.py)
 """
-from musiclm_jax.lm.stages import (QUICKSTART, QUICKSTART_BEAT, QUICKSTART_KEY, QUICKSTART_MELODY, QUICKSTART_PITCH,
-                                   TINY, TINY_BEAT, TINY_KEY, TINY_MELODY, TINY_PITCH)
+from musiclm_jax.lm.stages import (QUICKSTART, QUICKSTART_BEAT, QUICKSTART_COARSE_BEAT, QUICKSTART_KEY,
+                                   QUICKSTART_MELODY, QUICKSTART_PITCH, TINY, TINY_BEAT, TINY_COARSE_BEAT, TINY_KEY,
+                                   TINY_MELODY, TINY_PITCH)
 from musiclm_jax.melody.pitch import PitchConfig
 from musiclm_jax.tasks.registry import SYNTHCAPS_KEEP, register_defaults, register_stage_tasks
 
@@ -51,6 +55,9 @@ register_stage_tasks("synthcaps_tiny_key", TINY_TFDS, sizes=TINY_KEY, keep=SYNTH
 register_stage_tasks("synthcaps_quickstart_key", QUICKSTART_TFDS, sizes=QUICKSTART_KEY, keep=SYNTHCAPS_KEEP)
 register_stage_tasks("synthcaps_quickstart_speed_key", QUICKSTART_TFDS, sizes=QUICKSTART_KEY, keep=SYNTHCAPS_KEEP,
                      splits=["train"], speed_semitones=SPEED_SEMITONES)
+register_stage_tasks("synthcaps_tiny_coarse_beat", TINY_TFDS, sizes=TINY_COARSE_BEAT, keep=SYNTHCAPS_KEEP)
+register_stage_tasks("synthcaps_quickstart_coarse_beat", QUICKSTART_TFDS, sizes=QUICKSTART_COARSE_BEAT,
+                     keep=SYNTHCAPS_KEEP)
 # The key-conditioned tasks with the pitch-class melody of each clip's lead line (issue 17): the semantic stage reads
 # it in its prefix and as every frame's aligned id; the speed copies move the notes with the audio.
 PITCH_RATE = PitchConfig.frame_rate
