@@ -100,7 +100,8 @@ class MusicLM:
             raise ValueError(f"unknown sampling setting(s) {unknown}; known: {sorted(SAMPLING_DEFAULTS)}")
         self.sampling = {**SAMPLING_DEFAULTS, **(sampling or {})}
         self.sampling["temperatures"] = tuple(self.sampling["temperatures"])
-        guide_key_stages(self.sampling["guide_key"])   # a bad value fails here, with one line
+        for setting in ("guide_key", "guide_tempo"):   # a bad value fails here, with one line
+            guided_stages(self.sampling[setting], setting)
         self.unguided_stages = tuple(unguided_stages)
         if not set(self.unguided_stages) <= {"semantic", "coarse"}:
             raise ValueError(f"unguided_stages {list(self.unguided_stages)} must name guided stages: 'semantic' "
@@ -187,7 +188,8 @@ class MusicLM:
         """Captions -> float32 waves [batch, duration_s * sample_rate] (the best of `num_samples` per prompt).
 
         kwargs: temperatures (semantic, coarse, fine), top_k, top_p, guidance_scale (> 1 sharpens towards the text;
-        semantic and coarse stages), guide_tempo (the guidance also sharpens a tempo-conditioned stage's beat),
+        semantic and coarse stages), guide_tempo (the guidance also sharpens a tempo-conditioned stage's beat;
+        True, False, or the stages to do it in, as guide_key),
         guide_melody (the unconditional branch also loses the melody, so guidance sharpens it too),
         guide_key (the unconditional branch also loses the key of a key-conditioned stage; True, False, or the
         stages to do it in, e.g. ["coarse"]): each
@@ -346,7 +348,7 @@ class MusicLM:
 
     def _run(self, mulan_at: Callable[[float], np.ndarray], duration_s: float, *, prompts,
              temperatures=None, top_k: int | None = None, top_p: float | None = None,
-             guidance_scale: float | None = None, guide_tempo: bool | None = None, guide_key=None,
+             guidance_scale: float | None = None, guide_tempo=None, guide_key=None,
              guide_melody: bool | None = None, num_samples: int = 1, seed: int | Sequence[int] = 0,
              progress: bool = True, rerank: bool = True,
              known: dict | None = None, boundaries: tuple = (), max_duration_s: float = MAX_DURATION_S, melody=None,
@@ -368,8 +370,8 @@ class MusicLM:
         top_k = d["top_k"] if top_k is None else top_k
         top_p = d["top_p"] if top_p is None else top_p
         guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
-        guide_tempo = bool(d["guide_tempo"] if guide_tempo is None else guide_tempo)
-        key_guided = guide_key_stages(d["guide_key"] if guide_key is None else guide_key)
+        tempo_guided = guided_stages(d["guide_tempo"] if guide_tempo is None else guide_tempo, "guide_tempo")
+        key_guided = guided_stages(d["guide_key"] if guide_key is None else guide_key)
         guide_melody = bool(d["guide_melody"] if guide_melody is None else guide_melody)
         if len(temperatures) != 3 or min(temperatures) < 0:
             raise ValueError(f"temperatures must be 3 values >= 0 (semantic, coarse, fine), got {temperatures}")
@@ -423,7 +425,8 @@ class MusicLM:
         out["semantic"] = self._decode_stage(
             "semantic", n_sem, self.semantic_rate, self.windows.semantic_s,
             semantic_cond, known.get("semantic"),
-            decoding.fold_in(rng, 0), temperatures[0], stage_scale("semantic"), guide_tempo=guide_tempo,
+            decoding.fold_in(rng, 0), temperatures[0], stage_scale("semantic"),
+            guide_tempo="semantic" in tempo_guided,
             guide_key="semantic" in key_guided, guide_melody=guide_melody, **opts)
         timings["semantic"] = time.perf_counter() - t0
 
@@ -436,7 +439,7 @@ class MusicLM:
         t0 = time.perf_counter()
         out["coarse"] = self._decode_stage("coarse", n_ac, self.acoustic_rate, self.windows.coarse_s, coarse_cond,
                                            known.get("coarse"), decoding.fold_in(rng, 1), temperatures[1],
-                                           stage_scale("coarse"), guide_tempo=guide_tempo,
+                                           stage_scale("coarse"), guide_tempo="coarse" in tempo_guided,
                                            guide_key="coarse" in key_guided,
                                            guide_melody=guide_melody, **opts)
         timings["coarse"] = time.perf_counter() - t0
@@ -561,14 +564,14 @@ def load_stage_lm(model_dir: str) -> tr.Transformer:
 
 
 # -- tiny random parts (tests, `generate --random_init --tiny`) -------------------------------------------------
-def guide_key_stages(guide_key) -> frozenset:
-    """The sampling setting `guide_key` (True: both guided stages, False: none, or a list of stage names) -> the
-    stages whose unconditional branch loses the key."""
-    if isinstance(guide_key, bool):
-        return frozenset({"semantic", "coarse"} if guide_key else ())
-    stages = [guide_key] if isinstance(guide_key, str) else guide_key
+def guided_stages(value, setting: str = "guide_key") -> frozenset:
+    """A sampling setting `guide_key` or `guide_tempo` (True: both guided stages, False: none, or a list of stage
+    names) -> the stages whose unconditional branch loses the key / the tempo."""
+    if isinstance(value, (bool, np.bool_)):
+        return frozenset({"semantic", "coarse"} if value else ())
+    stages = [value] if isinstance(value, str) else value
     if not isinstance(stages, (list, tuple)) or not set(stages) <= {"semantic", "coarse"}:
-        raise ValueError(f"guide_key must be true, false or a list of 'semantic' / 'coarse', got {guide_key!r}")
+        raise ValueError(f"{setting} must be true, false or a list of 'semantic' / 'coarse', got {value!r}")
     return frozenset(stages)
 
 

@@ -131,6 +131,13 @@ def test_pipeline_tells_the_coarse_stage_the_tempo():
     assert (run(90) != run(150)).any()   # the same semantic tokens, another beat grid
     guided = lm.generate_full(["drums at 120 bpm"], 0.2, guidance_scale=3.0, guide_tempo=True, progress=False)
     assert guided.bpm == [120.0] and guided.waves.shape[0] == 1
+    # guide_tempo may name the stages whose unconditional branch loses the tempo, as guide_key does.
+    semantic_only = lm.generate_full(["drums at 120 bpm"], 0.2, guidance_scale=3.0, guide_tempo=["semantic"],
+                                     progress=False)
+    np.testing.assert_array_equal(semantic_only.tokens["semantic"], guided.tokens["semantic"])
+    assert (semantic_only.tokens["coarse"] != guided.tokens["coarse"]).any()
+    with pytest.raises(ValueError, match="guide_tempo must be true, false or a list of 'semantic' / 'coarse'"):
+        lm.generate_full(["drums"], 0.2, guidance_scale=3.0, guide_tempo=["fine"], progress=False)
     with pytest.raises(ValueError, match="beat_stages name the coarse stage"):
         plain = tr.Transformer(dataclasses.replace(lm.models["coarse"].cfg, aligned_inputs=False), rngs=nnx.Rngs(0))
         type(lm)(mulan=lm.mulan, codec=lm.codec, semantic_lm=lm.models["semantic"], coarse_lm=plain,

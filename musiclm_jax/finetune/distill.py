@@ -126,9 +126,10 @@ def make_distill_set(lm, prompts: list[str], *, seconds: float | None = None, gu
     if not prompts:
         raise ValueError("no prompts to distil on")
     layout, model = lm.layouts[STAGE], lm.models[STAGE]
-    from musiclm_jax.pipeline import guide_key_stages
+    from musiclm_jax.pipeline import guided_stages
 
-    guide_tempo, guide_key = bool(lm.sampling["guide_tempo"]), STAGE in guide_key_stages(lm.sampling["guide_key"])
+    guide_tempo = STAGE in guided_stages(lm.sampling["guide_tempo"], "guide_tempo")
+    guide_key = STAGE in guided_stages(lm.sampling["guide_key"])
     num_targets = max(1, int(round(seconds * lm.semantic_rate)))
     family = TokenLM(model.cfg, aligned=layout if model.cfg.aligned_inputs else None)
     mask = layout.logit_mask()

@@ -250,7 +250,7 @@ def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Sco
     guidance scale); with the diversity reward and kl_weight 0 that is diversity-rewarded CFG distillation
     (`PolicyGradient`). Writes out_dir/train (trainer), out_dir/rollouts/round_<r>.npz, out_dir/musiclm (the
     result) and its rl.json."""
-    from musiclm_jax.pipeline import MusicLM, guide_key_stages, load_stage_lm
+    from musiclm_jax.pipeline import MusicLM, guided_stages, load_stage_lm
     from musiclm_jax.train.checkpoints import Checkpointer
     from musiclm_jax.train.optimizers import make_optimizer, make_schedule
     from musiclm_jax.train.trainer import train
@@ -312,8 +312,8 @@ def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Sco
             data = rollout(policy, reference, layout, lm._text_tokens(pick), pick, score, num_targets=num_targets,
                            samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed + 1000 * r,
                            batch_size=batch_size, teacher_guidance=teacher_guidance, tempo=lm.prompt_tempo(pick),
-                           guide_tempo=bool(lm.sampling["guide_tempo"]), stated_key=lm.prompt_key(pick),
-                           guide_key=STAGE in guide_key_stages(lm.sampling["guide_key"]))
+                           guide_tempo=STAGE in guided_stages(lm.sampling["guide_tempo"], "guide_tempo"), stated_key=lm.prompt_key(pick),
+                           guide_key=STAGE in guided_stages(lm.sampling["guide_key"]))
             np.savez_compressed(path, **data)
         history.append(_round_stats(r, data["rewards"]))
         log.info("rl round %d: mean reward %.4f", r, history[-1]["mean_reward"])

@@ -19,9 +19,9 @@ stages named by `TokenSizes.melody_stages` (default semantic and coarse, as the 
 coarse stage to hear the melody through the semantic tokens only), after that stage's other streams (so no other id
 moves): the melody tokens of the crop's time (frame-major) come last in the prefix, before SEP. A melody code of -1
 means "no melody" and becomes UNCOND: text-only generation, and what `TokenLM.melody_prob` dropout trains for (it
-finds the melody by its ids, `melody_ids()`). Tempo conditioning (TokenSizes.beat_phases, semantic stage) ends its
-prefix with two tempo tokens and gives each target its beat phase; key conditioning (TokenSizes.key_stages) adds one
-key token (tonic x mode) before them, or before SEP in the coarse stage. `inputs` is the conditioning
+finds the melody by its ids, `melody_ids()`). Tempo conditioning (TokenSizes.beat_phases, the stages named by
+beat_stages) ends a stage's prefix with two tempo tokens and gives each target its beat phase as an aligned id; key
+conditioning (TokenSizes.key_stages) adds one key token (tonic x mode) before them. `inputs` is the conditioning
 prefix followed by SEP (the TokenLM attends to it bidirectionally; SEP's logits predict the first target).
 Acoustic tokens are flattened frame-major: t0q0 t0q1 .. t0q{n-1} t1q0 ... Targets have a fixed length (no EOS).
 
