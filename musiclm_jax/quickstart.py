@@ -11,9 +11,9 @@ memory), each logged to `<work_dir>/logs/<step>.log`:
     stage_semantic / stage_coarse / stage_fine   the three stage LMs (d=192, 6 layers) on their cached SeqIO
                tasks, on the codec's first 4 levels (2 coarse + 2 fine)
     (the shipped `full` recipe: MuLan with a tempogram branch, w2v-BERT small + chroma k-means, a tempo- and
-    key-conditioned semantic stage and a time-aligned, key-conditioned coarse stage; `--recipe melody` the same with
-    the melody-conditioned semantic stage of weights/musiclm_melody; `tempo` and `plain` are the systems shipped
-    before; see `Recipe`)
+    key-conditioned semantic stage and a time-aligned, tempo- and key-conditioned coarse stage; `--recipe melody` is
+    the `key` recipe with the melody-conditioned semantic stage of weights/musiclm_melody; `key`, `tempo` and
+    `plain` are the systems shipped before; see `Recipe`)
     export     one `MusicLM.from_pretrained` directory: inference-only checkpoints (no optimizer state; the
                frozen MiniLM text tower is left out and read from its package at load time) + musiclm.json
 
@@ -76,8 +76,11 @@ _ADHERENCE = dict(mulan_gin="gin/experiments/mulan_tiny_synthcaps_tempo.gin",
                   stage_steps=(1200, 2000, 800), aligned_coarse=True)
 RECIPES = {
     # The shipped weights: the adherence tokenizers and stages, the semantic stage told the stated tempo and
-    # trained on the speed-augmented clips, the semantic and coarse stages told the stated key.
-    "full": Recipe(**_ADHERENCE, beat_semantic=True, speed_semantic=True, key_stages=True),
+    # trained on the speed-augmented clips, the semantic and coarse stages told the stated key, the coarse stage
+    # told the tempo too.
+    "full": Recipe(**_ADHERENCE, beat_semantic=True, speed_semantic=True, key_stages=True, beat_coarse=True),
+    # The system shipped before it: the coarse stage not told the tempo.
+    "key": Recipe(**_ADHERENCE, beat_semantic=True, speed_semantic=True, key_stages=True),
     # The shipped melody model (weights/musiclm_melody; pass --out_dir): the same, the semantic stage also told the
     # lead line's pitch-class melody.
     "melody": Recipe(**_ADHERENCE, beat_semantic=True, speed_semantic=True, key_stages=True, pitch_melody=True),

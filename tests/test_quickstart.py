@@ -170,15 +170,23 @@ def test_key_recipe_trains_both_key_conditioned_stages_from_the_plain_and_speed_
     from musiclm_jax.tasks import cache
     import musiclm_jax.tasks.musiclm_tasks  # noqa: F401 -- registers the tasks
 
-    r = quickstart.RECIPES["full"]
-    assert r.key_stages and r.speed_semantic and r.beat_semantic
+    r = quickstart.RECIPES["key"]
+    assert r.key_stages and r.speed_semantic and r.beat_semantic and not r.beat_coarse
     cmds = quickstart.commands("out/q", "w", r)
     assert "--gin_file=gin/experiments/stage_semantic_quickstart_speed_key.gin" in cmds["stage_semantic"]
     assert "--gin_file=gin/experiments/stage_coarse_quickstart_key.gin" in cmds["stage_coarse"]
     flag = next(a for a in cmds["tokenize"] if a.startswith("--tasks="))
     tasks = cache.select_tasks(flag.removeprefix("--tasks=").split(","))
     assert {"synthcaps_quickstart_key_coarse", "synthcaps_quickstart_speed_key_semantic"} <= set(tasks)
+    # The shipped recipe also tells the coarse stage the tempo; its task shares the plain coarse tokenization.
+    full = quickstart.commands("out/q", "w", quickstart.RECIPES["full"])
+    assert "--gin_file=gin/experiments/stage_coarse_quickstart_key_beat.gin" in full["stage_coarse"]
+    assert "synthcaps_quickstart_coarse_beat_coarse" in cache.select_tasks(
+        next(a for a in full["tokenize"] if a.startswith("--tasks=")).removeprefix("--tasks=").split(","))
+    with pytest.raises(ValueError, match="beat_coarse needs key_stages"):
+        quickstart.commands("out/q", "w", dataclasses.replace(quickstart.RECIPES["tempo"], beat_coarse=True))
     for task, plain in (("synthcaps_quickstart_key_coarse", "synthcaps_quickstart_coarse"),
+                        ("synthcaps_quickstart_coarse_beat_coarse", "synthcaps_quickstart_coarse"),
                         ("synthcaps_quickstart_speed_key_semantic", "synthcaps_quickstart_speed_semantic")):
         assert cache._precache_key(seqio.TaskRegistry.get(task)) == cache._precache_key(seqio.TaskRegistry.get(plain))
     # The tempo-only system shipped before stays reproducible.

@@ -25,7 +25,8 @@ def test_shipped_weights_are_small_and_load(lm):
     assert (WEIGHTS / "codec").is_symlink()
     size = sum(p.stat().st_size for p in WEIGHTS.rglob("*") if p.is_file() and "codec" not in p.relative_to(WEIGHTS).parts)
     assert size < 60e6, f"weights/musiclm is {size / 1e6:.1f} MB without its codec"
-    assert lm.sizes == st.QUICKSTART_KEY and lm.sample_rate == 16000 and lm.has_tempo and lm.has_key
+    assert lm.sizes == st.QUICKSTART_COARSE_BEAT and lm.sample_rate == 16000 and lm.has_tempo and lm.has_key
+    assert lm.layouts["coarse"].has_beat and lm.models["coarse"].cfg.aligned_inputs
     assert lm.sampling["guide_tempo"] and lm.sampling["guide_key"]
     assert (WEIGHTS / "MODEL_CARD.md").exists()
 
@@ -68,8 +69,9 @@ def test_shipped_melody_model_shares_the_parts_and_follows_a_hum():
     from musiclm_jax.melody.pitch import PitchMelody
 
     root = WEIGHTS.parent / "musiclm_melody"
-    for part in ("mulan", "semantic", "codec", "stage_coarse", "stage_fine"):   # only the semantic stage is its own
-        assert (root / part).is_symlink() and (root / part).resolve().is_dir(), part
+    for part in ("mulan", "semantic", "codec", "stage_fine"):   # its own: the semantic stage, and the coarse stage
+        assert (root / part).is_symlink() and (root / part).resolve().is_dir(), part   # it was measured with
+    assert not (root / "stage_coarse").is_symlink() and (root / "stage_coarse" / "checkpoints").is_dir()
     assert (root / "MODEL_CARD.md").exists() and (root / "eval" / "melody_whistle.json").exists()
     lm = MusicLM.from_pretrained(str(root))
     assert lm.sizes == st.QUICKSTART_PITCH and isinstance(lm.melody, PitchMelody) and lm.sampling["guide_melody"]
