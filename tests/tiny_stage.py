@@ -21,6 +21,13 @@ def train_tiny_stage(layout, batch, steps: int, lr: float):
     return trainer, state
 
 
+def heldout_accuracy(trainer, state, inputs, targets) -> float:
+    """Token accuracy of the trained stage on one held-out batch."""
+    weight, metrics = jax.device_get(trainer.eval_step(state, trainer.device_batch(
+        {"inputs": inputs, "targets": targets})))
+    return float(metrics["accuracy"] / weight)
+
+
 def trained_model(trainer, state):
     """The trained Transformer of `train_tiny_stage`, for decoding."""
     trainer.ensure_rng_state()
