@@ -6,8 +6,9 @@ import math
 
 # Decoding settings a model uses unless told otherwise; musiclm.json's "sampling" holds a trained model's own.
 # guide_tempo: a tempo-conditioned stage's unconditional guidance branch also loses the tempo, so that guidance
-# sharpens the beat as well as the text (True, False, or a list of the stages to do it in, as guide_key). guide_key: the same for a key-conditioned stage's key token;
-# guide_melody: for a melody-conditioned stage's melody tokens.
+# sharpens the beat as well as the text (True, False, or a list of the stages to do it in, as guide_key).
+# guide_key: the same for a key-conditioned stage's key token; guide_melody: for a melody-conditioned stage's melody
+# tokens.
 SAMPLING_DEFAULTS = {"temperatures": (1.0, 0.95, 0.4), "top_k": 0, "top_p": 1.0, "guidance_scale": 1.0,
                      "guide_tempo": False, "guide_key": False, "guide_melody": False}
 # Longest audio one call may ask for: generation runs window after window, so a typo such as 1e9 s would run for

@@ -312,8 +312,8 @@ def finetune_rl(model_dir: str, prompts: Sequence[str], out_dir: str, score: Sco
             data = rollout(policy, reference, layout, lm._text_tokens(pick), pick, score, num_targets=num_targets,
                            samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed + 1000 * r,
                            batch_size=batch_size, teacher_guidance=teacher_guidance, tempo=lm.prompt_tempo(pick),
-                           guide_tempo=STAGE in guided_stages(lm.sampling["guide_tempo"], "guide_tempo"), stated_key=lm.prompt_key(pick),
-                           guide_key=STAGE in guided_stages(lm.sampling["guide_key"]))
+                           guide_tempo=STAGE in guided_stages(lm.sampling["guide_tempo"], "guide_tempo"),
+                           stated_key=lm.prompt_key(pick), guide_key=STAGE in guided_stages(lm.sampling["guide_key"]))
             np.savez_compressed(path, **data)
         history.append(_round_stats(r, data["rewards"]))
         log.info("rl round %d: mean reward %.4f", r, history[-1]["mean_reward"])
