@@ -12,7 +12,7 @@ memory), each logged to `<work_dir>/logs/<step>.log`:
                tasks, on the codec's first 4 levels (2 coarse + 2 fine)
     (the shipped `full` recipe: MuLan with a tempogram branch, w2v-BERT small + chroma k-means, a tempo- and
     key-conditioned semantic stage and a time-aligned, tempo- and key-conditioned coarse stage; `--recipe melody` is
-    the `key` recipe with the melody-conditioned semantic stage of weights/musiclm_melody; `key`, `tempo` and
+    the `full` recipe with the melody-conditioned semantic stage of weights/musiclm_melody; `key`, `tempo` and
     `plain` are the systems shipped before; see `Recipe`)
     export     one `MusicLM.from_pretrained` directory: inference-only checkpoints (no optimizer state; the
                frozen MiniLM text tower is left out and read from its package at load time) + musiclm.json
@@ -83,7 +83,8 @@ RECIPES = {
     "key": Recipe(**_ADHERENCE, beat_semantic=True, speed_semantic=True, key_stages=True),
     # The shipped melody model (weights/musiclm_melody; pass --out_dir): the same, the semantic stage also told the
     # lead line's pitch-class melody.
-    "melody": Recipe(**_ADHERENCE, beat_semantic=True, speed_semantic=True, key_stages=True, pitch_melody=True),
+    "melody": Recipe(**_ADHERENCE, beat_semantic=True, speed_semantic=True, key_stages=True, pitch_melody=True,
+                     beat_coarse=True),
     # The system shipped before: without the key.
     "tempo": Recipe(**_ADHERENCE, beat_semantic=True, speed_semantic=True),
     # The system shipped before (tiny MuLan / w2v-BERT, plain stages): no tempo or key adherence.
