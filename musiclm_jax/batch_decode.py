@@ -253,7 +253,7 @@ def _key_fields(index: int | None) -> dict:
 def check_job(prompts_path: str, out_dir: str, *, duration_s: float = 10.0, batch_size: int = 1,
               chunk_size: int = 64, seed: int = 0, temperatures=(1.0, 0.95, 0.4), top_k: int = 0,
               top_p: float = 1.0, guidance_scale: float = 1.0, guide_tempo: bool = False, guide_key=False,
-              guide_melody: bool = False, num_samples: int = 1,
+              guide_melody: bool = False, coarse_guidance_scale: float | None = None, num_samples: int = 1,
               model_desc: str = "",
               max_duration_s: float = MAX_DURATION_S,
               not_compared: tuple = ()) -> tuple[dict, list[Prompt], list[dict], int]:
@@ -281,7 +281,9 @@ def check_job(prompts_path: str, out_dir: str, *, duration_s: float = 10.0, batc
                     guidance_scale=float(guidance_scale), num_samples=int(num_samples),
                     **({"guide_tempo": True} if guide_tempo else {}),   # absent when off: older jobs still resume
                     **({"guide_key": guide_key} if guide_key else {}),
-                    **({"guide_melody": True} if guide_melody else {}))
+                    **({"guide_melody": True} if guide_melody else {}),
+                    **({} if coarse_guidance_scale is None else
+                       {"coarse_guidance_scale": float(coarse_guidance_scale)}))
     with open(prompts_path, "rb") as f:
         prompts_sha = hashlib.sha256(f.read()).hexdigest()
     job = {"prompts": os.path.abspath(prompts_path), "prompts_sha256": prompts_sha, "model": model_desc,
@@ -301,7 +303,8 @@ def check_job(prompts_path: str, out_dir: str, *, duration_s: float = 10.0, batc
 
 def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.0, batch_size: int = 1,
               chunk_size: int = 64, seed: int = 0, temperatures=None, top_k: int | None = None,
-              top_p: float | None = None, guidance_scale: float | None = None, num_samples: int = 1,
+              top_p: float | None = None, guidance_scale: float | None = None,
+              coarse_guidance_scale: float | None = None, num_samples: int = 1,
               num_shards: int | None = None, shard_index: int | None = None, model_desc: str = "",
               untrained: bool = False, progress: bool = False, log: Callable[[str], None] = print,
               after_chunk: Callable[[int], None] | None = None, max_duration_s: float = MAX_DURATION_S) -> dict:
@@ -313,7 +316,8 @@ def run_infer(model, prompts_path: str, out_dir: str, *, duration_s: float = 10.
     simulate a crash)."""
     import numpy as np
 
-    given = dict(temperatures=temperatures, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale)
+    given = dict(temperatures=temperatures, top_k=top_k, top_p=top_p, guidance_scale=guidance_scale,
+                 coarse_guidance_scale=coarse_guidance_scale)
     opts = {**getattr(model, "sampling", {}), **{k: v for k, v in given.items() if v is not None}}
     num_shards, shard_index = resolve_shard(num_shards, shard_index)
     job, prompts, malformed, num_lines = check_job(

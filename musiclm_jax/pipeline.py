@@ -348,8 +348,8 @@ class MusicLM:
 
     def _run(self, mulan_at: Callable[[float], np.ndarray], duration_s: float, *, prompts,
              temperatures=None, top_k: int | None = None, top_p: float | None = None,
-             guidance_scale: float | None = None, guide_tempo=None, guide_key=None,
-             guide_melody: bool | None = None, num_samples: int = 1, seed: int | Sequence[int] = 0,
+             guidance_scale: float | None = None, coarse_guidance_scale: float | None = None,
+             guide_tempo=None, guide_key=None, guide_melody: bool | None = None, num_samples: int = 1, seed: int | Sequence[int] = 0,
              progress: bool = True, rerank: bool = True,
              known: dict | None = None, boundaries: tuple = (), max_duration_s: float = MAX_DURATION_S, melody=None,
              bpm=None, key=None) -> Generation:
@@ -370,6 +370,9 @@ class MusicLM:
         top_k = d["top_k"] if top_k is None else top_k
         top_p = d["top_p"] if top_p is None else top_p
         guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
+        coarse_scale = d["coarse_guidance_scale"] if coarse_guidance_scale is None else coarse_guidance_scale
+        if guidance_scale == 1.0 or coarse_scale is None:   # unguided stays unguided in every stage
+            coarse_scale = guidance_scale
         tempo_guided = guided_stages(d["guide_tempo"] if guide_tempo is None else guide_tempo, "guide_tempo")
         key_guided = guided_stages(d["guide_key"] if guide_key is None else guide_key)
         guide_melody = bool(d["guide_melody"] if guide_melody is None else guide_melody)
@@ -419,7 +422,8 @@ class MusicLM:
         sem_per_ac = self.semantic_rate / self.acoustic_rate
         timings, out = {}, {}
         opts = dict(top_k=top_k, top_p=top_p, progress=progress, boundaries=boundaries)
-        stage_scale = lambda stage: 1.0 if stage in self.unguided_stages else guidance_scale  # noqa: E731
+        scales = {"semantic": guidance_scale, "coarse": coarse_scale}
+        stage_scale = lambda stage: 1.0 if stage in self.unguided_stages else scales[stage]  # noqa: E731
 
         t0 = time.perf_counter()
         out["semantic"] = self._decode_stage(

@@ -229,3 +229,16 @@ def test_batches_group_by_duration():
     assert calls == [[1, 2], [3, 6], [4, 5]]
     assert [[p.line for p in c] for c in batch_decode._batches(ps, 1)] == [[i] for i in range(1, 7)]
     assert batch_decode.derive_seed(0, 1) == batch_decode.derive_seed(0, 1) != batch_decode.derive_seed(0, 2)
+
+
+def test_a_coarse_guidance_scale_is_part_of_the_job(tmp_path):
+    from musiclm_jax.batch_decode import check_job
+
+    prompts = _write_prompts(tmp_path / "p.jsonl", ["\"a calm piano waltz\""])
+    job, _, _, _ = check_job(prompts, str(tmp_path / "o"), guidance_scale=3.0, coarse_guidance_scale=1.5)
+    assert job["sampling"]["coarse_guidance_scale"] == 1.5
+    assert "coarse_guidance_scale" not in check_job(prompts, str(tmp_path / "o"), guidance_scale=3.0)[0]["sampling"]
+    os.makedirs(tmp_path / "o")
+    (tmp_path / "o" / "job.json").write_text(json.dumps(job))
+    with pytest.raises(ValueError, match="sampling differ"):
+        check_job(prompts, str(tmp_path / "o"), guidance_scale=3.0, coarse_guidance_scale=2.0)

@@ -180,7 +180,8 @@ def test_generate_checks_the_request_before_loading_the_model(tmp_path, monkeypa
              (["--duration", "0"], "must be a number of seconds > 0"),
              (["--prompt", "caf\udce9"], "is not UTF-8 text"),
              (["--prompt", "  "], "is empty"),
-             (["--top_p", "0"], "0 < --top_p <= 1")]
+             (["--top_p", "0"], "0 < --top_p <= 1"),
+             (["--coarse_guidance_scale", "-1"], "--coarse_guidance_scale >= 0")]
     for extra, match in cases:
         argv = ["generate", "--duration", "1", "--out", str(tmp_path / "a.wav"), *extra]
         if "--prompt" not in extra:
@@ -207,9 +208,30 @@ def test_sampling_defaults_are_the_models_own(lm):
     model = argparse.Namespace(sampling={**pipeline.SAMPLING_DEFAULTS, "guidance_scale": 3.0})
     assert generate_commands.sampling_kwargs(args, model) == {
         "temperatures": (1.0, 0.95, 0.4), "top_k": 5, "top_p": 1.0, "guidance_scale": 3.0, "guide_tempo": False,
-        "guide_key": False, "guide_melody": False, "num_samples": 1}
+        "guide_key": False, "guide_melody": False, "coarse_guidance_scale": None, "num_samples": 1}
     assert generate_commands.sampling_kwargs(args) == {"top_k": 5, "num_samples": 1}
     with pytest.raises(ValueError, match="unknown sampling setting"):
         pipeline.MusicLM(mulan=lm.mulan, codec=lm.codec, semantic_lm=lm.models["semantic"],
                          coarse_lm=lm.models["coarse"], fine_lm=lm.models["fine"], sizes=lm.sizes,
                          semantic_rate=lm.semantic_rate, sampling={"guidance": 3})
+
+
+def test_coarse_guidance_scale_sets_the_coarse_stage_only_while_guidance_is_on(lm, monkeypatch):
+    scales = {}
+    original = pipeline.MusicLM._decode_stage
+
+    def spy(self, stage, *args, **kwargs):
+        scales[stage] = args[7]  # guidance_scale
+        return original(self, stage, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.MusicLM, "_decode_stage", spy)
+    lm.generate(["a calm piano waltz"], 0.3, progress=False, guidance_scale=3.0, coarse_guidance_scale=1.5)
+    assert scales == {"semantic": 3.0, "coarse": 1.5, "fine": 1.0}
+    lm.generate(["a calm piano waltz"], 0.3, progress=False, guidance_scale=1.0, coarse_guidance_scale=1.5)
+    assert scales == {"semantic": 1.0, "coarse": 1.0, "fine": 1.0}   # unguided rows stay unguided
+    monkeypatch.setitem(lm.sampling, "coarse_guidance_scale", 2.0)    # musiclm.json's own, unless told otherwise
+    lm.generate(["a calm piano waltz"], 0.3, progress=False, guidance_scale=3.0)
+    assert scales == {"semantic": 3.0, "coarse": 2.0, "fine": 1.0}
+    monkeypatch.setitem(lm.sampling, "coarse_guidance_scale", None)
+    lm.generate(["a calm piano waltz"], 0.3, progress=False, guidance_scale=3.0)
+    assert scales == {"semantic": 3.0, "coarse": 3.0, "fine": 1.0}

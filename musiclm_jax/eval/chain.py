@@ -230,7 +230,8 @@ def diagnose(model, refs: Sequence[Item], out_dir: str, *, backends: dict, probe
               "seconds": {r: round(t, 1) for r, t in timings.items()}, "clips": len(refs), "duration_s": duration_s,
               "samples": n, "guidance_scale": g,
               "sampling": {k: list(v) if k == "temperatures" else v for k, v in {
-                  **{k: model.sampling[k] for k in ("temperatures", "top_k", "top_p", "guide_tempo", "guide_key")},
+                  **{k: model.sampling[k] for k in ("temperatures", "top_k", "top_p", "guide_tempo", "guide_key",
+                                                   "coarse_guidance_scale")},
                   **(sampling or {})}.items()},
               "tempo": tempo if model.has_tempo else None, "key": key if model.has_key else None, "seed": seed,
               "backends": list(backends),
