@@ -43,8 +43,8 @@ def _demo(args: argparse.Namespace) -> None:
     gen = argparse.Namespace(
         prompt=[args.prompt], duration=args.duration, out=os.path.join(args.out_dir, "generated.wav"), out_dir=None,
         model_dir=model_dir, random_init=model_dir is None, tiny=model_dir is None, seed=args.seed,
-        temperatures=None, top_k=None, top_p=None, guidance_scale=args.guidance_scale, num_samples=1,
-        no_progress=False, max_duration=args.duration, melody=None)
+        temperatures=None, top_k=None, top_p=None, coarse_guidance_scale=None, guidance_scale=args.guidance_scale,
+        num_samples=1, no_progress=False, max_duration=args.duration, melody=None)
     print(f"text-to-music: {args.prompt!r} -> {gen.out}")
     summary = generate_commands.generate(gen)
     out = summary["outputs"][0]
