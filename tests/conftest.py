@@ -13,9 +13,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 
-# The longest files first: `make test` runs the suite on two workers (pytest-xdist, one file per worker at a time),
-# and a long file started last would run alone at the end.
-SLOW_FIRST = ("test_readme.py", "test_codec_train.py", "test_benchmarks.py")
+# The longest files first (measured): `make test` runs the suite on two workers (pytest-xdist, one file per worker
+# at a time), and a long file started last runs alone at the end while the other worker idles.
+SLOW_FIRST = ("test_readme.py", "test_codec_train.py", "test_rl.py", "test_tasks.py", "test_weights.py",
+              "test_key_conditioning.py", "test_tempo_conditioning.py", "test_melody_conditioning.py", "test_merge.py",
+              "test_distill.py", "test_codec_vocos.py", "test_mulan_train.py", "test_benchmarks.py",
+              "test_multihost.py", "test_launch.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
