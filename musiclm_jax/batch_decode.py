@@ -282,8 +282,8 @@ def check_job(prompts_path: str, out_dir: str, *, duration_s: float = 10.0, batc
                     **({"guide_tempo": True} if guide_tempo else {}),   # absent when off: older jobs still resume
                     **({"guide_key": guide_key} if guide_key else {}),
                     **({"guide_melody": True} if guide_melody else {}),
-                    **({} if coarse_guidance_scale is None else
-                       {"coarse_guidance_scale": float(coarse_guidance_scale)}))
+                    **({"coarse_guidance_scale": float(coarse_guidance_scale)}
+                       if coarse_guidance_scale is not None else {}))
     with open(prompts_path, "rb") as f:
         prompts_sha = hashlib.sha256(f.read()).hexdigest()
     job = {"prompts": os.path.abspath(prompts_path), "prompts_sha256": prompts_sha, "model": model_desc,

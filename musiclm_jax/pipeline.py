@@ -349,8 +349,8 @@ class MusicLM:
     def _run(self, mulan_at: Callable[[float], np.ndarray], duration_s: float, *, prompts,
              temperatures=None, top_k: int | None = None, top_p: float | None = None,
              guidance_scale: float | None = None, coarse_guidance_scale: float | None = None,
-             guide_tempo=None, guide_key=None, guide_melody: bool | None = None, num_samples: int = 1, seed: int | Sequence[int] = 0,
-             progress: bool = True, rerank: bool = True,
+             guide_tempo=None, guide_key=None, guide_melody: bool | None = None, num_samples: int = 1,
+             seed: int | Sequence[int] = 0, progress: bool = True, rerank: bool = True,
              known: dict | None = None, boundaries: tuple = (), max_duration_s: float = MAX_DURATION_S, melody=None,
              bpm=None, key=None) -> Generation:
         duration_s = check_duration(duration_s, max_duration_s)
